@@ -1,0 +1,306 @@
+"""The canonical message contract, version 1.
+
+Every service builds and reads messages through these frozen structs; each one checks
+itself when it is built or decoded, so a bad message fails at its edge with a reason.
+Payloads on the wire are JSON (UTF-8). Times are integer nanoseconds since the Unix epoch.
+"""
+
+from __future__ import annotations
+
+import base64
+import math
+import re
+from enum import StrEnum
+from functools import lru_cache
+from typing import Any, TypeVar
+
+import msgspec
+
+from facility.topics import check_id
+
+SCHEMA_VERSION = 1
+
+Scalar = bool | int | float | str
+
+# Value, tag and parameter names: lower snake case, so they are safe as InfluxDB field
+# and tag keys and in InfluxQL without quoting.
+NAME_PATTERN = re.compile(r"[a-z][a-z0-9_]{0,63}")
+# Names the storage layer uses itself; a device value may not take them.
+RESERVED_VALUE_NAMES = frozenset({"time", "quality", "seq", "gateway"})
+RESERVED_TAG_NAMES = frozenset({"time", "device", "site", "family"})
+MAX_TAG_VALUE = 256
+MAX_STRING_VALUE = 4096
+# 2000-01-01 .. 2200-01-01: anything outside is a clock or unit error, not a reading.
+MIN_TS = 946_684_800 * 10**9
+MAX_TS = 7_258_118_400 * 10**9
+
+
+class Family(StrEnum):
+    BOLLARD = "bollard"
+    ENERGY = "energy"
+    FIRE = "fire"
+    EV_CHARGER = "ev_charger"
+    DRAINAGE = "drainage"
+    GAS = "gas"
+    GATEWAY = "gateway"
+
+
+class Quality(StrEnum):
+    GOOD = "good"
+    STALE = "stale"  # the device's own sample time is older than its freshness limit
+    COMM_FAILURE = "comm_failure"  # no answer: transport failure or timeout
+    DEVICE_ERROR = "device_error"  # the device answered with an exception
+    BAD_VALUE = "bad_value"  # answered, but a value was out of range or not a number
+
+
+class Availability(StrEnum):
+    ONLINE = "online"
+    OFFLINE = "offline"
+
+
+class CommandStatus(StrEnum):
+    ACCEPTED = "accepted"  # the gateway took it and is acting on it
+    DONE = "done"  # the device's feedback confirms the target state
+    REFUSED = "refused"  # interlock, mode or policy refused it; nothing moved
+    FAILED = "failed"  # the write or the device failed
+    TIMED_OUT = "timed_out"  # written, but feedback did not confirm in time
+    EXPIRED = "expired"  # arrived after its validity; not executed
+    DUPLICATE = "duplicate"  # this command id was already executed
+
+
+class ContractError(ValueError):
+    """A message that breaks the contract."""
+
+
+@lru_cache(maxsize=8192)
+def check_name(name: str, what: str = "name") -> str:
+    if not isinstance(name, str) or NAME_PATTERN.fullmatch(name) is None:
+        raise ContractError(f"{what} {name!r} must match {NAME_PATTERN.pattern}")
+    return name
+
+
+def _check_ts(ts: int, what: str = "ts") -> None:
+    if not MIN_TS <= ts <= MAX_TS:
+        raise ContractError(f"{what} {ts} is not nanoseconds between 2000 and 2200")
+
+
+def _check_scalar(name: str, value: Scalar) -> None:
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ContractError(f"value {name!r} is {value}, not a finite number")
+    if isinstance(value, str) and len(value) > MAX_STRING_VALUE:
+        raise ContractError(f"value {name!r} is longer than {MAX_STRING_VALUE} characters")
+
+
+def _check_values(values: dict[str, Scalar], reserved: frozenset[str]) -> None:
+    for name, value in values.items():
+        check_name(name, "value name")
+        if name in reserved:
+            raise ContractError(f"value name {name!r} is reserved")
+        _check_scalar(name, value)
+
+
+def _check_tags(tags: dict[str, str]) -> None:
+    for key, value in tags.items():
+        check_name(key, "tag name")
+        if key in RESERVED_TAG_NAMES:
+            raise ContractError(f"tag name {key!r} is reserved")
+        if not value or len(value) > MAX_TAG_VALUE:
+            raise ContractError(f"tag {key!r} must be 1..{MAX_TAG_VALUE} characters")
+
+
+def _check_version(v: int) -> None:
+    if v != SCHEMA_VERSION:
+        raise ContractError(f"schema version {v} is not supported (this is v{SCHEMA_VERSION})")
+
+
+class Reading(msgspec.Struct, frozen=True, kw_only=True):
+    """One sample of a device: its values with units, and how far to trust them."""
+
+    site: str
+    family: Family
+    device: str
+    ts: int
+    values: dict[str, Scalar]
+    units: dict[str, str] = {}
+    quality: Quality = Quality.GOOD
+    tags: dict[str, str] = {}
+    gateway: str = ""
+    seq: int = 0  # per-gateway sequence number, to count loss end to end
+    errors: dict[str, str] = {}  # values left out of this reading, and why
+    v: int = SCHEMA_VERSION
+
+    def __post_init__(self) -> None:
+        _check_version(self.v)
+        check_id(self.site, "site")
+        check_id(self.device, "device")
+        if self.gateway:
+            check_id(self.gateway, "gateway")
+        _check_ts(self.ts)
+        _check_values(self.values, RESERVED_VALUE_NAMES)
+        _check_tags(self.tags)
+        for name in self.units:
+            if name not in self.values:
+                raise ContractError(f"unit given for {name!r}, which has no value")
+        if not self.values and self.quality is Quality.GOOD:
+            raise ContractError("a good reading must carry at least one value")
+
+
+class DeviceStatus(msgspec.Struct, frozen=True, kw_only=True):
+    """Whether a device (or a gateway) is reachable. Published retained."""
+
+    site: str
+    family: Family
+    device: str
+    ts: int
+    state: Availability
+    reason: str = ""
+    gateway: str = ""
+    v: int = SCHEMA_VERSION
+
+    def __post_init__(self) -> None:
+        _check_version(self.v)
+        check_id(self.site, "site")
+        check_id(self.device, "device")
+        if self.gateway:
+            check_id(self.gateway, "gateway")
+        _check_ts(self.ts)
+
+
+class Event(msgspec.Struct, frozen=True, kw_only=True):
+    """A discrete happening reported by a device: fire alarm, fault, restore."""
+
+    site: str
+    family: Family
+    device: str
+    ts: int
+    id: str  # unique per event, so a redelivered event is recognised
+    name: str  # e.g. fire_alarm, pre_alarm, fault, restore, status_change
+    attrs: dict[str, Scalar] = {}
+    text: str = ""  # the vendor's own message, often Chinese
+    gateway: str = ""
+    seq: int = 0
+    v: int = SCHEMA_VERSION
+
+    def __post_init__(self) -> None:
+        _check_version(self.v)
+        check_id(self.site, "site")
+        check_id(self.device, "device")
+        check_id(self.id, "event id")
+        check_name(self.name, "event name")
+        if self.gateway:
+            check_id(self.gateway, "gateway")
+        _check_ts(self.ts)
+        _check_values(self.attrs, frozenset())
+        if len(self.text) > MAX_STRING_VALUE:
+            raise ContractError("event text is too long")
+
+
+class Command(msgspec.Struct, frozen=True, kw_only=True):
+    """An order to a device, e.g. raise a bollard. Valid only until expires_at."""
+
+    id: str
+    site: str
+    family: Family
+    device: str
+    action: str
+    issued_at: int
+    expires_at: int
+    issued_by: str
+    reason: str
+    params: dict[str, Scalar] = {}
+    approved_by: str = ""
+    v: int = SCHEMA_VERSION
+
+    def __post_init__(self) -> None:
+        _check_version(self.v)
+        check_id(self.id, "command id")
+        check_id(self.site, "site")
+        check_id(self.device, "device")
+        check_name(self.action, "action")
+        _check_ts(self.issued_at, "issued_at")
+        _check_ts(self.expires_at, "expires_at")
+        if self.expires_at <= self.issued_at:
+            raise ContractError("a command must expire after it is issued")
+        if not self.issued_by:
+            raise ContractError("a command must say who issued it")
+        if not self.reason.strip():
+            raise ContractError("a command must carry a reason")
+        _check_values(self.params, frozenset())
+
+
+class CommandResult(msgspec.Struct, frozen=True, kw_only=True):
+    id: str  # the command's id
+    site: str
+    family: Family
+    device: str
+    ts: int
+    status: CommandStatus
+    detail: str = ""
+    gateway: str = ""
+    v: int = SCHEMA_VERSION
+
+    def __post_init__(self) -> None:
+        _check_version(self.v)
+        check_id(self.id, "command id")
+        check_id(self.site, "site")
+        check_id(self.device, "device")
+        _check_ts(self.ts)
+
+
+class DeadLetter(msgspec.Struct, frozen=True, kw_only=True):
+    """A message a service could not use, with the reason, kept for a person to read."""
+
+    source: str  # the service that refused it
+    ts: int
+    topic: str
+    reason: str
+    payload: str  # UTF-8 text, or base64 when payload_encoding says so
+    payload_encoding: str = "utf-8"
+    size: int = 0
+    v: int = SCHEMA_VERSION
+
+    MAX_KEPT = 16 * 1024
+
+    @classmethod
+    def of(cls, source: str, ts: int, topic: str, reason: str, raw: bytes) -> DeadLetter:
+        kept = raw[: cls.MAX_KEPT]
+        try:
+            text, encoding = kept.decode("utf-8"), "utf-8"
+        except UnicodeDecodeError:
+            text, encoding = base64.b64encode(kept).decode("ascii"), "base64"
+        return cls(
+            source=source,
+            ts=ts,
+            topic=topic,
+            reason=reason[:1024],
+            payload=text,
+            payload_encoding=encoding,
+            size=len(raw),
+        )
+
+
+_encoder = msgspec.json.Encoder()
+_decoders: dict[type[Any], msgspec.json.Decoder[Any]] = {}
+
+M = TypeVar("M")
+
+
+def encode(message: msgspec.Struct) -> bytes:
+    return _encoder.encode(message)
+
+
+def decode(payload: bytes | str, kind: type[M]) -> M:
+    """Decode and validate; raise ContractError with the reason for any bad payload."""
+    decoder = _decoders.get(kind)
+    if decoder is None:
+        decoder = _decoders[kind] = msgspec.json.Decoder(kind)
+    try:
+        return decoder.decode(payload)  # type: ignore[no-any-return]
+    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+        raise ContractError(str(exc)) from None
+
+
+def to_builtins(message: msgspec.Struct) -> dict[str, Any]:
+    result = msgspec.to_builtins(message)
+    assert isinstance(result, dict)
+    return result

@@ -1,0 +1,142 @@
+"""Connection and service settings: config/facility.yaml, overridden by FACILITY_* variables.
+
+An environment variable names a section and a key: FACILITY_MQTT_URL sets mqtt.url,
+FACILITY_INFLUX_DATABASE sets influx.database, FACILITY_INGEST_BATCH_SIZE sets
+ingest.batch_size. FACILITY_CONFIG names the file itself. So one command runs against the
+demo's servers, a test's private ones, or production, without editing a file.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import pydantic
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from facility.configfile import ConfigError, describe, read_yaml
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_CONFIG = REPO_ROOT / "config" / "facility.yaml"
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class MqttSettings(Section):
+    url: SecretStr = SecretStr("mqtt://127.0.0.1:1883")
+    client_prefix: str = "facility"
+    keepalive: int = Field(default=30, ge=5, le=3600)
+    tls_ca: Path | None = None  # CA file for mqtts:// brokers
+
+    @field_validator("url")
+    @classmethod
+    def _scheme(cls, value: SecretStr) -> SecretStr:
+        parts = urlsplit(value.get_secret_value())
+        if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
+            raise ValueError("must look like mqtt://[user:pass@]host[:port] or mqtts://...")
+        return value
+
+
+class InfluxSettings(Section):
+    url: str = "http://127.0.0.1:8086"
+    database: str = Field(default="facility", pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$")
+    retention_policy: str = Field(default="raw", pattern=r"^[A-Za-z0-9_]{1,64}$")
+    retention: str = Field(default="400d", pattern=r"^(INF|\d+[hdw])$")
+    username: str | None = None
+    password: SecretStr | None = None
+    token: SecretStr | None = None  # InfluxDB 2.x/3.x through their 1.x-compatible API
+    timeout: float = Field(default=10.0, gt=0)
+
+    @field_validator("url")
+    @classmethod
+    def _http(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("must look like http://host:8086")
+        return value.rstrip("/")
+
+
+class GatewaySettings(Section):
+    spool_dir: Path = Path("var/spool")
+    spool_memory_limit: int = Field(default=20_000, ge=100, description="messages in RAM")
+    publish_window: int = Field(default=200, ge=1, description="unconfirmed QoS 1 publishes")
+    stale_factor: float = Field(default=3.0, gt=1, description="x report period => stale")
+
+
+class IngestSettings(Section):
+    client_id: str = "ingest"
+    shared_group: str = ""  # "$share/<group>/..." subscriptions when set
+    batch_size: int = Field(default=5000, ge=1, le=100_000)
+    batch_interval: float = Field(default=0.25, gt=0, le=60)
+    receive_maximum: int = Field(default=20_000, ge=10, le=65_535)
+    session_expiry: int = Field(default=7 * 24 * 3600, ge=0)
+
+
+class Settings(BaseSettings):
+    """Everything a service needs to connect. Secrets stay SecretStr and out of logs."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="FACILITY_",
+        env_nested_delimiter="_",
+        env_nested_max_split=1,
+        extra="forbid",
+    )
+
+    site_file: Path = Path("site.yaml")
+    mqtt: MqttSettings = MqttSettings()
+    influx: InfluxSettings = InfluxSettings()
+    gateway: GatewaySettings = GatewaySettings()
+    ingest: IngestSettings = IngestSettings()
+    # Where this file came from, to resolve relative paths; not a setting.
+    config_path: Path = Field(default=DEFAULT_CONFIG, exclude=True)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The environment wins over the file's values, which arrive as init kwargs.
+        return (env_settings, init_settings)
+
+    def resolve(self, path: Path) -> Path:
+        """A path from the file, relative to the file's own folder."""
+        return path if path.is_absolute() else self.config_path.parent / path
+
+    @property
+    def site_path(self) -> Path:
+        return self.resolve(self.site_file)
+
+
+def load_settings(path: Path | None = None, **overrides: Any) -> Settings:
+    """Read the settings file (FACILITY_CONFIG or config/facility.yaml) plus environment."""
+    path = path or Path(os.environ.get("FACILITY_CONFIG", DEFAULT_CONFIG))
+    data = read_yaml(path) if path.exists() else {}
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the settings file must be a mapping")
+    data = {**data, **overrides, "config_path": path.resolve()}
+    try:
+        return Settings(**data)
+    except pydantic.ValidationError as exc:
+        raise ConfigError(
+            describe(path, data, exc) + "\n(values may also come from FACILITY_* variables)"
+        ) from None
+
+
+def redact_url(url: str) -> str:
+    """The URL without its password, for logs."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = f"{parts.username}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
+    return parts._replace(netloc=netloc).geturl()

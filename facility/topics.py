@@ -1,0 +1,154 @@
+"""Canonical MQTT topic names: the only place a topic string is built or parsed.
+
+Layout (version 1)::
+
+    facility/v1/{site}/telemetry/{family}/{device}
+    facility/v1/{site}/status/{family}/{device}         retained
+    facility/v1/{site}/event/{family}/{device}
+    facility/v1/{site}/command/{family}/{device}
+    facility/v1/{site}/command-result/{family}/{device}
+    facility/v1/{site}/alert/{alert_id}
+    facility/v1/{site}/display/{display_id}             retained
+    facility/v1/{site}/broadcast/{zone}
+    facility/v1/{site}/deadletter/{source}
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from enum import StrEnum
+
+ROOT = "facility"
+VERSION = "v1"
+PREFIX = f"{ROOT}/{VERSION}"
+
+# Identifiers that become topic levels and InfluxDB tags: no MQTT wildcards, no '/',
+# nothing a shell or a query would need to quote.
+ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+
+
+class TopicError(ValueError):
+    """A topic or topic segment that the contract does not allow."""
+
+
+class Kind(StrEnum):
+    TELEMETRY = "telemetry"
+    STATUS = "status"
+    EVENT = "event"
+    COMMAND = "command"
+    COMMAND_RESULT = "command-result"
+    ALERT = "alert"
+    DISPLAY = "display"
+    DISPLAY_ACK = "display-ack"
+    BROADCAST = "broadcast"
+    DEADLETTER = "deadletter"
+
+
+_DEVICE_KINDS = frozenset(
+    {Kind.TELEMETRY, Kind.STATUS, Kind.EVENT, Kind.COMMAND, Kind.COMMAND_RESULT}
+)
+
+
+def check_id(value: str, what: str = "identifier") -> str:
+    """Return value if it is a legal identifier, else raise TopicError naming it."""
+    if not isinstance(value, str) or ID_PATTERN.fullmatch(value) is None:
+        raise TopicError(
+            f"{what} {value!r} is not a valid identifier "
+            "(1-64 of A-Z a-z 0-9 _ . -, starting with a letter or digit)"
+        )
+    return value
+
+
+def _device_topic(kind: Kind, site: str, family: str, device: str) -> str:
+    check_id(site, "site")
+    check_id(family, "family")
+    check_id(device, "device")
+    return f"{PREFIX}/{site}/{kind}/{family}/{device}"
+
+
+def telemetry(site: str, family: str, device: str) -> str:
+    return _device_topic(Kind.TELEMETRY, site, family, device)
+
+
+def status(site: str, family: str, device: str) -> str:
+    return _device_topic(Kind.STATUS, site, family, device)
+
+
+def event(site: str, family: str, device: str) -> str:
+    return _device_topic(Kind.EVENT, site, family, device)
+
+
+def command(site: str, family: str, device: str) -> str:
+    return _device_topic(Kind.COMMAND, site, family, device)
+
+
+def command_result(site: str, family: str, device: str) -> str:
+    return _device_topic(Kind.COMMAND_RESULT, site, family, device)
+
+
+def _single(kind: Kind, site: str, name: str, what: str) -> str:
+    check_id(site, "site")
+    check_id(name, what)
+    return f"{PREFIX}/{site}/{kind}/{name}"
+
+
+def alert(site: str, alert_id: str) -> str:
+    return _single(Kind.ALERT, site, alert_id, "alert id")
+
+
+def display(site: str, display_id: str) -> str:
+    return _single(Kind.DISPLAY, site, display_id, "display id")
+
+
+def display_ack(site: str, display_id: str) -> str:
+    return _single(Kind.DISPLAY_ACK, site, display_id, "display id")
+
+
+def broadcast(site: str, zone: str) -> str:
+    return _single(Kind.BROADCAST, site, zone, "zone")
+
+
+def deadletter(site: str, source: str) -> str:
+    return _single(Kind.DEADLETTER, site, source, "source")
+
+
+def subscription(kind: Kind, site: str = "+", family: str = "+", device: str = "+") -> str:
+    """A subscription filter for one kind of message; '+' leaves a level open."""
+    parts = [PREFIX, _level(site, "site"), str(kind)]
+    if kind in _DEVICE_KINDS:
+        parts += [_level(family, "family"), _level(device, "device")]
+    else:
+        parts.append(_level(device, "name"))
+    return "/".join(parts)
+
+
+def _level(value: str, what: str) -> str:
+    return value if value == "+" else check_id(value, what)
+
+
+@dataclass(frozen=True, slots=True)
+class ParsedTopic:
+    kind: Kind
+    site: str
+    family: str | None
+    name: str  # device id for device kinds; alert id, display id, zone or source otherwise
+
+
+def parse(topic: str) -> ParsedTopic:
+    """Split a canonical topic into its parts; raise TopicError for anything else."""
+    parts = topic.split("/")
+    if len(parts) < 5 or parts[0] != ROOT or parts[1] != VERSION:
+        raise TopicError(f"not a {PREFIX} topic: {topic!r}")
+    try:
+        kind = Kind(parts[3])
+    except ValueError:
+        raise TopicError(f"unknown message kind {parts[3]!r} in {topic!r}") from None
+    site = check_id(parts[2], "site")
+    if kind in _DEVICE_KINDS:
+        if len(parts) != 6:
+            raise TopicError(f"{kind} topic needs family and device: {topic!r}")
+        return ParsedTopic(kind, site, check_id(parts[4], "family"), check_id(parts[5], "device"))
+    if len(parts) != 5:
+        raise TopicError(f"{kind} topic has one name level: {topic!r}")
+    return ParsedTopic(kind, site, None, check_id(parts[4], "name"))

@@ -1,0 +1,110 @@
+"""Fixtures: real Mosquitto and InfluxDB processes on free ports, private data dirs.
+
+Each test gets its own InfluxDB database and its own MQTT site id, so tests sharing a
+server never see each other's data. Servers that a test breaks on purpose (stop, pause,
+restart) come from the function-scoped `own_*` fixtures instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+
+from facility.influx import InfluxClient
+from facility.localservers import InfluxServer, MosquittoServer
+from facility.settings import InfluxSettings, MqttSettings, Settings, load_settings
+
+REPO = Path(__file__).resolve().parent.parent
+SITE_FILE = REPO / "config" / "site.yaml"
+
+
+@pytest.fixture(scope="session")
+def mosquitto_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MosquittoServer]:
+    server = MosquittoServer(tmp_path_factory.mktemp("mosquitto"),
+                             extra_config="max_queued_messages 100000\n")
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def influx_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[InfluxServer]:
+    server = InfluxServer(tmp_path_factory.mktemp("influxdb"))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def own_mosquitto(tmp_path: Path) -> Iterator[MosquittoServer]:
+    server = MosquittoServer(tmp_path / "mosquitto", extra_config="max_queued_messages 100000\n")
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def own_influx(tmp_path: Path) -> Iterator[InfluxServer]:
+    server = InfluxServer(tmp_path / "influxdb")
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def unique() -> str:
+    """A short id unique to this test: database names, client ids, topic prefixes."""
+    return uuid.uuid4().hex[:10]
+
+
+def make_settings(tmp_path: Path, mqtt_url: str, influx_url: str, database: str,
+                  **overrides: object) -> Settings:
+    return load_settings(
+        REPO / "config" / "facility.yaml",
+        site_file=str(SITE_FILE),
+        mqtt=MqttSettings(url=mqtt_url),  # type: ignore[arg-type]
+        influx=InfluxSettings(url=influx_url, database=database),
+        gateway={"spool_dir": str(tmp_path / "spool")},
+        **overrides,
+    )
+
+
+@pytest.fixture
+def settings(tmp_path: Path, mosquitto_server: MosquittoServer, influx_server: InfluxServer,
+             unique: str) -> Settings:
+    return make_settings(tmp_path, mosquitto_server.url, influx_server.url, f"test_{unique}")
+
+
+@pytest.fixture
+async def influx(settings: Settings) -> AsyncIterator[InfluxClient]:
+    async with InfluxClient(settings.influx) as client:
+        await client.ensure_database()
+        yield client
+
+
+@pytest.fixture(autouse=True)
+def no_leaked_threads() -> Iterator[None]:
+    """Fail a test that leaves threads running (the pymodbus system_health_check habit)."""
+    before = set(threading.enumerate())
+    yield
+    leaked = [t for t in threading.enumerate() if t not in before and t.is_alive()
+              and not t.daemon]
+    assert not leaked, f"test leaked threads: {leaked}"
+
+
+@pytest.fixture(autouse=True)
+async def no_leaked_tasks() -> AsyncIterator[None]:
+    """Fail a test that leaves asyncio tasks running on its loop."""
+    yield
+    current = asyncio.current_task()
+    pending = [t for t in asyncio.all_tasks() if t is not current and not t.done()]
+    if pending:
+        # Give cancelled tasks one turn of the loop to finish unwinding.
+        await asyncio.sleep(0)
+        pending = [t for t in pending if not t.done()]
+    assert not pending, f"test leaked tasks: {[t.get_name() for t in pending]}"
