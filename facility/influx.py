@@ -6,7 +6,6 @@ they arise: retry later (connection, 5xx, 429), or these points will never be ac
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import dataclass
 from typing import Any
 
@@ -104,7 +103,7 @@ class InfluxClient:
         try:
             async with self.session.get("ping") as resp:
                 return resp.status == 204
-        except (aiohttp.ClientError, asyncio.TimeoutError, OSError):
+        except (TimeoutError, aiohttp.ClientError, OSError):
             return False
 
     async def write(
@@ -129,7 +128,7 @@ class InfluxClient:
                 if resp.status == 204:
                     return
                 text = await resp.text(errors="replace")
-        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             raise InfluxError(f"InfluxDB unreachable: {exc!r}", retryable=True) from exc
         raise _classify(resp.status, _error_text(text))
 
@@ -153,7 +152,7 @@ class InfluxClient:
             async with request as resp:
                 raw = await resp.read()
                 status = resp.status
-        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             raise InfluxError(f"InfluxDB unreachable: {exc!r}", retryable=True) from exc
         if status >= 500 or status == 429:
             raise InfluxError(f"InfluxDB answered {status}", status=status, retryable=True)

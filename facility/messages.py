@@ -27,7 +27,7 @@ Scalar = bool | int | float | str
 NAME_PATTERN = re.compile(r"[a-z][a-z0-9_]{0,63}")
 # Names the storage layer uses itself; a device value may not take them.
 RESERVED_VALUE_NAMES = frozenset({"time", "quality", "seq", "gateway"})
-RESERVED_TAG_NAMES = frozenset({"time", "device", "site", "family"})
+RESERVED_TAG_NAMES = frozenset({"time", "device", "site", "family", "gateway"})
 MAX_TAG_VALUE = 256
 MAX_STRING_VALUE = 4096
 # 2000-01-01 .. 2200-01-01: anything outside is a clock or unit error, not a reading.

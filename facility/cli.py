@@ -1,0 +1,156 @@
+"""The `facility` command: one subcommand per service, and `up` for all of them at once."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import sys
+from collections.abc import Awaitable, Callable
+from datetime import datetime
+from pathlib import Path
+
+from facility import logs
+from facility.configfile import ConfigError
+from facility.service import Service
+from facility.settings import Settings, load_settings
+from facility.site import SiteConfig, load_site
+
+log = logging.getLogger("facility")
+
+DESCRIPTION = """\
+Campus monitoring platform of the Panyu District administrative office centre.
+Connection settings come from config/facility.yaml (or --config / FACILITY_CONFIG) and
+can be overridden by environment variables such as FACILITY_MQTT_URL,
+FACILITY_INFLUX_URL and FACILITY_INFLUX_DATABASE."""
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="facility", description=DESCRIPTION,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", type=Path, help="settings file (default: config/facility.yaml)")
+    parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING (default INFO)")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("check", help="validate the settings, site file, register maps and "
+                                     "vendor mappings, and print a summary")
+    p.set_defaults(func=cmd_check)
+
+    p = sub.add_parser(
+        "gateway", help="run gateways: poll Modbus devices or decode vendor MQTT, publish "
+                        "canonical readings",
+        description="Run one or more gateways from the site file. Each polls its Modbus "
+                    "devices or decodes its vendors' MQTT messages and publishes canonical "
+                    "readings, events and statuses. While the broker is away it spools to disk.")
+    p.add_argument("--id", action="append", dest="ids", metavar="GATEWAY",
+                   help="gateway id from the site file (repeatable; default: all)")
+    p.set_defaults(func=cmd_gateway)
+
+    p = sub.add_parser(
+        "ingest", help="write canonical messages from the broker into InfluxDB",
+        description="Subscribe (QoS 1, persistent session) to telemetry, statuses, events and "
+                    "dead letters and write them to InfluxDB in batches; a message is "
+                    "acknowledged only after InfluxDB accepted it.")
+    p.add_argument("--client-id", help="MQTT client id (default from settings: ingest)")
+    p.set_defaults(func=cmd_ingest)
+
+    p = sub.add_parser(
+        "simulate", help="run the campus device simulators (Modbus servers, vendor MQTT)",
+        description="Serve the simulated bollard PLC and energy meters on the Modbus ports of "
+                    "the site file and publish the fire, EV, drainage and gas devices' vendor "
+                    "MQTT payloads.")
+    _sim_options(p)
+    p.set_defaults(func=cmd_simulate)
+
+    p = sub.add_parser(
+        "up", help="run simulators and every service in one process (the demo)",
+        description="Run the simulators, every gateway and ingest in one process, and show "
+                    "what runs and live message rates per device family. With "
+                    "--start-servers, InfluxDB and Mosquitto are started too when nothing "
+                    "answers at the configured addresses.")
+    _sim_options(p)
+    p.add_argument("--no-simulators", action="store_true", help="real devices only")
+    p.add_argument("--start-servers", action="store_true",
+                   help="start InfluxDB/Mosquitto (data in var/) if they are not running")
+    p.add_argument("--every", type=float, default=5.0, help="seconds between status lines")
+    p.set_defaults(func=cmd_up)
+    return parser
+
+
+def _sim_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--seed", type=int, default=1, help="random seed (default 1)")
+    p.add_argument("--speed", type=float, default=1.0,
+                   help="simulated seconds per real second (e.g. 288: a day in 5 minutes)")
+    p.add_argument("--start", type=datetime.fromisoformat, default=None,
+                   help="simulated start time, ISO 8601 (default: now)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logs.setup(args.log_level)
+    try:
+        settings = load_settings(args.config)
+        site = load_site(settings.site_path)
+        func: Callable[[argparse.Namespace, Settings, SiteConfig], Awaitable[int]] = args.func
+        with contextlib.suppress(KeyboardInterrupt):
+            return asyncio.run(func(args, settings, site))
+        return 0
+    except ConfigError as exc:
+        print(f"configuration error:\n{exc}", file=sys.stderr)
+        return 2
+
+
+async def cmd_check(args: argparse.Namespace, settings: Settings, site: SiteConfig) -> int:
+    from gateway.service import Gateway
+
+    for spec in site.gateways:
+        Gateway(settings, site, spec.id)  # validates models and vendor mappings
+    devices = list(site.all_device_ids())
+    print(f"site {site.site.id} ({site.site.name}): {len(site.places)} places, "
+          f"{len(site.gateways)} gateways, {len(devices)} devices")
+    return 0
+
+
+async def cmd_gateway(args: argparse.Namespace, settings: Settings, site: SiteConfig) -> int:
+    from gateway.service import Gateway
+
+    ids = args.ids or [g.id for g in site.gateways]
+    gateways = [Gateway(settings, site, gid) for gid in ids]
+    async with contextlib.AsyncExitStack() as stack:
+        for gw in gateways:
+            await stack.enter_async_context(gw)
+        log.info("gateways running: %s", ", ".join(ids))
+        await _forever(gateways)
+    return 0
+
+
+async def cmd_ingest(args: argparse.Namespace, settings: Settings, site: SiteConfig) -> int:
+    from ingest.service import Ingest
+
+    async with Ingest(settings, client_id=args.client_id) as ingest:
+        log.info("ingest running into %s database %s", settings.influx.url,
+                 settings.influx.database)
+        await _forever([ingest])
+    return 0
+
+
+async def cmd_simulate(args: argparse.Namespace, settings: Settings, site: SiteConfig) -> int:
+    from simulators.campus import run
+
+    await run(site, settings.mqtt, seed=args.seed, scale=args.speed,
+              start=args.start.timestamp() if args.start else None)
+    return 0
+
+
+async def cmd_up(args: argparse.Namespace, settings: Settings, site: SiteConfig) -> int:
+    from facility.up import run_up
+
+    return await run_up(args, settings, site)
+
+
+async def _forever(services: list[Service]) -> None:
+    """Wait until a service stops (its error propagates) or we are cancelled."""
+    done, _ = await asyncio.wait([s.task for s in services], return_when=asyncio.FIRST_COMPLETED)
+    for task in done:
+        task.result()

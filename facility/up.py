@@ -1,0 +1,149 @@
+"""`facility up`: the whole platform with simulators in one process, for the demo.
+
+Starts (optionally) InfluxDB and Mosquitto, then the simulators, every gateway of the
+site file and ingest, and prints what runs and the live message rate per device family.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import time
+from collections import Counter, deque
+from urllib.parse import urlsplit
+
+import aiomqtt
+
+from facility import topics
+from facility.localservers import InfluxServer, MosquittoServer, port_open
+from facility.mqtt import make_client, parse_url
+from facility.service import Service
+from facility.settings import REPO_ROOT, Settings
+from facility.site import SiteConfig
+from facility.topics import Kind
+
+log = logging.getLogger("facility.up")
+
+
+class RateMonitor(Service):
+    """Counts canonical telemetry per family (QoS 0, never in anyone's way)."""
+
+    name = "monitor"
+
+    def __init__(self, settings: Settings, window: float = 10.0) -> None:
+        super().__init__()
+        self.settings = settings
+        self.window = window
+        self.totals: Counter[str] = Counter()
+        self.samples: deque[tuple[float, Counter[str]]] = deque()
+        self.dead_letters = 0
+
+    async def run(self) -> None:
+        client_id = f"{self.settings.mqtt.client_prefix}-monitor-{time.monotonic_ns() % 10**6}"
+        while True:
+            try:
+                async with make_client(self.settings.mqtt, client_id) as client:
+                    await client.subscribe(topics.subscription(Kind.TELEMETRY), qos=0)
+                    await client.subscribe(topics.subscription(Kind.DEADLETTER), qos=0)
+                    self.ready.set()
+                    async for message in client.messages:
+                        parts = message.topic.value.split("/")
+                        if parts[3] == Kind.DEADLETTER:
+                            self.dead_letters += 1
+                        elif len(parts) == 6:
+                            self.totals[parts[4]] += 1
+            except aiomqtt.MqttError:
+                self.ready.clear()
+                await asyncio.sleep(1.0)
+
+    def rates(self) -> dict[str, float]:
+        now = time.monotonic()
+        self.samples.append((now, Counter(self.totals)))
+        while len(self.samples) > 2 and now - self.samples[1][0] >= self.window:
+            self.samples.popleft()
+        then, old = self.samples[0]
+        span = max(now - then, 1e-9)
+        return {family: (count - old.get(family, 0)) / span
+                for family, count in self.totals.items()}
+
+
+def _start_servers(settings: Settings, stack: contextlib.ExitStack) -> None:
+    """Start InfluxDB and Mosquitto on the configured ports if nothing answers there."""
+    var = REPO_ROOT / "var"
+    influx = urlsplit(settings.influx.url)
+    host, port = influx.hostname or "127.0.0.1", influx.port or 8086
+    if not port_open(host, port):
+        server = InfluxServer(var / "influxdb", host=host, port=port)
+        log.info("starting InfluxDB on %s:%d (data in %s)", host, port, server.data_dir)
+        server.start()
+        stack.callback(server.stop)
+    broker = parse_url(settings.mqtt.url.get_secret_value())
+    if not port_open(broker.host, broker.port):
+        mqtt = MosquittoServer(var / "mosquitto", host=broker.host, port=broker.port,
+                               extra_config=(REPO_ROOT / "config" / "mosquitto" / "demo.conf")
+                               .read_text(encoding="utf-8"))
+        log.info("starting Mosquitto on %s:%d", broker.host, broker.port)
+        mqtt.start()
+        stack.callback(mqtt.stop)
+
+
+async def run_up(args: argparse.Namespace, settings: Settings, site: SiteConfig) -> int:
+    from gateway.service import Gateway
+    from ingest.service import Ingest
+
+    with contextlib.ExitStack() as servers:
+        if args.start_servers:
+            _start_servers(settings, servers)
+        async with contextlib.AsyncExitStack() as stack:
+            running: list[tuple[str, Service]] = []
+            if not args.no_simulators:
+                from simulators.campus import Campus
+                from simulators.clock import SimClock
+
+                clock = SimClock(start=args.start.timestamp() if args.start else None,
+                                 scale=args.speed)
+                campus = Campus(site, settings.mqtt, clock=clock, seed=args.seed)
+                await stack.enter_async_context(campus)
+                log.info("simulators running (seed %d, speed x%g)", args.seed, args.speed)
+            ingest = Ingest(settings)
+            await stack.enter_async_context(ingest)
+            running.append(("ingest", ingest))
+            for spec in site.gateways:
+                gw = Gateway(settings, site, spec.id)
+                await stack.enter_async_context(gw)
+                running.append((f"gateway {spec.id}", gw))
+            monitor = RateMonitor(settings)
+            await stack.enter_async_context(monitor)
+            await _report(running, monitor, ingest, args.every, site)
+    return 0
+
+
+async def _report(running: list[tuple[str, Service]], monitor: RateMonitor, ingest: object,
+                  every: float, site: SiteConfig) -> None:
+    tasks = [svc.task for _, svc in running]
+    while True:
+        done, _ = await asyncio.wait(tasks, timeout=every, return_when=asyncio.FIRST_COMPLETED)
+        for task in done:
+            task.result()  # a service that died takes the demo down with its error
+        lines = [f"--- facility up: {site.site.name} ({site.site.id}) "
+                 f"{time.strftime('%H:%M:%S')}"]
+        for name, svc in running:
+            state = "connected" if svc.ready.is_set() else "connecting"
+            extra = ""
+            if name == "ingest":
+                extra = (f"  received {svc.received}  written {svc.written}"  # type: ignore[attr-defined]
+                         f"  dead letters {svc.dead_letters}")  # type: ignore[attr-defined]
+            elif hasattr(svc, "status"):
+                offline = sum(1 for s in svc.status.values() if s.state.value == "offline")
+                extra = f"  devices {len(svc.devices)}  offline {offline}"  # type: ignore[attr-defined]
+            lines.append(f"  {name:<24} {state:<11}{extra}")
+        rates = monitor.rates()
+        lines.append("  family         msg/s   total")
+        for family in sorted(monitor.totals):
+            rate, total = rates.get(family, 0.0), monitor.totals[family]
+            lines.append(f"  {family:<12} {rate:7.1f} {total:7d}")
+        print("\n".join(lines), flush=True)
+
+

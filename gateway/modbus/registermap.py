@@ -1,0 +1,244 @@
+"""Register maps as data: one YAML file per device model, validated once at start-up.
+
+A map lists points (address, table, type, byte and word order, scale, offset, unit) and,
+for controllers that front many identical units (the bollard PLC), a per-unit block
+repeated at a stride. `compile_plan` turns a map into the fewest block reads: contiguous
+points of one table merge while the read stays within `max_registers` (125 by the Modbus
+spec) and the hole between them is at most `max_gap` registers and never crosses an
+`unreadable` range.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+
+from facility.configfile import ConfigError, load
+from facility.topics import ID_PATTERN
+
+Table = Literal["holding", "input", "coil", "discrete"]
+DataType = Literal[
+    "int16", "uint16", "int32", "uint32", "int64", "uint64", "float32", "float64", "bool"
+]
+Order = Literal["big", "little"]
+Name = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{0,63}$")]
+
+# struct code and register count per type
+TYPES: dict[str, tuple[str, int]] = {
+    "int16": ("h", 1), "uint16": ("H", 1), "int32": ("i", 2), "uint32": ("I", 2),
+    "int64": ("q", 4), "uint64": ("Q", 4), "float32": ("f", 2), "float64": ("d", 4),
+    "bool": ("?", 1),
+}
+BIT_TABLES = ("coil", "discrete")
+MAX_READ = {"holding": 125, "input": 125, "coil": 2000, "discrete": 2000}
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Defaults(Strict):
+    table: Table = "holding"
+    byte_order: Order = "big"
+    word_order: Order = "big"
+
+
+class PointSpec(Strict):
+    name: Name
+    address: int = Field(ge=0, le=65535, description="address, or offset inside a unit")
+    type: DataType
+    table: Table | None = None
+    byte_order: Order | None = None
+    word_order: Order | None = None
+    scale: float = 1.0
+    offset: float = 0.0
+    unit: str = ""
+    bit: int | None = Field(default=None, ge=0, le=15, description="one bit of a register")
+    enum: dict[int, str] | None = None
+    valid: tuple[float, float] | None = None  # plausible range after scaling
+    description: str = ""
+
+    @model_validator(mode="after")
+    def _consistent(self) -> PointSpec:
+        if self.bit is not None and self.type != "bool":
+            raise ValueError("'bit' needs type bool")
+        if self.enum is not None and self.type not in ("int16", "uint16", "int32", "uint32"):
+            raise ValueError("'enum' needs an integer type")
+        if self.enum is not None and (self.scale != 1.0 or self.offset != 0.0):
+            raise ValueError("an 'enum' point cannot be scaled")
+        if self.valid is not None and self.valid[0] > self.valid[1]:
+            raise ValueError("'valid' must be [low, high]")
+        return self
+
+
+class UnitBlock(Strict):
+    base: int = Field(ge=0, le=65535)
+    stride: int = Field(ge=1, le=10000)
+    points: list[PointSpec] = Field(min_length=1)
+
+
+class RegisterMap(Strict):
+    model: Annotated[str, StringConstraints(pattern=f"^{ID_PATTERN.pattern}$")]
+    vendor: str
+    description: str
+    reference: str = Field(min_length=1, description="the document the map was written from")
+    defaults: Defaults = Defaults()
+    max_registers: int = Field(default=125, ge=1, le=125)
+    max_gap: int = Field(default=0, ge=0, le=124)
+    unreadable: list[tuple[int, int]] = []  # inclusive address ranges a read must not touch
+    points: list[PointSpec] = []
+    units: UnitBlock | None = None
+
+    @model_validator(mode="after")
+    def _no_overlaps(self) -> RegisterMap:
+        if not self.points and self.units is None:
+            raise ValueError("a map needs 'points' or 'units'")
+        _check_group(self, self.points, "points")
+        if self.units is not None:
+            _check_group(self, self.units.points, "units.points")
+            span = max(p.address + TYPES[p.type][1] for p in self.units.points)
+            if span > self.units.stride:
+                raise ValueError(f"unit points span {span} registers, more than the stride")
+        return self
+
+    def table_of(self, point: PointSpec) -> Table:
+        return point.table or self.defaults.table
+
+
+def _check_group(regmap: RegisterMap, points: list[PointSpec], where: str) -> None:
+    names: set[str] = set()
+    used: dict[tuple[str, int], str] = {}
+    for p in points:
+        if p.name in names:
+            raise ValueError(f"{where}: name {p.name!r} is used twice")
+        names.add(p.name)
+        table = regmap.table_of(p)
+        if table in BIT_TABLES and p.type != "bool":
+            raise ValueError(f"{where}: {p.name!r} is in the {table} table, so its type is bool")
+        if p.bit is not None:
+            continue  # several bits may share one register
+        for addr in range(p.address, p.address + TYPES[p.type][1]):
+            other = used.get((table, addr))
+            if other is not None:
+                raise ValueError(f"{where}: {p.name!r} overlaps {other!r} at {table} {addr}")
+            used[(table, addr)] = p.name
+
+
+@dataclass(frozen=True, slots=True)
+class Slot:
+    """One value to decode from a block: where it sits and how to turn words into a value."""
+
+    unit: int  # 0 for the device itself, n for unit n of a controller
+    name: str
+    offset: int  # in the block, in registers (bits for bit tables)
+    count: int
+    struct_code: str
+    word_swap: bool
+    byte_swap: bool
+    scale: float
+    add: float
+    unit_label: str
+    bit: int | None
+    enum: dict[int, str] | None
+    valid: tuple[float, float] | None
+
+
+@dataclass(frozen=True, slots=True)
+class Block:
+    table: Table
+    start: int
+    count: int
+    fields: tuple[Slot, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    model: str
+    blocks: tuple[Block, ...]
+    unit_count: int
+
+
+def _address_points(regmap: RegisterMap, unit_count: int) -> list[tuple[int, int, PointSpec]]:
+    """(unit, absolute address, point) for every point, units expanded."""
+    out = [(0, p.address, p) for p in regmap.points]
+    if regmap.units is not None:
+        for n in range(1, unit_count + 1):
+            base = regmap.units.base + regmap.units.stride * (n - 1)
+            out += [(n, base + p.address, p) for p in regmap.units.points]
+    return out
+
+
+def _crosses_unreadable(regmap: RegisterMap, start: int, end: int) -> bool:
+    return any(lo <= end and start <= hi for lo, hi in regmap.unreadable)
+
+
+def compile_plan(regmap: RegisterMap, unit_count: int = 0) -> Plan:
+    """Group points into the fewest reads allowed by the map's limits."""
+    if unit_count and regmap.units is None:
+        raise ConfigError(f"model {regmap.model!r} has no 'units' block, but units are configured")
+    items = _address_points(regmap, unit_count)
+    blocks: list[Block] = []
+    for table in ("holding", "input", "coil", "discrete"):
+        mine = sorted((i for i in items if regmap.table_of(i[2]) == table), key=lambda i: i[1])
+        limit = min(regmap.max_registers, MAX_READ[table]) if table not in BIT_TABLES \
+            else MAX_READ[table]
+        current: list[tuple[int, int, PointSpec]] = []
+        start = end = 0
+        for item in mine:
+            _, addr, point = item
+            last = addr + TYPES[point.type][1] - 1
+            if current and (
+                addr - end - 1 > regmap.max_gap
+                or max(end, last) - start + 1 > limit
+                or (addr > end + 1 and _crosses_unreadable(regmap, end + 1, addr - 1))
+            ):
+                blocks.append(_block(regmap, table, start, end, current))
+                current = []
+            if not current:
+                start, end = addr, last
+            end = max(end, last)
+            current.append(item)
+        if current:
+            blocks.append(_block(regmap, table, start, end, current))
+    return Plan(regmap.model, tuple(blocks), unit_count)
+
+
+def _block(regmap: RegisterMap, table: Table, start: int, end: int,
+           items: list[tuple[int, int, PointSpec]]) -> Block:
+    fields = []
+    for unit, addr, p in items:
+        code, count = TYPES[p.type]
+        fields.append(
+            Slot(
+                unit=unit,
+                name=p.name,
+                offset=addr - start,
+                count=count,
+                struct_code=code,
+                word_swap=(p.word_order or regmap.defaults.word_order) == "little",
+                byte_swap=(p.byte_order or regmap.defaults.byte_order) == "little",
+                scale=p.scale,
+                add=p.offset,
+                unit_label=p.unit,
+                bit=p.bit,
+                enum=p.enum,
+                valid=p.valid,
+            )
+        )
+    return Block(table, start, end - start + 1, tuple(fields))
+
+
+def load_models(folder: Path) -> dict[str, RegisterMap]:
+    """Every *.yaml in the folder; the file name must match the model name."""
+    models: dict[str, RegisterMap] = {}
+    for path in sorted(folder.glob("*.yaml")):
+        regmap = load(RegisterMap, path)
+        if regmap.model != path.stem:
+            raise ConfigError(f"{path}: field 'model': {regmap.model!r} must match the file name")
+        models[regmap.model] = regmap
+    if not models:
+        raise ConfigError(f"{folder}: no register maps (*.yaml) found")
+    return models

@@ -1,0 +1,316 @@
+"""A gateway: reads its devices (Modbus polls or vendor MQTT) and publishes canonical
+readings, events and statuses on the broker.
+
+One gateway runs per `gateways:` entry of the site file. It announces itself with a
+retained status and an MQTT last will, keeps polling while the broker is away (its
+outbox spools to disk and replays in order), and dead-letters what it cannot decode.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from pathlib import Path
+
+import aiomqtt
+import msgspec
+
+from facility import messages as m
+from facility import topics
+from facility.configfile import ConfigError
+from facility.messages import Availability, DeviceStatus, Family, Quality, Reading
+from facility.metrics import Metrics
+from facility.mqtt import make_client, run_connected
+from facility.outbox import Outbox
+from facility.service import Service
+from facility.settings import REPO_ROOT, Settings
+from facility.site import Device, GatewayKind, SiteConfig
+from gateway.modbus.poller import HostPoller, PolledDevice, PollResult, Sink
+from gateway.modbus.registermap import RegisterMap, compile_plan, load_models
+from gateway.vendors import MappingError, VendorDecoder, VendorMapping, load_vendors
+
+log = logging.getLogger(__name__)
+
+MODELS_DIR = REPO_ROOT / "config" / "models"
+VENDORS_DIR = REPO_ROOT / "config" / "vendors"
+
+
+class Gateway(Service, Sink):
+    def __init__(self, settings: Settings, site: SiteConfig, gateway_id: str, *,
+                 models_dir: Path = MODELS_DIR, vendors_dir: Path = VENDORS_DIR,
+                 clock_ns: Callable[[], int] = time.time_ns) -> None:
+        super().__init__()
+        self.name = f"gateway {gateway_id}"
+        self.settings = settings
+        self.site = site
+        self.site_id = site.site.id
+        try:
+            self.spec = site.gateway(gateway_id)
+        except KeyError:
+            known = ", ".join(g.id for g in site.gateways)
+            raise ConfigError(f"gateway {gateway_id!r} is not in the site file (known: {known})") \
+                from None
+        self.id = gateway_id
+        self.clock_ns = clock_ns
+        self.devices = site.devices_of(gateway_id)
+        self._seq = itertools.count(1)
+        self.metrics = Metrics("gateway")
+        self._m_readings = self.metrics.counter("readings_total", "Readings published",
+                                                ("family", "quality"))
+        self._m_events = self.metrics.counter("events_total", "Events published", ("family",))
+        self._m_dead = self.metrics.counter("dead_letters_total",
+                                            "Messages that could not be decoded", ("vendor",))
+        self.dead_letters = 0
+        self.status: dict[str, DeviceStatus] = {}
+        self._status_dirty: set[str] = set()
+        self._status_wake = asyncio.Event()
+        self.pollers: list[HostPoller] = []
+        self.decoders: list[VendorDecoder] = []
+        self.last_seen: dict[str, float] = {}
+        if self.spec.kind is GatewayKind.MODBUS:
+            self._build_pollers(load_models(models_dir))
+        else:
+            self._build_decoders(load_vendors(vendors_dir))
+        self.outbox: Outbox | None = None
+
+    # --- set-up -------------------------------------------------------------------------
+
+    def _build_pollers(self, models: dict[str, RegisterMap]) -> None:
+        hosts: dict[tuple[str, int], list[PolledDevice]] = defaultdict(list)
+        self._labels: dict[str, tuple[dict[str, str], dict[str, str]]] = {}
+        for device in self.devices:
+            endpoint = device.modbus
+            assert endpoint is not None
+            regmap = models.get(endpoint.model)
+            where = f"{self.site_path}: device {device.id!r}"
+            if regmap is None:
+                raise ConfigError(f"{where}: field 'modbus.model': unknown model "
+                                  f"{endpoint.model!r} (known: {', '.join(sorted(models))})")
+            count = device.units.count if device.units else 0
+            if bool(count) != (regmap.units is not None):
+                raise ConfigError(f"{where}: field 'units': model {regmap.model!r} "
+                                  + ("has" if regmap.units else "has no") + " per-unit points")
+            plan = compile_plan(regmap, count)
+            hosts[(endpoint.host, endpoint.port)].append(PolledDevice(device, plan))
+            own = {p.name: p.unit for p in regmap.points if p.unit}
+            per_unit = {p.name: p.unit for p in regmap.units.points if p.unit} \
+                if regmap.units else {}
+            self._labels[device.id] = (own, per_unit)
+        self.pollers = [HostPoller(host, port, devs, self, clock_ns=self.clock_ns)
+                        for (host, port), devs in hosts.items()]
+
+    def _build_decoders(self, vendors: dict[str, VendorMapping]) -> None:
+        for vendor in self.spec.vendors:
+            mapping = vendors.get(vendor)
+            if mapping is None:
+                raise ConfigError(f"{self.site_path}: gateway {self.id!r}: field 'vendors': "
+                                  f"no mapping file for {vendor!r}")
+            self.decoders.append(VendorDecoder(mapping, self.site, self.id, self.clock_ns))
+
+    @property
+    def site_path(self) -> str:
+        return str(self.settings.site_path)
+
+    def _next_seq(self) -> int:
+        return next(self._seq)
+
+    # --- running ------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        spool = self.settings.resolve(self.settings.gateway.spool_dir) / f"{self.id}.sqlite"
+        self.outbox = Outbox(spool, memory_limit=self.settings.gateway.spool_memory_limit,
+                             window=self.settings.gateway.publish_window)
+        if self.outbox.spool.count:
+            log.info("%s: %d messages spooled from before; they go first", self.name,
+                     self.outbox.spool.count)
+
+    async def close(self) -> None:
+        if self.outbox is not None:
+            self.outbox.close()
+            self.outbox = None
+
+    async def run(self) -> None:
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(run_connected(self.settings.mqtt, self._client, self._session,
+                                         name=self.name, on_disconnect=self._disconnected),
+                           name=f"{self.id} mqtt")
+            for poller in self.pollers:
+                tg.create_task(poller.run(), name=f"{self.id} modbus {poller.name}")
+            if self.decoders:
+                tg.create_task(self._watchdog(), name=f"{self.id} watchdog")
+
+    def _client(self) -> aiomqtt.Client:
+        will = aiomqtt.Will(
+            topics.status(self.site_id, Family.GATEWAY, self.id),
+            m.encode(self._gateway_status(Availability.OFFLINE, "connection lost")),
+            qos=1, retain=True,
+        )
+        return make_client(self.settings.mqtt, f"{self.settings.mqtt.client_prefix}-{self.id}",
+                           will=will, session_expiry=24 * 3600,
+                           max_inflight=self.settings.gateway.publish_window)
+
+    def _gateway_status(self, state: Availability, reason: str) -> DeviceStatus:
+        return DeviceStatus(site=self.site_id, family=Family.GATEWAY, device=self.id,
+                            ts=self.clock_ns(), state=state, reason=reason, gateway=self.id)
+
+    def _disconnected(self) -> None:
+        self.ready.clear()
+        if self.outbox is not None:
+            self.outbox.disconnected()
+
+    async def _session(self, client: aiomqtt.Client) -> None:
+        assert self.outbox is not None
+        await client.publish(topics.status(self.site_id, Family.GATEWAY, self.id),
+                             m.encode(self._gateway_status(Availability.ONLINE, "running")),
+                             qos=1, retain=True)
+        for decoder in self.decoders:
+            for flt in decoder.mapping.subscriptions():
+                await client.subscribe(flt, qos=1)
+        self._status_dirty.update(self.status)
+        self.ready.set()
+        try:
+            try:
+                async with asyncio.TaskGroup() as tg:
+                    tg.create_task(self.outbox.drain(client), name=f"{self.id} outbox")
+                    tg.create_task(self._publish_statuses(client), name=f"{self.id} statuses")
+                    if self.decoders:
+                        tg.create_task(self._receive(client), name=f"{self.id} receive")
+            except* aiomqtt.MqttError as group:
+                raise group.exceptions[0] from None
+        except asyncio.CancelledError:
+            # A clean stop sends no will: say so ourselves, briefly, then stop.
+            with contextlib.suppress(aiomqtt.MqttError, asyncio.TimeoutError):
+                await asyncio.wait_for(client.publish(
+                    topics.status(self.site_id, Family.GATEWAY, self.id),
+                    m.encode(self._gateway_status(Availability.OFFLINE, "stopped")),
+                    qos=1, retain=True), 2.0)
+            raise
+        finally:
+            self.ready.clear()
+
+    # --- publishing ---------------------------------------------------------------------
+
+    def _put(self, topic: str, message: msgspec.Struct) -> None:
+        assert self.outbox is not None, "gateway not opened"
+        self.outbox.put(topic, m.encode(message))
+
+    def publish_reading(self, reading: Reading) -> None:
+        self._put(topics.telemetry(reading.site, reading.family, reading.device), reading)
+        self._m_readings.labels(reading.family, reading.quality).inc()
+
+    def publish_event(self, event: m.Event) -> None:
+        self._put(topics.event(event.site, event.family, event.device), event)
+        self._m_events.labels(event.family).inc()
+
+    def set_status(self, device_id: str, family: Family, state: Availability, reason: str) -> None:
+        self.status[device_id] = DeviceStatus(site=self.site_id, family=family, device=device_id,
+                                              ts=self.clock_ns(), state=state, reason=reason,
+                                              gateway=self.id)
+        self._status_dirty.add(device_id)
+        self._status_wake.set()
+
+    async def _publish_statuses(self, client: aiomqtt.Client) -> None:
+        # Retained latest state, not a queue: after an outage only the current state matters.
+        while True:
+            while self._status_dirty:
+                device_id = self._status_dirty.pop()
+                status = self.status[device_id]
+                try:
+                    await client.publish(topics.status(status.site, status.family, device_id),
+                                         m.encode(status), qos=1, retain=True)
+                except aiomqtt.MqttError:
+                    self._status_dirty.add(device_id)
+                    raise
+            self._status_wake.clear()
+            await self._status_wake.wait()
+
+    def dead_letter(self, vendor: str, topic: str, reason: str, payload: bytes) -> None:
+        self.dead_letters += 1
+        self._m_dead.labels(vendor).inc()
+        log.debug("%s: dead letter from %s: %s", self.name, topic, reason)
+        letter = m.DeadLetter.of(self.id, self.clock_ns(), topic, reason, payload)
+        self._put(topics.deadletter(self.site_id, self.id), letter)
+
+    # --- Modbus sink --------------------------------------------------------------------
+
+    def poll_done(self, polled: PolledDevice, result: PollResult) -> None:
+        device = polled.device
+        own_units, unit_units = self._labels[device.id]
+        base_tags = self.site.base_tags(device)
+        self._publish_poll(device.id, device.family, 0, result, own_units, base_tags)
+        if device.units:
+            unit_tags = {**base_tags, "controller": device.id}
+            for n, unit_id in enumerate(device.unit_ids(), start=1):
+                if n in result.values or n in result.errors:
+                    self._publish_poll(unit_id, device.units.family, n, result, unit_units,
+                                       unit_tags)
+
+    def _publish_poll(self, device_id: str, family: Family, unit: int, result: PollResult,
+                      labels: dict[str, str], tags: dict[str, str]) -> None:
+        values = result.values.get(unit, {})
+        quality = result.quality.get(unit, Quality.GOOD)
+        if not values and quality is Quality.GOOD:
+            return
+        if not values and unit:
+            return  # a silent controller is reported once, on its own reading
+        reading = Reading(site=self.site_id, family=family, device=device_id, ts=result.ts,
+                          values=values, units={k: labels[k] for k in values if k in labels},
+                          quality=quality, tags=tags, gateway=self.id, seq=self._next_seq(),
+                          errors=result.errors.get(unit, {}))
+        self.publish_reading(reading)
+
+    def availability_changed(self, polled: PolledDevice, state: Availability, reason: str) -> None:
+        self.set_status(polled.device.id, polled.device.family, state, reason)
+
+    # --- vendor MQTT --------------------------------------------------------------------
+
+    async def _receive(self, client: aiomqtt.Client) -> None:
+        async for message in client.messages:
+            topic = str(message.topic)
+            payload = message.payload if isinstance(message.payload, bytes) \
+                else str(message.payload).encode()
+            decoder = next((d for d in self.decoders if d.matches(topic)), None)
+            if decoder is None:
+                continue
+            try:
+                out = decoder.decode(topic, payload, self._next_seq)
+            except (MappingError, m.ContractError) as exc:
+                self.dead_letter(decoder.mapping.vendor, topic, str(exc), payload)
+                continue
+            self._seen(out.device)
+            if out.reading is not None:
+                self.publish_reading(out.reading)
+            for event in out.events:
+                self.publish_event(event)
+
+    def _seen(self, device: Device) -> None:
+        self.last_seen[device.id] = asyncio.get_running_loop().time()
+        current = self.status.get(device.id)
+        if current is None or current.state is not Availability.ONLINE:
+            self.set_status(device.id, device.family, Availability.ONLINE, "reporting")
+
+    async def _watchdog(self) -> None:
+        """Devices that stop reporting go offline after stale_factor x their report period."""
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        limits = {}
+        for decoder in self.decoders:
+            limit = decoder.mapping.report_period * self.settings.gateway.stale_factor
+            for device in decoder.devices.values():
+                limits[device.id] = (device, limit)
+        step = max(1.0, min(limit for _, limit in limits.values()) / 10) if limits else 10.0
+        while True:
+            await asyncio.sleep(step)
+            now = loop.time()
+            for device_id, (device, limit) in limits.items():
+                silent_for = now - self.last_seen.get(device_id, started)
+                current = self.status.get(device_id)
+                if silent_for > limit and (current is None
+                                           or current.state is Availability.ONLINE):
+                    self.set_status(device_id, device.family, Availability.OFFLINE,
+                                    f"no report for {silent_for:.0f}s")
