@@ -297,7 +297,23 @@ def decode(payload: bytes | str, kind: type[M]) -> M:
     try:
         return decoder.decode(payload)  # type: ignore[no-any-return]
     except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+        version = _version_of(payload)
+        if version is not None and version != SCHEMA_VERSION:
+            raise ContractError(f"schema version {version} is not supported "
+                                f"(this is v{SCHEMA_VERSION})") from None
         raise ContractError(str(exc)) from None
+
+
+class _Envelope(msgspec.Struct):
+    v: int = SCHEMA_VERSION
+
+
+def _version_of(payload: bytes | str) -> int | None:
+    """The schema version a payload claims, when decoding it failed (for a clear reason)."""
+    try:
+        return msgspec.json.decode(payload, type=_Envelope).v
+    except (msgspec.ValidationError, msgspec.DecodeError):
+        return None
 
 
 def to_builtins(message: msgspec.Struct) -> dict[str, Any]:

@@ -70,7 +70,7 @@ def make_client(
         tls_context = ssl.create_default_context(
             cafile=str(settings.tls_ca) if settings.tls_ca else None
         )
-    return aiomqtt.Client(
+    client = aiomqtt.Client(
         address.host,
         address.port,
         username=address.username,
@@ -86,6 +86,9 @@ def make_client(
         tls_context=tls_context,
         timeout=10,
     )
+    # aiomqtt warns above 10 unconfirmed publishes; windows of QoS 1 publishes are normal here.
+    client.pending_calls_threshold = max(10, max_inflight * 2)
+    return client
 
 
 Session = Callable[[aiomqtt.Client], Awaitable[None]]

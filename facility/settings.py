@@ -70,6 +70,7 @@ class GatewaySettings(Section):
 
 class IngestSettings(Section):
     client_id: str = "ingest"
+    site: str = "+"  # the site whose messages to store; '+' for every site on the broker
     shared_group: str = ""  # "$share/<group>/..." subscriptions when set
     batch_size: int = Field(default=5000, ge=1, le=100_000)
     batch_interval: float = Field(default=0.25, gt=0, le=60)

@@ -59,7 +59,7 @@ class Ingest(Service):
         self.dead_letters = 0
 
     def subscriptions(self) -> list[str]:
-        filters = [topics.subscription(kind) for kind in KINDS]
+        filters = [topics.subscription(kind, site=self.options.site) for kind in KINDS]
         group = self.options.shared_group
         return [f"$share/{group}/{f}" for f in filters] if group else filters
 
