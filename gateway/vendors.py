@@ -267,17 +267,16 @@ class VendorDecoder:
 
 
 def _parse_time(raw: Any, spec: TimeSpec, tz: ZoneInfo) -> int:
+    number = isinstance(raw, int | float) and not isinstance(raw, bool)
+    if spec.format == "unix_s" and number:
+        return int(raw * 1_000_000_000)
+    if spec.format == "unix_ms" and number:
+        return int(raw * 1_000_000)
+    if spec.format not in ("iso8601", "local") or not isinstance(raw, str):
+        raise MappingError(f"time at {spec.path!r} is {raw!r}, not {spec.format}")
     try:
-        if spec.format == "unix_s" and isinstance(raw, int | float) and not isinstance(raw, bool):
-            return int(raw * 1_000_000_000)
-        if spec.format == "unix_ms" and isinstance(raw, int | float) and not isinstance(raw, bool):
-            return int(raw * 1_000_000)
-        if spec.format == "iso8601" and isinstance(raw, str):
-            parsed = datetime.fromisoformat(raw)
-        elif spec.format == "local" and isinstance(raw, str):
-            parsed = datetime.strptime(raw, spec.local_format)
-        else:
-            raise MappingError(f"time at {spec.path!r} is {raw!r}, not {spec.format}")
+        parsed = datetime.fromisoformat(raw) if spec.format == "iso8601" \
+            else datetime.strptime(raw, spec.local_format)
     except ValueError as exc:
         raise MappingError(f"time at {spec.path!r}: {exc}") from None
     if parsed.tzinfo is None:

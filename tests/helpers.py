@@ -8,6 +8,8 @@ import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
+import aiomqtt
+
 from facility import messages as m
 from facility.influx import InfluxClient
 from facility.mqtt import make_client
@@ -38,11 +40,15 @@ async def publish_all(mqtt: MqttSettings, messages: list[tuple[str, bytes]], qos
 
 
 class Collector:
-    """Subscribes to filters on the real broker and keeps what arrives."""
+    """Subscribes to filters on the real broker and keeps what arrives. A persistent one
+    keeps its session at the broker and reconnects, so it misses nothing across a broker
+    restart."""
 
-    def __init__(self, mqtt: MqttSettings, *filters: str) -> None:
+    def __init__(self, mqtt: MqttSettings, *filters: str, persistent: bool = False) -> None:
         self.mqtt = mqtt
         self.filters = filters
+        self.persistent = persistent
+        self.client_id = f"test-sub-{uuid.uuid4().hex[:8]}"
         self.messages: list[tuple[str, bytes]] = []
         self._task: asyncio.Task[None] | None = None
         self._ready = asyncio.Event()
@@ -58,14 +64,23 @@ class Collector:
         await asyncio.gather(self._task, return_exceptions=True)
 
     async def _run(self) -> None:
-        async with make_client(self.mqtt, f"test-sub-{uuid.uuid4().hex[:8]}") as client:
-            for flt in self.filters:
-                await client.subscribe(flt, qos=1)
-            self._ready.set()
-            async for message in client.messages:
-                payload = message.payload
-                self.messages.append((message.topic.value, bytes(payload)  # type: ignore[arg-type]
-                                      if not isinstance(payload, bytes) else payload))
+        expiry = 600 if self.persistent else 0
+        while True:
+            try:
+                async with make_client(self.mqtt, self.client_id,
+                                       session_expiry=expiry) as client:
+                    for flt in self.filters:
+                        await client.subscribe(flt, qos=1)
+                    self._ready.set()
+                    async for message in client.messages:
+                        payload = message.payload
+                        self.messages.append((message.topic.value, payload
+                                              if isinstance(payload, bytes)
+                                              else bytes(payload)))  # type: ignore[arg-type]
+            except aiomqtt.MqttError:
+                if not self.persistent:
+                    raise
+                await asyncio.sleep(0.2)
 
     def decoded(self, kind: type[T]) -> list[T]:
         return [m.decode(p, kind) for _, p in self.messages]

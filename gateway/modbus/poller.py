@@ -21,6 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from pymodbus.client import AsyncModbusTcpClient
+from pymodbus.constants import ExcCodes
 from pymodbus.exceptions import ModbusException
 
 from facility.backoff import Backoff
@@ -30,6 +31,9 @@ from gateway.modbus.decode import decode_block
 from gateway.modbus.registermap import Block, Plan
 
 log = logging.getLogger(__name__)
+
+# Exception replies from an RS485-to-TCP converter meaning "the unit behind me is silent".
+GATEWAY_NO_ANSWER = frozenset({ExcCodes.GATEWAY_PATH_UNAVIABLE, ExcCodes.GATEWAY_NO_RESPONSE})
 
 # Worst first: a unit's quality is the worst thing that happened to one of its blocks.
 _RANK = {Quality.COMM_FAILURE: 3, Quality.DEVICE_ERROR: 2, Quality.BAD_VALUE: 1,
@@ -120,6 +124,10 @@ class HostPoller:
 
     def _schedule_next(self, polled: PolledDevice, now: float) -> None:
         period = polled.device.modbus.period  # type: ignore[union-attr]
+        if polled.availability is Availability.OFFLINE:
+            # Probe an offline unit less often: each probe costs its neighbours a timeout.
+            polled.next_due = now + max(period, min(5.0, 10 * period))
+            return
         polled.next_due += period
         if polled.next_due < now:  # fell more than a period behind: skip, do not burst
             polled.late_polls += 1
@@ -163,11 +171,18 @@ class HostPoller:
                 for later in polled.plan.blocks[index:]:
                     self._fail_block(result, later, "no answer", Quality.COMM_FAILURE)
                 break
-            result.answered = True
             if response.isError():
-                code = getattr(response, "exception_code", "?")
+                code = getattr(response, "exception_code", 0)
+                if code in GATEWAY_NO_ANSWER:
+                    # The converter answered for a unit behind it that did not: no answer.
+                    result.reason = f"gateway exception {code}: the unit did not respond"
+                    for later in polled.plan.blocks[index:]:
+                        self._fail_block(result, later, "no answer", Quality.COMM_FAILURE)
+                    break
+                result.answered = True
                 self._fail_block(result, block, f"exception {code}", Quality.DEVICE_ERROR)
                 continue
+            result.answered = True
             data = response.bits[: block.count] if block.table in ("coil", "discrete") \
                 else response.registers
             before = {u: len(e) for u, e in result.errors.items()}
