@@ -14,7 +14,7 @@ from facility import messages as m
 from facility import topics
 from facility.influx import InfluxClient
 from facility.localservers import InfluxServer, MosquittoServer
-from facility.messages import Family, Quality, Reading
+from facility.messages import Family, Reading
 from facility.settings import Settings
 from ingest.service import Ingest
 from tests.conftest import make_settings
