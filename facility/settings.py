@@ -78,6 +78,18 @@ class IngestSettings(Section):
     session_expiry: int = Field(default=7 * 24 * 3600, ge=0)
 
 
+class StateSettings(Section):
+    # sqlite:///path (relative to the settings file) or postgresql://user@host:5432/db
+    url: SecretStr = SecretStr("sqlite:///../var/state.sqlite")
+
+    def resolved(self, base: Path) -> str:
+        url = self.url.get_secret_value()
+        prefix = "sqlite:///"
+        if url.startswith(prefix) and not url.startswith(prefix + "/") and ":memory:" not in url:
+            return prefix + str((base / url[len(prefix):]).resolve())
+        return url
+
+
 class Settings(BaseSettings):
     """Everything a service needs to connect. Secrets stay SecretStr and out of logs."""
 
@@ -93,6 +105,7 @@ class Settings(BaseSettings):
     influx: InfluxSettings = InfluxSettings()
     gateway: GatewaySettings = GatewaySettings()
     ingest: IngestSettings = IngestSettings()
+    state: StateSettings = StateSettings()
     # Where this file came from, to resolve relative paths; not a setting.
     config_path: Path = Field(default=DEFAULT_CONFIG, exclude=True)
 
@@ -115,6 +128,10 @@ class Settings(BaseSettings):
     @property
     def site_path(self) -> Path:
         return self.resolve(self.site_file)
+
+    @property
+    def state_url(self) -> str:
+        return self.state.resolved(self.config_path.parent)
 
 
 def load_settings(path: Path | None = None, **overrides: Any) -> Settings:

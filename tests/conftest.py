@@ -110,3 +110,28 @@ async def no_leaked_tasks() -> AsyncIterator[None]:
         await asyncio.sleep(0)
         pending = [t for t in pending if not t.done()]
     assert not pending, f"test leaked tasks: {[t.get_name() for t in pending]}"
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def state_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A fresh state store: an SQLite file, or a new database on the machine's PostgreSQL."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'state.sqlite'}"
+        return
+    import subprocess
+
+    name = f"facility_test_{uuid.uuid4().hex[:10]}"
+    pg = ["-h", "127.0.0.1", "-p", "5432"]
+    made = subprocess.run(["createdb", *pg, name], capture_output=True, text=True)
+    if made.returncode != 0:
+        pytest.fail(f"cannot create a PostgreSQL database on 127.0.0.1:5432: {made.stderr}")
+    try:
+        yield f"postgresql://{_pg_user()}@127.0.0.1:5432/{name}"
+    finally:
+        subprocess.run(["dropdb", *pg, "--if-exists", "--force", name], capture_output=True)
+
+
+def _pg_user() -> str:
+    import getpass
+
+    return getpass.getuser()
