@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import importlib
+import importlib.util
 import logging
 import sys
 from collections.abc import Awaitable, Callable
@@ -18,6 +20,9 @@ from facility.settings import Settings, load_settings
 from facility.site import SiteConfig, load_site
 
 log = logging.getLogger("facility")
+
+# Packages whose cli.py, when present, adds subcommands (rules, api, dashboards, report).
+PLUGIN_PACKAGES = ("rules", "api", "dashboards", "reports")
 
 DESCRIPTION = """\
 Campus monitoring platform of the Panyu District administrative office centre.
@@ -75,7 +80,17 @@ def _parser() -> argparse.ArgumentParser:
                    help="start InfluxDB/Mosquitto (data in var/) if they are not running")
     p.add_argument("--every", type=float, default=5.0, help="seconds between status lines")
     p.set_defaults(func=cmd_up)
+
+    # Packages add their own subcommands in <package>/cli.py: register(subparsers).
+    for package in PLUGIN_PACKAGES:
+        if _has_module(package, "cli"):
+            importlib.import_module(f"{package}.cli").register(sub)
     return parser
+
+
+def _has_module(package: str, module: str) -> bool:
+    return importlib.util.find_spec(package) is not None and \
+        importlib.util.find_spec(f"{package}.{module}") is not None
 
 
 def _sim_options(p: argparse.ArgumentParser) -> None:

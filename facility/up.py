@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import importlib
 import logging
 import time
 from collections import Counter, deque
@@ -17,6 +18,7 @@ from urllib.parse import urlsplit
 import aiomqtt
 
 from facility import topics
+from facility.cli import _has_module
 from facility.localservers import InfluxServer, MosquittoServer, port_open
 from facility.mqtt import make_client, parse_url
 from facility.service import Service
@@ -107,6 +109,13 @@ async def run_up(args: argparse.Namespace, settings: Settings, site: SiteConfig)
                 campus = Campus(site, settings.mqtt, clock=clock, seed=args.seed)
                 await stack.enter_async_context(campus)
                 log.info("simulators running (seed %d, speed x%g)", args.seed, args.speed)
+            # Packages that exist add their services (rules engine, API) through <pkg>/up.py:
+            # services(settings, site) -> list of Service.
+            for package in ("rules", "api"):
+                if _has_module(package, "up"):
+                    for svc in importlib.import_module(f"{package}.up").services(settings, site):
+                        await stack.enter_async_context(svc)
+                        running.append((svc.name, svc))
             ingest = Ingest(settings)
             await stack.enter_async_context(ingest)
             running.append(("ingest", ingest))
