@@ -23,13 +23,14 @@ import msgspec
 from facility import messages as m
 from facility import topics
 from facility.configfile import ConfigError
-from facility.messages import Availability, DeviceStatus, Family, Quality, Reading
+from facility.messages import Availability, CommandStatus, DeviceStatus, Family, Quality, Reading
 from facility.metrics import Metrics
 from facility.mqtt import make_client, run_connected
 from facility.outbox import Outbox
 from facility.service import Service
 from facility.settings import REPO_ROOT, Settings
 from facility.site import Device, GatewayKind, SiteConfig
+from gateway.commands import CommandExecutor, CommandLog
 from gateway.modbus.poller import HostPoller, PolledDevice, PollResult, Sink
 from gateway.modbus.registermap import RegisterMap, compile_plan, load_models
 from gateway.vendors import MappingError, VendorDecoder, VendorMapping, load_vendors
@@ -70,6 +71,9 @@ class Gateway(Service, Sink):
         self._status_dirty: set[str] = set()
         self._status_wake = asyncio.Event()
         self.pollers: list[HostPoller] = []
+        self.executors: list[CommandExecutor] = []
+        self.command_log: CommandLog | None = None
+        self._commands: set[asyncio.Task[CommandStatus]] = set()
         self.decoders: list[VendorDecoder] = []
         self.last_seen: dict[str, float] = {}
         if self.spec.kind is GatewayKind.MODBUS:
@@ -103,6 +107,9 @@ class Gateway(Service, Sink):
             self._labels[device.id] = (own, per_unit)
         self.pollers = [HostPoller(host, port, devs, self, clock_ns=self.clock_ns)
                         for (host, port), devs in hosts.items()]
+        self._command_targets = [(poller, polled, models[polled.device.modbus.model].commands)
+                                 for poller in self.pollers for polled in poller.devices
+                                 if models[polled.device.modbus.model].commands is not None]
 
     def _build_decoders(self, vendors: dict[str, VendorMapping]) -> None:
         for vendor in self.spec.vendors:
@@ -122,7 +129,14 @@ class Gateway(Service, Sink):
     # --- running ------------------------------------------------------------------------
 
     async def open(self) -> None:
-        spool = self.settings.resolve(self.settings.gateway.spool_dir) / f"{self.id}.sqlite"
+        folder = self.settings.resolve(self.settings.gateway.spool_dir)
+        if getattr(self, "_command_targets", None):
+            self.command_log = CommandLog(folder / f"{self.id}-commands.sqlite")
+            self.executors = [
+                CommandExecutor(poller, polled, spec, self.command_log, self.publish_result,
+                                clock_ns=self.clock_ns)
+                for poller, polled, spec in self._command_targets]
+        spool = folder / f"{self.id}.sqlite"
         self.outbox = Outbox(spool, memory_limit=self.settings.gateway.spool_memory_limit,
                              window=self.settings.gateway.publish_window)
         if self.outbox.spool.count:
@@ -133,8 +147,19 @@ class Gateway(Service, Sink):
         if self.outbox is not None:
             self.outbox.close()
             self.outbox = None
+        if self.command_log is not None:
+            self.command_log.close()
+            self.command_log = None
 
     async def run(self) -> None:
+        try:
+            await self._run()
+        finally:
+            for task in list(self._commands):
+                task.cancel()
+            await asyncio.gather(*self._commands, return_exceptions=True)
+
+    async def _run(self) -> None:
         async with asyncio.TaskGroup() as tg:
             tg.create_task(run_connected(self.settings.mqtt, self._client, self._session,
                                          name=self.name, on_disconnect=self._disconnected),
@@ -171,6 +196,8 @@ class Gateway(Service, Sink):
         for decoder in self.decoders:
             for flt in decoder.mapping.subscriptions():
                 await client.subscribe(flt, qos=1)
+        if self.executors:
+            await client.subscribe(topics.subscription(topics.Kind.COMMAND, self.site_id), qos=1)
         self._status_dirty.update(self.status)
         self.ready.set()
         try:
@@ -178,7 +205,7 @@ class Gateway(Service, Sink):
                 async with asyncio.TaskGroup() as tg:
                     tg.create_task(self.outbox.drain(client), name=f"{self.id} outbox")
                     tg.create_task(self._publish_statuses(client), name=f"{self.id} statuses")
-                    if self.decoders:
+                    if self.decoders or self.executors:
                         tg.create_task(self._receive(client), name=f"{self.id} receive")
             except* aiomqtt.MqttError as group:
                 raise group.exceptions[0] from None
@@ -206,6 +233,9 @@ class Gateway(Service, Sink):
     def publish_event(self, event: m.Event) -> None:
         self._put(topics.event(event.site, event.family, event.device), event)
         self._m_events.labels(event.family).inc()
+
+    def publish_result(self, result: m.CommandResult) -> None:
+        self._put(topics.command_result(result.site, result.family, result.device), result)
 
     def set_status(self, device_id: str, family: Family, state: Availability, reason: str) -> None:
         self.status[device_id] = DeviceStatus(site=self.site_id, family=family, device=device_id,
@@ -270,10 +300,14 @@ class Gateway(Service, Sink):
     # --- vendor MQTT --------------------------------------------------------------------
 
     async def _receive(self, client: aiomqtt.Client) -> None:
+        command_prefix = f"{topics.PREFIX}/{self.site_id}/{topics.Kind.COMMAND}/"
         async for message in client.messages:
             topic = str(message.topic)
             payload = message.payload if isinstance(message.payload, bytes) \
                 else str(message.payload).encode()
+            if topic.startswith(command_prefix):
+                self._command(topic, payload)
+                continue
             decoder = next((d for d in self.decoders if d.matches(topic)), None)
             if decoder is None:
                 continue
@@ -287,6 +321,25 @@ class Gateway(Service, Sink):
                 self.publish_reading(out.reading)
             for event in out.events:
                 self.publish_event(event)
+
+    def _command(self, topic: str, payload: bytes) -> None:
+        try:
+            where = topics.parse(topic)
+            command = m.decode(payload, m.Command)
+        except (topics.TopicError, m.ContractError) as exc:
+            self.dead_letter("command", topic, f"not a valid command: {exc}", payload)
+            return
+        executor = next((e for e in self.executors if e.handles(where.name)), None)
+        if executor is None:
+            return  # another gateway's device
+        if (command.site, command.device) != (where.site, where.name):
+            self.dead_letter("command", topic, "command payload names another device", payload)
+            return
+        # Run beside the receiver: a bollard takes seconds to move.
+        task = asyncio.get_running_loop().create_task(executor.execute(command),
+                                                      name=f"command {command.id}")
+        self._commands.add(task)
+        task.add_done_callback(self._commands.discard)
 
     def _seen(self, device: Device) -> None:
         self.last_seen[device.id] = asyncio.get_running_loop().time()

@@ -117,7 +117,7 @@ class HostPoller:
                     await asyncio.sleep(delay)
                 self._schedule_next(polled, loop.time())
                 async with self.lock:
-                    result = await self._poll(polled)
+                    result = await self.poll(polled)
                 self._record(polled, result)
         finally:
             self.client.close()
@@ -150,7 +150,8 @@ class HostPoller:
             log.warning("modbus %s: cannot connect; retrying with backoff", self.name)
         return "connection refused or unreachable"
 
-    async def _poll(self, polled: PolledDevice) -> PollResult:
+    async def poll(self, polled: PolledDevice) -> PollResult:
+        """Read every block of one device once. The caller holds `self.lock`."""
         endpoint = polled.device.modbus
         assert endpoint is not None
         result = PollResult(ts=self.clock_ns(), answered=False)

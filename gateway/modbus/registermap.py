@@ -80,6 +80,31 @@ class UnitBlock(Strict):
     points: list[PointSpec] = Field(min_length=1)
 
 
+class CommandRegisters(Strict):
+    code: int = Field(ge=0, le=65535)
+    arg: int = Field(ge=0, le=65535)
+    seq: int = Field(ge=0, le=65535)
+    ack_seq: int = Field(ge=0, le=65535)
+    result: int = Field(ge=0, le=65535)
+
+
+class CommandAction(Strict):
+    code: int = Field(ge=0, le=65535)
+    scope: Literal["unit", "all", "group"]  # one unit (arg = its number), every unit, the PLC
+    done_when: dict[Name, str | int | float | bool]
+    fail_when: dict[Name, str | int | float | bool] = {}
+    timeout: float = Field(gt=0, le=600)
+
+
+class CommandSpec(Strict):
+    """Sequence-numbered command registers: executed once per new sequence number."""
+
+    registers: CommandRegisters
+    results: dict[int, str]
+    accepted: list[int]
+    actions: dict[Name, CommandAction] = Field(min_length=1)
+
+
 class RegisterMap(Strict):
     model: Annotated[str, StringConstraints(pattern=f"^{ID_PATTERN.pattern}$")]
     vendor: str
@@ -91,6 +116,7 @@ class RegisterMap(Strict):
     unreadable: list[tuple[int, int]] = []  # inclusive address ranges a read must not touch
     points: list[PointSpec] = []
     units: UnitBlock | None = None
+    commands: CommandSpec | None = None
 
     @model_validator(mode="after")
     def _no_overlaps(self) -> RegisterMap:
