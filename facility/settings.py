@@ -90,6 +90,39 @@ class StateSettings(Section):
         return url
 
 
+class GrafanaSettings(Section):
+    """Where `facility dashboards push` uploads the dashboards (grafana-client)."""
+
+    url: str = "http://127.0.0.1:3000"
+    token: SecretStr | None = None  # a service-account token; FACILITY_GRAFANA_TOKEN
+    folder: str = "番禺区行政办公中心"
+    folder_uid: str = Field(default="facility", pattern=r"^[A-Za-z0-9_-]{1,40}$")
+    # The InfluxDB data source as Grafana reaches it (may differ from influx.url).
+    datasource_url: str | None = None
+    timeout: float = Field(default=10.0, gt=0)
+
+    @field_validator("url")
+    @classmethod
+    def _http(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("must look like http://host:3000")
+        return value.rstrip("/")
+
+
+class ReportSettings(Section):
+    """Energy-saving and shift reports: where they go and what counts as office hours."""
+
+    output_dir: Path = Path("../var/reports")
+    office_start: str = Field(default="08:30", pattern=r"^([01]\d|2[0-3]):[0-5]\d$")
+    office_end: str = Field(default="18:00", pattern=r"^([01]\d|2[0-3]):[0-5]\d$")
+    workdays: list[int] = Field(default=[1, 2, 3, 4, 5], description="ISO weekdays")
+    holidays_file: Path | None = None  # default: the calendar shipped in reports/
+    rollup_retention_policy: str = Field(default="rollup", pattern=r"^[A-Za-z0-9_]{1,64}$")
+    rollup_retention: str = Field(default="INF", pattern=r"^(INF|\d+[hdw])$")
+    shift_start: str = Field(default="08:00", pattern=r"^([01]\d|2[0-3]):[0-5]\d$")
+
+
 class Settings(BaseSettings):
     """Everything a service needs to connect. Secrets stay SecretStr and out of logs."""
 
@@ -106,6 +139,8 @@ class Settings(BaseSettings):
     gateway: GatewaySettings = GatewaySettings()
     ingest: IngestSettings = IngestSettings()
     state: StateSettings = StateSettings()
+    grafana: GrafanaSettings = GrafanaSettings()
+    reports: ReportSettings = ReportSettings()
     # Where this file came from, to resolve relative paths; not a setting.
     config_path: Path = Field(default=DEFAULT_CONFIG, exclude=True)
 
