@@ -320,3 +320,230 @@ def to_builtins(message: msgspec.Struct) -> dict[str, Any]:
     result = msgspec.to_builtins(message)
     assert isinstance(result, dict)
     return result
+
+
+# --- Alerts, display and broadcast messages (rules engine, issue 3) -------------------------
+# Appended; the structs above are unchanged. Topics: alert/{alert_id} (AlertMessage),
+# display/{display_id} retained (DisplayMessage), display-ack/{endpoint_id} (DisplayAck),
+# broadcast/{pa_zone} (Broadcast), command/alert/{target} (AlertOperation) and
+# command-result/alert/{target} (AlertOperationResult).
+
+
+class Severity(StrEnum):
+    """ThingsBoard's alarm severities; `info` is a report item, never a siren."""
+
+    CRITICAL = "critical"
+    MAJOR = "major"
+    MINOR = "minor"
+    WARNING = "warning"
+    INFO = "info"
+
+
+SEVERITY_RANK = {Severity.CRITICAL: 5, Severity.MAJOR: 4, Severity.MINOR: 3,
+                 Severity.WARNING: 2, Severity.INFO: 1}
+
+
+class AlertState(StrEnum):
+    """ISA-18.2 / IEC 62682 alarm states (the 'effective' state an operator sees)."""
+
+    NORMAL = "normal"  # condition clear and acknowledged: the alert is closed
+    ACTIVE_UNACK = "active_unack"  # unacknowledged alarm
+    ACTIVE_ACK = "active_ack"  # acknowledged alarm
+    RTN_UNACK = "rtn_unack"  # returned to normal, unacknowledged
+    SHELVED = "shelved"  # temporarily removed from service by an operator, with an expiry
+    SUPPRESSED = "suppressed"  # suppressed by design: maintenance, topology, a parent alarm
+    OUT_OF_SERVICE = "out_of_service"  # removed from service (repair), by a person
+
+
+class AlertMessage(msgspec.Struct, frozen=True, kw_only=True):
+    """One state change of an alert, published on alert/{alert_id} (QoS 1).
+
+    `source` is what the alert is about: a device, a gateway, a place (correlation rules)
+    or an output endpoint. `active` is the process condition; `acknowledged` the
+    operator's; `state` the ISA-18.2 state derived from both and from shelving and
+    suppression."""
+
+    id: str
+    site: str
+    rule: str
+    source: str
+    ts: int
+    state: AlertState
+    active: bool
+    acknowledged: bool
+    severity: Severity
+    priority: int  # 1 most urgent .. 5
+    transition: str  # raised, acknowledged, cleared, shelved, escalated, ...
+    family: str = ""
+    place: str = ""
+    zone: str = ""
+    incident: str = ""
+    title: str = ""
+    text: str = ""
+    value: Scalar | None = None
+    raised_at: int = 0
+    by: str = ""  # who caused this transition, for operator actions
+    comment: str = ""
+    shelved_until: int = 0
+    suppressed_by: str = ""
+    escalation: int = 0  # escalation level reached (0: not escalated)
+    escalated_to: str = ""
+    chattering: bool = False
+    category: str = ""  # alarm (annunciated) or report
+    v: int = SCHEMA_VERSION
+
+    def __post_init__(self) -> None:
+        _check_version(self.v)
+        check_id(self.id, "alert id")
+        check_id(self.site, "site")
+        check_id(self.rule, "rule id")
+        check_id(self.source, "source")
+        _check_ts(self.ts)
+        if not 1 <= self.priority <= 5:
+            raise ContractError(f"priority {self.priority} is not 1..5")
+        if self.value is not None:
+            _check_scalar("value", self.value)
+
+
+class DisplayKind(StrEnum):
+    NORMAL = "normal"  # the screen's ordinary content
+    ALERT = "alert"  # an alert below emergency level
+    EMERGENCY = "emergency"  # pre-empts everything below it
+    ALL_CLEAR = "all_clear"
+
+
+class DisplayMessage(msgspec.Struct, frozen=True, kw_only=True):
+    """What one screen or terminal must show now; retained on display/{display_id}.
+
+    A new `id` is new content; the same id re-sent (a retry) must not be shown twice."""
+
+    id: str
+    site: str
+    display: str
+    ts: int
+    kind: DisplayKind
+    priority: int  # 1 most urgent .. 9 (normal content)
+    text: str
+    short_text: str = ""
+    title: str = ""
+    colour: str = ""  # red, orange, yellow, blue, green, white; empty: the screen's default
+    incident: str = ""
+    alert: str = ""
+    v: int = SCHEMA_VERSION
+
+    def __post_init__(self) -> None:
+        _check_version(self.v)
+        check_id(self.id, "message id")
+        check_id(self.site, "site")
+        check_id(self.display, "display id")
+        _check_ts(self.ts)
+        if not 1 <= self.priority <= 9:
+            raise ContractError(f"priority {self.priority} is not 1..9")
+        if len(self.text) > MAX_STRING_VALUE:
+            raise ContractError("display text is too long")
+
+
+class Broadcast(msgspec.Struct, frozen=True, kw_only=True):
+    """A public-address announcement (text to speech) for one PA zone, on broadcast/{zone}."""
+
+    id: str
+    site: str
+    zone: str  # the PA zone (an endpoint id of kind pa_zone)
+    ts: int
+    kind: DisplayKind
+    priority: int
+    text: str  # what the text-to-speech says
+    repeat: int = 1
+    chime: bool = True
+    incident: str = ""
+    alert: str = ""
+    v: int = SCHEMA_VERSION
+
+    def __post_init__(self) -> None:
+        _check_version(self.v)
+        check_id(self.id, "broadcast id")
+        check_id(self.site, "site")
+        check_id(self.zone, "zone")
+        _check_ts(self.ts)
+        if not 1 <= self.priority <= 9:
+            raise ContractError(f"priority {self.priority} is not 1..9")
+        if not 1 <= self.repeat <= 10:
+            raise ContractError(f"repeat {self.repeat} is not 1..10")
+        if not self.text.strip():
+            raise ContractError("a broadcast needs text")
+
+
+class AckStatus(StrEnum):
+    SHOWN = "shown"  # on screen (or announced, for a PA zone) now
+    DUPLICATE = "duplicate"  # this id was already shown or announced; not repeated
+    REJECTED = "rejected"  # the endpoint cannot show it (detail says why)
+
+
+class DisplayAck(msgspec.Struct, frozen=True, kw_only=True):
+    """An endpoint confirms a DisplayMessage or Broadcast, on display-ack/{endpoint_id}."""
+
+    site: str
+    endpoint: str
+    message: str  # the DisplayMessage or Broadcast id
+    ts: int
+    status: AckStatus = AckStatus.SHOWN
+    detail: str = ""
+    v: int = SCHEMA_VERSION
+
+    def __post_init__(self) -> None:
+        _check_version(self.v)
+        check_id(self.site, "site")
+        check_id(self.endpoint, "endpoint id")
+        check_id(self.message, "message id")
+        _check_ts(self.ts)
+
+
+class AlertAction(StrEnum):
+    ACKNOWLEDGE = "acknowledge"
+    COMMENT = "comment"
+    SHELVE = "shelve"
+    UNSHELVE = "unshelve"
+    OUT_OF_SERVICE = "out_of_service"
+    RETURN_TO_SERVICE = "return_to_service"
+    MAINTENANCE = "maintenance"  # a device in maintenance: its alerts suppressed by design
+    END_MAINTENANCE = "end_maintenance"
+    SET_CONTENT = "set_content"  # a screen's normal content
+    RELOAD = "reload"  # re-read the rule files
+
+
+class AlertOperation(msgspec.Struct, frozen=True, kw_only=True):
+    """An operator's action, on command/alert/{target} (target: alert id, device id or
+    endpoint id; 'rules' for reload). The result comes on command-result/alert/{target}."""
+
+    id: str
+    site: str
+    action: AlertAction
+    target: str
+    by: str
+    ts: int
+    comment: str = ""
+    until: int = 0  # shelve and maintenance expiry (ns)
+    text: str = ""  # set_content
+    v: int = SCHEMA_VERSION
+
+    def __post_init__(self) -> None:
+        _check_version(self.v)
+        check_id(self.id, "operation id")
+        check_id(self.site, "site")
+        check_id(self.target, "target")
+        _check_ts(self.ts)
+        if not self.by.strip():
+            raise ContractError("an operation must say who did it")
+        if self.until:
+            _check_ts(self.until, "until")
+
+
+class AlertOperationResult(msgspec.Struct, frozen=True, kw_only=True):
+    id: str  # the operation's id
+    site: str
+    target: str
+    ts: int
+    ok: bool
+    detail: str = ""
+    state: str = ""  # the alert's state after the operation, when it names an alert
+    v: int = SCHEMA_VERSION
