@@ -1,0 +1,157 @@
+"""What the rules engine knows about the campus: every source an alert can be about.
+
+Built from the site file (devices, the units behind a controller, gateways) and from the
+device knowledge that is already data: the value names each vendor mapping
+(config/vendors) and register map (config/models) produces, and report periods. Rule
+expressions are checked against these names, so a typo fails at start-up.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from facility.configfile import read_yaml
+from facility.settings import REPO_ROOT
+from facility.site import Device, SiteConfig
+
+VENDORS_DIR = REPO_ROOT / "config" / "vendors"
+MODELS_DIR = REPO_ROOT / "config" / "models"
+
+
+@dataclass(frozen=True)
+class Source:
+    id: str
+    family: str
+    kind: str
+    name: str
+    place: str = ""
+    place_name: str = ""
+    place_kind: str = ""
+    zone: str = ""
+    zone_name: str = ""
+    building: str = ""
+    gateway: str = ""
+    tags: dict[str, str] = field(default_factory=dict)
+    value_names: frozenset[str] = frozenset()
+    report_period: float = 60.0  # seconds between reports when all is well
+
+    @property
+    def parent(self) -> str:
+        """The device this one depends on: its fire panel or its controller."""
+        return self.tags.get("panel") or self.tags.get("controller") or ""
+
+
+def _vendor_values(vendors_dir: Path) -> dict[str, tuple[frozenset[str], float]]:
+    out = {}
+    for path in sorted(vendors_dir.glob("*.yaml")):
+        data: Any = read_yaml(path) or {}
+        names: set[str] = set()
+        for message in data.get("messages", []):
+            names |= set((message.get("values") or {}).keys())
+        out[str(data.get("vendor", path.stem))] = (frozenset(names),
+                                                   float(data.get("report_period", 60)))
+    return out
+
+
+def _model_values(models_dir: Path) -> dict[str, tuple[frozenset[str], frozenset[str]]]:
+    out = {}
+    for path in sorted(models_dir.glob("*.yaml")):
+        data: Any = read_yaml(path) or {}
+        own = frozenset(p["name"] for p in data.get("points", []))
+        units = frozenset(p["name"] for p in (data.get("units") or {}).get("points", []))
+        out[str(data.get("model", path.stem))] = (own, units)
+    return out
+
+
+class Topology:
+    def __init__(self, site: SiteConfig, *, vendors_dir: Path = VENDORS_DIR,
+                 models_dir: Path = MODELS_DIR) -> None:
+        self.site = site
+        self.site_id = site.site.id
+        self.timezone = site.site.timezone
+        self.zones = {z.id: z for z in site.zones}
+        self.places = {p.id: p for p in site.places}
+        vendors = _vendor_values(vendors_dir)
+        models = _model_values(models_dir)
+        self.sources: dict[str, Source] = {}
+        for device in site.devices:
+            names: frozenset[str] = frozenset()
+            unit_names: frozenset[str] = frozenset()
+            period = 60.0
+            if device.mqtt is not None:
+                names, period = vendors.get(device.mqtt.vendor, (frozenset(), 60.0))
+            elif device.modbus is not None:
+                names, unit_names = models.get(device.modbus.model, (frozenset(), frozenset()))
+                period = device.modbus.period
+            self._add(device, device.id, device.family.value, device.kind, device.name,
+                      site.base_tags(device), names, period)
+            if device.units is not None:
+                for n, unit_id in enumerate(device.unit_ids(), start=1):
+                    tags = {**site.base_tags(device), "controller": device.id,
+                            "kind": device.units.family.value}
+                    name = device.units.name.format(n=n) if device.units.name else unit_id
+                    self._add(device, unit_id, device.units.family.value,
+                              device.units.family.value, name, tags, unit_names, period)
+        for gw in site.gateways:
+            self.sources[gw.id] = Source(id=gw.id, family="gateway", kind="gateway",
+                                         name=gw.name or gw.id, gateway=gw.id,
+                                         report_period=30.0)
+
+    def _add(self, device: Device, source_id: str, family: str, kind: str, name: str,
+             tags: dict[str, str], names: frozenset[str], period: float) -> None:
+        place = self.places[device.place]
+        zone = self.zones[place.zone]
+        self.sources[source_id] = Source(
+            id=source_id, family=family, kind=kind, name=name or source_id, place=place.id,
+            place_name=place.name, place_kind=place.kind.value, zone=zone.id,
+            zone_name=zone.name, building=tags.get("building", ""), gateway=device.gateway,
+            tags={k: v for k, v in tags.items()}, value_names=names, report_period=period)
+
+    def select(self, match: Any) -> list[str]:
+        """Source ids a rule's `match` selects, in site-file order."""
+        out = []
+        for source in self.sources.values():
+            if match.family and source.family not in match.family:
+                continue
+            if match.kind and source.kind not in match.kind:
+                continue
+            if match.place_kind and source.place_kind not in match.place_kind:
+                continue
+            if match.place and source.place not in match.place:
+                continue
+            if match.zone and source.zone not in match.zone:
+                continue
+            if match.device and source.id not in match.device:
+                continue
+            if any(source.tags.get(k) != v for k, v in match.tags.items()):
+                continue
+            out.append(source.id)
+        return out
+
+    def group_key(self, source_id: str, group_by: str) -> str:
+        source = self.sources.get(source_id)
+        if source is None:
+            return source_id
+        if group_by == "place":
+            return source.place or source.id
+        if group_by == "zone":
+            return source.zone or source.id
+        if group_by == "building":
+            return source.building or source.place or source.id
+        if group_by == "site":
+            return self.site_id
+        return source.id
+
+    def place_name(self, place_id: str) -> str:
+        place = self.places.get(place_id)
+        return place.name if place else place_id
+
+    def zone_of_place(self, place_id: str) -> str:
+        place = self.places.get(place_id)
+        return place.zone if place else ""
+
+    def zone_name(self, zone_id: str) -> str:
+        zone = self.zones.get(zone_id)
+        return zone.name if zone else zone_id
