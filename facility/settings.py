@@ -123,6 +123,23 @@ class ReportSettings(Section):
     shift_start: str = Field(default="08:00", pattern=r"^([01]\d|2[0-3]):[0-5]\d$")
 
 
+class RulesSettings(Section):
+    """The rules engine and the emergency outputs (rules/, config/rules, config/endpoints)."""
+
+    rules_dir: Path = Path("rules")  # relative to the settings file: config/rules
+    endpoints_file: Path = Path("endpoints.yaml")
+    site: str = ""  # the site this worker owns (default: the site file's); one worker per site
+    tick: float = Field(default=1.0, gt=0, le=60, description="s between timer evaluations")
+    incident_hold: float = Field(default=30.0, ge=0, description="s outputs stay after clear")
+    chatter_count: int = Field(default=3, ge=2, description="raises within chatter_window")
+    chatter_window: float = Field(default=60.0, gt=0)
+    reload_poll: float = Field(default=2.0, gt=0, description="s between rule-file checks")
+    cap_sender: str = ""  # CAP 1.2 sender; default facility-rules@<site>
+    cap_status: str = Field(default="Actual", pattern="^(Actual|Exercise|System|Test|Draft)$")
+    display_host: str = "127.0.0.1"  # the simulated screens' pages (facility up)
+    display_port: int = Field(default=8090, ge=0, le=65535)
+
+
 class Settings(BaseSettings):
     """Everything a service needs to connect. Secrets stay SecretStr and out of logs."""
 
@@ -139,6 +156,7 @@ class Settings(BaseSettings):
     gateway: GatewaySettings = GatewaySettings()
     ingest: IngestSettings = IngestSettings()
     state: StateSettings = StateSettings()
+    rules: RulesSettings = RulesSettings()
     grafana: GrafanaSettings = GrafanaSettings()
     reports: ReportSettings = ReportSettings()
     # Where this file came from, to resolve relative paths; not a setting.
