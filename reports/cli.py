@@ -1,0 +1,160 @@
+"""`facility report energy|shift|rollup`: the energy-saving and shift reports, and the
+InfluxDB downsampling they read."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+from facility.influx import InfluxClient
+from facility.settings import Settings
+from facility.site import SiteConfig
+
+FORMATS = ("html", "pdf", "xlsx")
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    parser = sub.add_parser(
+        "report", help="energy-saving and control-room shift reports (HTML, PDF, XLSX)",
+        description="Reports from InfluxDB (and the alert store for shifts). Every figure "
+                    "states its formula and the share of the period its data covers.")
+    reports = parser.add_subparsers(dest="report", required=True, metavar="REPORT")
+
+    p = reports.add_parser(
+        "energy", help="energy by building and load, kgce, intensity, office hours vs "
+                       "nights and weekends, peak demand, comparisons, EV charging, anomalies",
+        description="The energy-saving report of one month, ISO week or date range, compared "
+                    "with the previous period and the same period a year earlier.")
+    when = p.add_mutually_exclusive_group(required=True)
+    when.add_argument("--month", help="YYYY-MM, e.g. 2026-10")
+    when.add_argument("--week", help="ISO week YYYY-Www (e.g. 2026-W41) or a date in it")
+    when.add_argument("--from", dest="from_", metavar="DATE", help="first day YYYY-MM-DD")
+    p.add_argument("--to", metavar="DATE", help="last day YYYY-MM-DD (with --from)")
+    _output_options(p, FORMATS)
+    p.set_defaults(func=cmd_energy)
+
+    p = reports.add_parser(
+        "shift", help="control-room shift report: alerts, ISA-18.2 alarm figures, bollard "
+                      "operations, device availability",
+        description="The report of one 24-hour duty shift, starting at reports.shift_start "
+                    "(08:00 by default) on --date.")
+    p.add_argument("--date", required=True, help="YYYY-MM-DD, the day the shift starts")
+    p.add_argument("--hours", type=float, default=24.0, help="shift length (default 24)")
+    _output_options(p, ("html", "pdf"))
+    p.set_defaults(func=cmd_shift)
+
+    p = reports.add_parser(
+        "rollup", help="create the downsampling (retention policy, continuous queries) and "
+                       "rebuild the 15-minute rollups of a range",
+        description="Idempotent. Ingest calls the same setup at start-up; run this to backfill "
+                    "history imported or replayed after the fact.")
+    p.add_argument("--from", dest="from_", metavar="DATE", help="first day to rebuild")
+    p.add_argument("--to", metavar="DATE", help="last day to rebuild (inclusive)")
+    p.set_defaults(func=cmd_rollup)
+
+
+def _output_options(p: argparse.ArgumentParser, formats: tuple[str, ...]) -> None:
+    p.add_argument("--out", type=Path, help="output folder (default: reports.output_dir)")
+    p.add_argument("--format", action="append", choices=formats, dest="formats",
+                   help=f"repeatable; default all of {', '.join(formats)}")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+@contextmanager
+def progress(total: int, label: str, enabled: bool) -> Iterator[Callable[[str], None]]:
+    """A progress bar on stderr (only on a terminal); yields a step(description) call."""
+    from tqdm import tqdm
+
+    bar = tqdm(total=total, desc=label, unit="step", file=sys.stderr, leave=False,
+               disable=None if enabled else True)
+    try:
+        def step(text: str) -> None:
+            bar.set_postfix_str(text[:40])
+            bar.update()
+        yield step
+    finally:
+        bar.close()
+
+
+def _out_dir(args: argparse.Namespace, settings: Settings) -> Path:
+    return args.out or settings.resolve(settings.reports.output_dir)
+
+
+async def cmd_energy(args: argparse.Namespace, settings: Settings, site: SiteConfig) -> int:
+    from reports import periods, render
+    from reports.calendar import load_calendar
+    from reports.energy_report import build
+
+    tz = ZoneInfo(site.site.timezone)
+    try:
+        period = periods.parse(tz, month_text=args.month, week_text=args.week,
+                               from_text=args.from_, to_text=args.to)
+    except ValueError as exc:
+        print(f"facility report energy: {exc}", file=sys.stderr)
+        return 2
+    calendar = load_calendar(settings.reports, settings.config_path.parent)
+    formats = tuple(args.formats or FORMATS)
+    started = time.perf_counter()
+    with progress(8 + len(formats), "能耗报告", not args.no_progress) as step:
+        async with InfluxClient(settings.influx) as influx:
+            report = await build(influx, settings, site, period, calendar, step)
+        computed = time.perf_counter() - started
+        paths = render.write_all(report, _out_dir(args, settings), f"energy-{period.label}",
+                                 formats)
+        for _ in formats:
+            step("rendered")
+    total = time.perf_counter() - started
+    for kind, path in paths.items():
+        print(f"{kind}: {path}")
+    print(f"figures in {computed:.2f} s, with rendering {total:.2f} s", file=sys.stderr)
+    return 0
+
+
+async def cmd_shift(args: argparse.Namespace, settings: Settings, site: SiteConfig) -> int:
+    from reports import render
+    from reports.shift import build, shift_period
+
+    tz = ZoneInfo(site.site.timezone)
+    try:
+        period = shift_period(args.date, settings.reports.shift_start, args.hours, tz)
+    except ValueError as exc:
+        print(f"facility report shift: {exc}", file=sys.stderr)
+        return 2
+    formats = tuple(args.formats or ("html", "pdf"))
+    with progress(6 + len(formats), "值班报告", not args.no_progress) as step:
+        async with InfluxClient(settings.influx) as influx:
+            report = await build(influx, settings, site, period, step)
+        paths = render.write_all(report, _out_dir(args, settings), f"shift-{args.date}", formats)
+        for _ in formats:
+            step("rendered")
+    for kind, path in paths.items():
+        print(f"{kind}: {path}")
+    return 0
+
+
+async def cmd_rollup(args: argparse.Namespace, settings: Settings, site: SiteConfig) -> int:
+    from reports import periods
+    from reports.downsample import ROLLUPS, ensure_downsampling, rebuild
+
+    async with InfluxClient(settings.influx) as influx:
+        await influx.ensure_database()
+        await ensure_downsampling(influx, settings.reports)
+        print(f"downsampling ready in {settings.influx.database} "
+              f"(retention policy {settings.reports.rollup_retention_policy})")
+        if args.from_ or args.to:
+            try:
+                period = periods.parse(ZoneInfo(site.site.timezone), from_text=args.from_,
+                                       to_text=args.to)
+            except ValueError as exc:
+                print(f"facility report rollup: {exc}", file=sys.stderr)
+                return 2
+            start, end = period.ns()
+            for rollup in ROLLUPS:
+                await rebuild(influx, rollup, start, end, settings.reports)
+            print(f"rebuilt {', '.join(r.name for r in ROLLUPS)} for {period.label}")
+    return 0
