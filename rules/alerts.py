@@ -144,6 +144,8 @@ class Incident:
     closed_at: int = 0
     place_from_parent: bool = False
     cap_sequence: int = 0
+    cap_refs: list[str] = field(default_factory=list)
+    cap_state: str = ""  # what the last CAP document said: severity and active/over
     cap_xml: str = ""
     updated_at: int = 0
 
@@ -483,6 +485,8 @@ class AlertBook:
             return t is not None and t.tags.get(relation) == source.source
         if relation == "gateway":
             return t is not None and t.gateway == source.source and t.id != source.source
+        if relation == "same_source":
+            return target.source == source.source
         if relation == "place":
             return bool(target.place) and target.place == source.place
         if relation == "zone":

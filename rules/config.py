@@ -120,7 +120,8 @@ class Notify(Strict):
     template: str
     all_clear: str | None = None  # announced (PA) when the incident is over
     priority: int | None = Field(default=None, ge=1, le=9)
-    repeat: int = Field(default=1, ge=1, le=10)
+    repeat: int = Field(default=1, ge=1, le=10)  # PA: times the announcement is repeated
+    min_severity: Severity = Severity.INFO  # only while the alert is at least this severe
 
 
 class Escalation(Strict):
@@ -136,7 +137,7 @@ CapResponse = Literal["Shelter", "Evacuate", "Prepare", "Execute", "Avoid", "Mon
 
 class IncidentSpec(Strict):
     category: Id
-    group_by: Literal["place", "zone", "building", "source", "site"] = "place"
+    group_by: Literal["place", "zone", "building", "gateway", "source", "site"] = "place"
     cap_category: CapCategory = "Other"  # CAP 1.2 info/category of its emergency messages
     cap_response: CapResponse = "Monitor"  # CAP 1.2 info/responseType
     instruction: str = ""  # CAP instruction (what people should do), Chinese
@@ -301,7 +302,7 @@ class Inhibit(Strict):
 
     source: StrList = Field(min_length=1)
     target: StrList = Field(min_length=1)
-    relation: Literal["panel", "controller", "gateway", "place", "zone"]
+    relation: Literal["panel", "controller", "gateway", "place", "zone", "same_source"]
 
 
 class Team(Strict):

@@ -175,7 +175,10 @@ class Evaluator:
         def in_schedule(name: str) -> bool:
             return self.in_schedules([name], now)
 
-        return {"rate": rate, "delta": delta, "avg": avg, "max_of": max_of, "min_of": min_of,
+        def get(name: str, default: Any = None) -> Any:
+            return data.values.get(name, default)
+
+        return {"get": get, "rate": rate, "delta": delta, "avg": avg, "max_of": max_of, "min_of": min_of,
                 "age": age, "in_schedule": in_schedule}
 
     def _names(self, compiled: CompiledRule, source: str, now: int) -> dict[str, Any]:
@@ -494,7 +497,7 @@ class Evaluator:
                                                  unit=unit, detail={"command": inst.command},
                                                  text="no confirmation in time"))
             elif rule.type == "event" and rule.auto_clear is not None:
-                for (rid, source), inst in list(self.instances.items()):
+                for (rid, _), inst in list(self.instances.items()):
                     if rid == compiled.id and inst.active and \
                             now - inst.since >= rule.auto_clear * NS:
                         out.append(self._set(inst, -1, now, None, text="auto clear"))

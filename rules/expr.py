@@ -5,7 +5,9 @@ An expression sees the device's latest values by name (`smoke`, `water_level`, `
 `minute`, `weekday` (0 Monday, local time of the site), and functions over the device's
 recent samples: `rate(name, seconds)` (change per minute, least squares over the window),
 `delta(name, seconds)`, `avg(name, seconds)`, `max_of(name, seconds)`, `min_of(name, seconds)`,
-`age(name)` (seconds since the value was last seen) and `in_schedule(name)`.
+`age(name)` (seconds since the value was last seen), `get(name, default)` (the value, or
+the default when this device does not report it: a heat detector has no `smoke`) and
+`in_schedule(name)`.
 
 A value that a device has not reported yet, or a window with too few samples, makes the
 expression *unknown*: the rule keeps its current state rather than guessing.
@@ -20,12 +22,13 @@ from typing import Any
 import simpleeval
 
 FUNCTION_NAMES = frozenset({"rate", "delta", "avg", "max_of", "min_of", "age", "in_schedule",
-                            "abs", "min", "max", "round"})
+                            "get", "abs", "min", "max", "round"})
+SAMPLED = frozenset({"rate", "delta", "avg", "max_of", "min_of", "age", "get"})
 BUILTIN_NAMES = frozenset({"tags", "params", "hour", "minute", "weekday", "True", "False",
                            "None", "true", "false", "value"})
 
 
-class Unknown(Exception):  # noqa: N818 - a value, not an error: the answer is unknown
+class Unknown(Exception):
     """The expression cannot be decided with the data at hand."""
 
 
@@ -60,13 +63,13 @@ class Expression:
                     raise ExpressionError(
                         f"{self.source!r}: unknown function {name!r} "
                         f"(known: {', '.join(sorted(FUNCTION_NAMES))})")
-                if node.func.id in {"rate", "delta", "avg", "max_of", "min_of", "age"}:
+                if node.func.id in SAMPLED:
                     if not node.args or not isinstance(node.args[0], ast.Constant) \
                             or not isinstance(node.args[0].value, str):
                         raise ExpressionError(f"{self.source!r}: {node.func.id}() takes a value "
                                               "name in quotes first, e.g. rate('water_level', 600)")
                     self.sampled.add(node.args[0].value)
-                    if node.func.id != "age" and (
+                    if node.func.id not in ("age", "get") and (
                             len(node.args) != 2 or not isinstance(node.args[1], ast.Constant)
                             or not isinstance(node.args[1].value, int | float)
                             or node.args[1].value <= 0):
@@ -96,7 +99,8 @@ class Expression:
                 f"for the devices this rule matches (they report: "
                 f"{', '.join(sorted(known_set)) or 'nothing'})")
 
-    def evaluate(self, names: Mapping[str, Any], functions: Mapping[str, Callable[..., Any]]) -> Any:
+    def evaluate(self, names: Mapping[str, Any],
+                 functions: Mapping[str, Callable[..., Any]]) -> Any:
         """The value of the expression, or raise Unknown."""
         ev = self._evaluator
         ev.names = dict(names)

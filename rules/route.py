@@ -17,7 +17,7 @@ from zoneinfo import ZoneInfo
 
 import msgspec
 
-from facility.messages import Broadcast, DisplayKind, DisplayMessage
+from facility.messages import SEVERITY_RANK, Broadcast, DisplayKind, DisplayMessage
 from rules.alerts import AlertBook, short_id
 from rules.clock import NS
 from rules.config import RuleSet, render
@@ -119,6 +119,8 @@ class Router:
                 if compiled is None:
                     continue
                 for notify in compiled.rule.notify:
+                    if SEVERITY_RANK[alert.severity] < SEVERITY_RANK[notify.min_severity]:
+                        continue
                     template = self.rules.templates[notify.template]
                     values = book.fields(alert, incident)
                     values["time"] = local_time(now, book.topology.timezone)

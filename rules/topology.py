@@ -140,6 +140,8 @@ class Topology:
             return source.zone or source.id
         if group_by == "building":
             return source.building or source.place or source.id
+        if group_by == "gateway":
+            return source.gateway or source.id
         if group_by == "site":
             return self.site_id
         return source.id
