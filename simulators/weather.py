@@ -131,9 +131,8 @@ class Weather:
 
     def rain_mm_h(self, t: float) -> float:
         day = self.calendar.day(t)
-        rain = sum(s.intensity(t) for d in (day - 1, day) for s in self.showers(d))
-        rain += sum(s.intensity(t) for s in self.storms)
-        return rain
+        rain = sum((s.intensity(t) for d in (day - 1, day) for s in self.showers(d)), 0.0)
+        return rain + sum((s.intensity(t) for s in self.storms), 0.0)
 
     def temperature(self, t: float) -> float:
         """Outdoor air temperature, °C."""
