@@ -1,0 +1,235 @@
+"""`facility rules ...`: run the engine, check the rule files, read and act on alerts."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import time
+from typing import Any
+
+from facility.configfile import ConfigError
+from facility.settings import Settings
+from facility.site import SiteConfig
+
+ACTIONS = {"ack": "acknowledge", "comment": "comment", "shelve": "shelve",
+           "unshelve": "unshelve", "oos": "out_of_service", "rts": "return_to_service",
+           "maintenance": "maintenance", "end-maintenance": "end_maintenance",
+           "content": "set_content", "reload": "reload"}
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser(
+        "rules", help="the rules engine: run it, check rule files, list and handle alerts",
+        description="Run the rules engine (alerts, incidents, LED screens and PA), validate "
+                    "the rule files, list alerts and incidents, acknowledge/shelve/... "
+                    "alerts through the running engine, print alarm-system health (ISA-18.2) "
+                    "and CAP 1.2 documents.")
+    rs = p.add_subparsers(dest="rules_command", required=True, metavar="ACTION")
+    r = rs.add_parser("run", help="run the rules engine for the site")
+    r.add_argument("--displays", action="store_true",
+                   help="also run the simulated screens and PA zones (pages on display_port)")
+    r.set_defaults(func=cmd_run)
+    r = rs.add_parser("check", help="validate rule files and endpoints; list the rules")
+    r.set_defaults(func=cmd_check)
+    r = rs.add_parser("alerts", help="list alerts from the state store (open ones by default)")
+    r.add_argument("--all", action="store_true", help="closed ones too")
+    r.add_argument("--hours", type=float, default=24.0, help="raised in the last N hours")
+    r.add_argument("--json", action="store_true")
+    r.set_defaults(func=cmd_alerts)
+    r = rs.add_parser("history", help="an alert's transitions: who did what and when")
+    r.add_argument("alert")
+    r.set_defaults(func=cmd_history)
+    r = rs.add_parser("incidents", help="list incidents")
+    r.add_argument("--all", action="store_true")
+    r.set_defaults(func=cmd_incidents)
+    r = rs.add_parser("cap", help="print the CAP 1.2 documents of an incident")
+    r.add_argument("incident")
+    r.set_defaults(func=cmd_cap)
+    r = rs.add_parser("health", help="alarm-system health figures (ISA-18.2)")
+    r.add_argument("--hours", type=float, default=24.0)
+    r.set_defaults(func=cmd_health)
+    r = rs.add_parser("displays", help="what each screen was last told to show")
+    r.set_defaults(func=cmd_displays)
+    for name, action in ACTIONS.items():
+        r = rs.add_parser(name, help=f"{action.replace('_', ' ')} (through the running engine)")
+        if name != "reload":
+            r.add_argument("target", help="alert id (device id for maintenance, screen id for "
+                                          "content)")
+        r.add_argument("--by", required=name != "reload", default="cli",
+                       help="who does it (recorded)")
+        r.add_argument("--comment", default="")
+        if name in ("shelve", "maintenance"):
+            r.add_argument("--for", dest="duration", required=name == "shelve",
+                           help="e.g. 30m, 2h, 1d")
+        if name == "content":
+            r.add_argument("--text", required=True)
+        r.set_defaults(func=cmd_op, action=action)
+
+
+def _site_id(settings: Settings, site: SiteConfig) -> str:
+    return settings.rules.site or site.site.id
+
+
+async def cmd_run(args: argparse.Namespace, settings: Settings, site: SiteConfig) -> int:
+    from facility.cli import _forever
+    from rules.service import RulesService
+    from simulators.display_player import DisplayPlayer
+
+    rules = RulesService(settings, site)
+    services: list[Any] = []
+    if args.displays:
+        services.append(DisplayPlayer.from_config(
+            settings.mqtt, rules.site_id, rules.endpoints, http_host=settings.rules.display_host,
+            http_port=settings.rules.display_port))
+    services.append(rules)
+    import contextlib
+
+    async with contextlib.AsyncExitStack() as stack:
+        for svc in services:
+            await stack.enter_async_context(svc)
+        print(f"rules engine for {rules.site_id}: {len(rules.rules.rules)} rules, "
+              f"{len(rules.endpoints.endpoints)} endpoints, state in {rules.store and 'store'}",
+              flush=True)
+        await _forever(services)
+    return 0
+
+
+async def cmd_check(args: argparse.Namespace, settings: Settings, site: SiteConfig) -> int:
+    from rules.service import load_all
+
+    _, endpoints, rules = load_all(settings, site)
+    for compiled in rules.rules.values():
+        rule = compiled.rule
+        print(f"{rule.id:<30} {rule.type:<12} {rule.severity.value:<9} "
+              f"{len(compiled.sources):>3} sources  {compiled.file.name}")
+    print(f"{len(rules.rules)} rules in {len(rules.files)} files, "
+          f"{len(endpoints.endpoints)} endpoints: OK")
+    return 0
+
+
+async def _store(settings: Settings) -> Any:
+    from rules.store import AlertStore
+
+    return await AlertStore.open(settings.state_url)
+
+
+def _t(ns: int) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ns / 1e9)) if ns else "-"
+
+
+async def cmd_alerts(args: argparse.Namespace, settings: Settings, site: SiteConfig) -> int:
+    store = await _store(settings)
+    try:
+        since = time.time_ns() - int(args.hours * 3600e9)
+        alerts = await store.alerts(_site_id(settings, site), open_only=not args.all,
+                                    since=None if not args.all else since)
+    finally:
+        await store.close()
+    if args.json:
+        print(json.dumps([a.to_json() for a in alerts], ensure_ascii=False, indent=1))
+        return 0
+    for a in alerts:
+        print(f"{a.id}  {a.state.value:<14} {a.severity.value:<8} P{a.priority} "
+              f"{_t(a.raised_at)}  {a.rule:<28} {a.source:<18} {a.text}")
+    print(f"{len(alerts)} alerts")
+    return 0
+
+
+async def cmd_history(args: argparse.Namespace, settings: Settings, site: SiteConfig) -> int:
+    store = await _store(settings)
+    try:
+        rows = await store.history(args.alert)
+    finally:
+        await store.close()
+    for h in rows:
+        print(f"{_t(h['ts'])}  {h['action']:<20} {h['from_state']:>14} -> {h['to_state']:<14} "
+              f"{h['by']} {h['comment']}")
+    return 0 if rows else 1
+
+
+async def cmd_incidents(args: argparse.Namespace, settings: Settings, site: SiteConfig) -> int:
+    store = await _store(settings)
+    try:
+        incidents = await store.incidents(_site_id(settings, site), open_only=not args.all)
+    finally:
+        await store.close()
+    for i in incidents:
+        print(f"{i.id}  {'active' if i.active else 'cleared':<8} {i.severity.value:<8} "
+              f"{_t(i.opened_at)}  {i.category:<10} {i.place:<18} {len(i.members):>3} alerts "
+              f" {i.title}")
+    return 0
+
+
+async def cmd_cap(args: argparse.Namespace, settings: Settings, site: SiteConfig) -> int:
+    store = await _store(settings)
+    try:
+        docs = await store.cap_documents(args.incident)
+    finally:
+        await store.close()
+    for doc in docs:
+        print('<?xml version="1.0" encoding="UTF-8"?>\n' + doc)
+    return 0 if docs else 1
+
+
+async def cmd_health(args: argparse.Namespace, settings: Settings, site: SiteConfig) -> int:
+    from rules.health import alarm_health
+
+    store = await _store(settings)
+    try:
+        end = time.time_ns()
+        report = await alarm_health(store, _site_id(settings, site),
+                                    end - int(args.hours * 3600e9), end)
+    finally:
+        await store.close()
+    print(json.dumps(report.as_dict(), ensure_ascii=False, indent=1))
+    return 0
+
+
+async def cmd_displays(args: argparse.Namespace, settings: Settings, site: SiteConfig) -> int:
+    store = await _store(settings)
+    try:
+        shown = await store.displays(_site_id(settings, site))
+    finally:
+        await store.close()
+    for endpoint, message in sorted(shown.items()):
+        if message:
+            print(f"{endpoint:<22} P{message.get('priority')} {message.get('kind'):<9} "
+                  f"{message.get('text')}")
+    return 0
+
+
+def _duration_ns(text: str | None) -> int:
+    if not text:
+        return 0
+    from rules.config import parse_duration
+
+    try:
+        return round(parse_duration(text) * 1e9)
+    except ValueError as exc:
+        raise ConfigError(f"--for: {exc}") from None
+
+
+async def cmd_op(args: argparse.Namespace, settings: Settings, site: SiteConfig) -> int:
+    from facility.messages import AlertAction
+    from rules.ops import AlertOpsClient
+
+    duration = _duration_ns(getattr(args, "duration", None))
+    target = getattr(args, "target", "rules")
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", target):
+        raise ConfigError(f"{target!r} is not an id")
+    async with AlertOpsClient(settings.mqtt, _site_id(settings, site)) as ops:
+        try:
+            result = await ops.request(AlertAction(args.action), target, args.by,
+                                       comment=args.comment,
+                                       until=time.time_ns() + duration if duration else 0,
+                                       text=getattr(args, "text", ""))
+        except TimeoutError:
+            print("no answer from the rules engine (is `facility rules run` or `facility up` "
+                  "running for this site?)")
+            return 1
+    print(("ok" if result.ok else "refused") + (f": {result.state}" if result.state else "")
+          + (f" ({result.detail})" if result.detail else ""))
+    return 0 if result.ok else 1
+
+

@@ -1,0 +1,196 @@
+"""Simulated output endpoints: the campus's LED screens, information terminals and PA zones.
+
+A DisplayPlayer subscribes to the site's display/{id} (retained) and broadcast/{zone}
+topics for its endpoints, "shows" or "announces" what arrives, and confirms on
+display-ack/{id}. It is idempotent by message id: a re-sent message is confirmed again
+(status `duplicate`) but never shown or announced twice. A small aiohttp page per screen
+renders what it shows (UTF-8), for the demo: http://host:port/ lists the screens.
+Endpoints can be made silent (no confirmation) to exercise retries and the silent alert.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import html
+import logging
+import time
+import uuid
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import aiomqtt
+from aiohttp import web
+
+from facility import messages as m
+from facility import topics
+from facility.mqtt import make_client, run_connected
+from facility.service import Service
+from facility.settings import MqttSettings
+from facility.topics import Kind
+
+log = logging.getLogger(__name__)
+SEEN_LIMIT = 2000  # message ids remembered per endpoint
+
+
+@dataclass
+class Screen:
+    id: str
+    name: str
+    kind: str
+    current: m.DisplayMessage | None = None
+    shown: list[m.DisplayMessage] = field(default_factory=list)  # every distinct message shown
+    announced: list[m.Broadcast] = field(default_factory=list)  # PA announcements made
+    seen: OrderedDict[str, None] = field(default_factory=OrderedDict)
+    acks_sent: int = 0
+    duplicates: int = 0
+
+
+class DisplayPlayer(Service):
+    def __init__(self, mqtt: MqttSettings, site_id: str, endpoints: list[tuple[str, str, str]],
+                 *, http_host: str | None = None, http_port: int = 0,
+                 clock_ns: Callable[[], int] = time.time_ns) -> None:
+        """`endpoints`: (id, name, kind) of each endpoint to play; kind 'pa_zone' announces."""
+        super().__init__()
+        self.name = f"display player {site_id}"
+        self.mqtt = mqtt
+        self.site_id = site_id
+        self.clock_ns = clock_ns
+        self.screens = {eid: Screen(eid, name, kind) for eid, name, kind in endpoints}
+        self.silent: set[str] = set()  # endpoints that do not confirm (a broken screen)
+        self.http_host = http_host
+        self.http_port = http_port
+        self._runner: web.AppRunner | None = None
+        self.url = ""
+
+    @classmethod
+    def from_config(cls, mqtt: MqttSettings, site_id: str, config: object,
+                    **kwargs: object) -> DisplayPlayer:
+        endpoints = [(e.id, e.name, e.kind.value) for e in config.endpoints]  # type: ignore[attr-defined]
+        return cls(mqtt, site_id, endpoints, **kwargs)  # type: ignore[arg-type]
+
+    async def open(self) -> None:
+        if self.http_host is None:
+            return
+        app = web.Application()
+        app.router.add_get("/", self._index)
+        app.router.add_get("/screen/{id}", self._page)
+        app.router.add_get("/api/screens", self._api)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.http_host, self.http_port)
+        await site.start()
+        port = self._runner.addresses[0][1]
+        self.url = f"http://{self.http_host}:{port}"
+        log.info("%s: screens at %s/", self.name, self.url)
+
+    async def close(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    async def run(self) -> None:
+        client_id = f"{self.mqtt.client_prefix}-displays-{self.site_id}-{uuid.uuid4().hex[:6]}"
+        await run_connected(self.mqtt, lambda: make_client(self.mqtt, client_id),
+                            self._session, name=self.name, on_disconnect=self.ready.clear)
+
+    async def _session(self, client: aiomqtt.Client) -> None:
+        await client.subscribe(topics.subscription(Kind.DISPLAY, self.site_id), qos=1)
+        await client.subscribe(topics.subscription(Kind.BROADCAST, self.site_id), qos=1)
+        self.ready.set()
+        async for message in client.messages:
+            payload = message.payload if isinstance(message.payload, bytes) \
+                else str(message.payload).encode()
+            if not payload:
+                continue
+            try:
+                parsed = topics.parse(message.topic.value)
+                if parsed.kind is Kind.DISPLAY:
+                    msg: m.DisplayMessage | m.Broadcast = m.decode(payload, m.DisplayMessage)
+                else:
+                    msg = m.decode(payload, m.Broadcast)
+            except (m.ContractError, topics.TopicError) as exc:
+                log.warning("%s: ignored %s: %s", self.name, message.topic.value, exc)
+                continue
+            ack = self.take(parsed.name, msg)
+            if ack is not None:
+                await client.publish(topics.display_ack(self.site_id, parsed.name),
+                                     m.encode(ack), qos=1)
+
+    def take(self, endpoint_id: str, msg: m.DisplayMessage | m.Broadcast) -> m.DisplayAck | None:
+        """Show or announce once per message id; the confirmation to send, if any."""
+        screen = self.screens.get(endpoint_id)
+        if screen is None:
+            return None
+        if msg.id in screen.seen:
+            screen.duplicates += 1
+            status = m.AckStatus.DUPLICATE
+        else:
+            screen.seen[msg.id] = None
+            while len(screen.seen) > SEEN_LIMIT:
+                screen.seen.popitem(last=False)
+            if isinstance(msg, m.DisplayMessage):
+                screen.current = msg
+                screen.shown.append(msg)
+            else:
+                screen.announced.append(msg)
+                log.info("%s: PA %s announces: %s", self.name, endpoint_id, msg.text)
+            status = m.AckStatus.SHOWN
+        if endpoint_id in self.silent:
+            return None
+        screen.acks_sent += 1
+        return m.DisplayAck(site=self.site_id, endpoint=endpoint_id, message=msg.id,
+                            ts=self.clock_ns(), status=status)
+
+    # --- pages ----------------------------------------------------------------------
+
+    async def _index(self, _: web.Request) -> web.Response:
+        rows = "".join(
+            f'<li><a href="/screen/{html.escape(s.id)}">{html.escape(s.name)}</a> — '
+            f"{html.escape(s.current.text if s.current else '（无内容）')}</li>"
+            for s in self.screens.values() if s.kind != "pa_zone")
+        pa = "".join(
+            f"<li>{html.escape(s.name)}：{html.escape(s.announced[-1].text if s.announced else '—')}"
+            "</li>" for s in self.screens.values() if s.kind == "pa_zone")
+        body = (f"<h1>显示屏与广播（{html.escape(self.site_id)}）</h1><ul>{rows}</ul>"
+                f"<h2>广播分区</h2><ul>{pa}</ul>")
+        return _html("显示屏", body, refresh=3)
+
+    async def _page(self, request: web.Request) -> web.Response:
+        screen = self.screens.get(request.match_info["id"])
+        if screen is None or screen.kind == "pa_zone":
+            raise web.HTTPNotFound(text="no such screen")
+        msg = screen.current
+        colour = {"red": "#d00000", "orange": "#e07000", "yellow": "#c8b400",
+                  "green": "#008a3e", "blue": "#0050c0"}.get(msg.colour if msg else "", "#111")
+        title = html.escape(msg.title) if msg and msg.title else ""
+        text = html.escape(msg.text) if msg else "（无内容）"
+        body = (f'<div class="screen" style="background:{colour}">'
+                f"<div class=name>{html.escape(screen.name)}</div>"
+                f"<div class=title>{title}</div><div class=text>{text}</div></div>")
+        return _html(screen.name, body, refresh=2)
+
+    async def _api(self, _: web.Request) -> web.Response:
+        return web.json_response({
+            s.id: {"name": s.name, "kind": s.kind,
+                   "current": m.to_builtins(s.current) if s.current else None,
+                   "shown": len(s.shown), "announced": [b.text for b in s.announced[-5:]]}
+            for s in self.screens.values()}, dumps=_dumps)
+
+
+def _dumps(value: object) -> str:
+    import json
+
+    return json.dumps(value, ensure_ascii=False)
+
+
+def _html(title: str, body: str, refresh: int) -> web.Response:
+    page = f"""<!doctype html><html lang="zh-CN"><head><meta charset="utf-8">
+<meta http-equiv="refresh" content="{refresh}"><title>{html.escape(title)}</title>
+<style>body{{font-family:"Noto Sans CJK SC","WenQuanYi Zen Hei",sans-serif;margin:1em}}
+.screen{{color:#fff;padding:2em;min-height:60vh;border-radius:8px}}
+.name{{opacity:.7;font-size:1em}}.title{{font-size:3em;font-weight:bold}}
+.text{{font-size:2.2em;margin-top:.5em}}</style></head><body>{body}</body></html>"""
+    return web.Response(text=page, content_type="text/html", charset="utf-8")
+
+
