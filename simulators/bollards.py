@@ -25,6 +25,7 @@ Command semantics beyond the page, chosen to be safe and explicit:
 
 from __future__ import annotations
 
+import functools
 import heapq
 import math
 from collections.abc import Callable
@@ -230,7 +231,7 @@ class BollardPlc:
         for b in self.bollards:
             t = b.next_event()
             if t is not None and t < best[0]:
-                best = (t, lambda when, b=b: self._settle(b, when))
+                best = (t, functools.partial(self._settle, b))
         if self._events and self._events[0][0] < best[0]:
             best = (self._events[0][0], self._vehicle_event)
         return best

@@ -40,7 +40,7 @@ from simulators.ev import Charger
 from simulators.fire import AcrelMonitor, FireScenes, GstDetector, GstPanel
 from simulators.meters import METER_MAPS, SINGLE_PHASE_PEAK_KW, Meter
 from simulators.modbus_server import FaultKind, ModbusEndpoint
-from simulators.mqtt_publisher import MqttDevice, Publisher, run_device
+from simulators.mqtt_publisher import MqttDevice, Outgoing, Publisher, outgoing, run_device
 from simulators.noise import Noise
 from simulators.profiles import Load, LoadKind, building_loads
 from simulators.registers import ModbusUnit
@@ -369,6 +369,17 @@ class Campus:
     def meter_reset(self, device_id: str) -> None:
         """The meter was replaced: its energy counters start again from 0."""
         self.meter(device_id).reset()
+
+    def publish_raw(self, topic: str, payload: bytes | str | dict[str, Any]) -> None:
+        """Publish anything through the simulators' client (QoS 1, topic prefix applied),
+        e.g. a malformed vendor message for a gateway's dead-letter test."""
+        if self.publisher is None:
+            raise RuntimeError("no MQTT devices are simulated, so there is no client")
+        if isinstance(payload, dict):
+            self.publisher.submit([outgoing(topic, payload)])
+        else:
+            data = payload.encode() if isinstance(payload, str) else payload
+            self.publisher.submit([Outgoing(topic, data)])
 
 
 async def run(site: SiteConfig, mqtt: MqttSettings, *, seed: int = 1, scale: float = 1.0,

@@ -245,7 +245,8 @@ class Meter:
         p_total = self.minute_kw(minute)
         pf = self.minute_pf(minute)
         # Shared grid: the same frequency and voltage swing for every meter on campus.
-        frequency = 50.0 + 0.025 * self.noise.smooth(bucket, 30.0, "grid-frequency")
+        frequency = 50.0 + max(-0.08, min(0.08, 0.025 * self.noise.smooth(
+            bucket, 30.0, "grid-frequency")))
         grid_v = NOMINAL_V + 1.5 * self.noise.smooth(bucket, 600.0, "grid-voltage")
         m: dict[str, float] = {
             "frequency": frequency,

@@ -79,7 +79,7 @@ class ModbusEndpoint:
         if server is None:
             return
         self._closing.set()
-        await server.shutdown()
+        await server.shutdown()  # type: ignore[no-untyped-call]
         if self._held:
             await asyncio.wait(list(self._held), timeout=2.0)
 

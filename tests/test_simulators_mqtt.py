@@ -39,8 +39,9 @@ OCPP_STATUSES = {"Available", "Preparing", "Charging", "SuspendedEVSE", "Suspend
 @dataclass
 class Received:
     topic: str
-    body: dict[str, Any]
+    body: dict[str, Any]  # {} when the payload is not JSON
     at: float  # loop time of arrival
+    raw: bytes = b""
 
 
 @dataclass
@@ -56,7 +57,11 @@ class Inbox:
         async for message in client.messages:
             topic = str(message.topic).removeprefix(self.prefix)
             assert isinstance(message.payload, bytes)
-            self.messages.append(Received(topic, json.loads(message.payload), loop.time()))
+            try:
+                body = json.loads(message.payload)
+            except ValueError:
+                body = {}
+            self.messages.append(Received(topic, body, loop.time(), message.payload))
             self.changed.set()
 
     def on(self, pattern: str) -> list[Received]:
@@ -370,6 +375,14 @@ async def test_a_session_charges_and_its_energy_grows(rig: Rig) -> None:
                                          for m in rig.inbox.on(topic)))
     body = next(m.body for m in rig.inbox.on(topic) if m.body["status"] == "Charging")
     assert body["power"] > 30_000 and body["energy"] > 1000 and body["transactionId"]
+
+
+async def test_publish_raw_goes_out_under_the_prefix(rig: Rig) -> None:
+    rig.campus.publish_raw("gst/FP-EB/1/1/data", b"{not json")
+    rig.campus.publish_raw("acrel/ARCM300-X/up", {"sn": "ARCM300-X", "note": "中文"})
+    await rig.inbox.wait_for(lambda: rig.inbox.on(r"acrel/ARCM300-X/up"))
+    assert rig.inbox.on(r"acrel/ARCM300-X/up")[0].body == {"sn": "ARCM300-X", "note": "中文"}
+    assert rig.inbox.on(r"gst/FP-EB/1/1/data")[-1].raw == b"{not json"
 
 
 @pytest.fixture
