@@ -134,6 +134,7 @@ class Engine:
         if snapshot.alerts or snapshot.instances:
             log.info("rules %s: restored %d open alerts, %d rule states (down for %.1fs)",
                      self.site, len(snapshot.alerts), len(snapshot.instances), gap / NS)
+        self._pipeline([], now)  # every screen gets what it must show now
         for alert in snapshot.alerts:
             self.book.transitions.append(Transition(
                 alert.id, self.site, now, "service_restarted", alert.state.value,

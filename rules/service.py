@@ -181,8 +181,11 @@ class RulesService(Service):
         # What was sent while the broker was away is due again now, not at its next retry.
         async with self._lock:
             assert self.engine is not None
+            now = self.clock.now_ns()
             for pending in self.engine.router.pending.values():
-                pending.next_at = min(pending.next_at, self.clock.now_ns())
+                pending.next_at = min(pending.next_at, now)
+            self.engine.router.retry(now)
+            await self._commit_step(now)
 
     async def _receive(self, acker: ManualAck) -> None:
         while True:
