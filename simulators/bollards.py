@@ -352,7 +352,7 @@ class BollardPlc:
         """The master wrote registers 20-22; act once per new sequence number."""
         t = self.update()
         self.cmd_code, self.cmd_arg, self.cmd_seq = code, arg, seq
-        if seq == self.cmd_ack_seq:
+        if seq == 0 or seq == self.cmd_ack_seq:  # 0 is no sequence number (they are 1-65535)
             return None
         result = self._execute(t, code, arg)
         self.cmd_ack_seq = seq

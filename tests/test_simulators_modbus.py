@@ -393,6 +393,14 @@ async def test_command_sequence_acts_once_per_new_number(
     assert campus.plc().snapshot()["group"]["bollards_up"] == 42
     assert await command(client, 5, 43, 9) == [9, 3]  # no bollard 43: invalid
     assert await command(client, 9, 0, 10) == [10, 3]  # no command 9: invalid
+    assert await command(client, 2, 0, 0) == [10, 3]  # seq 0 is not a sequence number
+    campus.clock.advance(4.0)
+    assert campus.plc().snapshot()["group"]["bollards_up"] == 42
+    # A master may also write code and argument first and the sequence number last (FC06).
+    for address, value in ((20, 6), (21, 42), (22, 11)):
+        assert not (await client.write_register(address, value, device_id=1)).isError()
+    campus.clock.advance(3.0)
+    assert campus.plc().snapshot()["units"][42]["state"] == "down"
 
 
 async def test_interlocks_refuse_and_emergency_rise_is_never_refused(
