@@ -23,7 +23,7 @@ from facility.localservers import InfluxServer, MosquittoServer, port_open
 from facility.mqtt import make_client, parse_url
 from facility.service import Service
 from facility.settings import REPO_ROOT, Settings
-from facility.site import SiteConfig
+from facility.site import GatewayKind, SiteConfig
 from facility.topics import Kind
 
 log = logging.getLogger("facility.up")
@@ -100,6 +100,27 @@ async def run_up(args: argparse.Namespace, settings: Settings, site: SiteConfig)
             _start_servers(settings, servers)
         async with contextlib.AsyncExitStack() as stack:
             running: list[tuple[str, Service]] = []
+
+            async def start(name: str, svc: Service) -> None:
+                await stack.enter_async_context(svc)
+                running.append((name, svc))
+                await svc.wait_ready(60)
+
+            # Everything that listens starts before the simulated devices speak: they send
+            # one report each at start, and a subscriber that is not there yet misses it.
+            ingest = Ingest(settings)
+            await start("ingest", ingest)
+            monitor = RateMonitor(settings)
+            await stack.enter_async_context(monitor)
+            # Packages that exist add their services (rules engine, API) through <pkg>/up.py:
+            # services(settings, site) -> list of Service.
+            for package in ("rules", "api"):
+                if _has_module(package, "up"):
+                    for svc in importlib.import_module(f"{package}.up").services(settings, site):
+                        await start(svc.name, svc)
+            for spec in site.gateways:
+                if spec.kind is GatewayKind.MQTT:
+                    await start(f"gateway {spec.id}", Gateway(settings, site, spec.id))
             if not args.no_simulators:
                 from simulators.campus import Campus
                 from simulators.clock import SimClock
@@ -109,28 +130,15 @@ async def run_up(args: argparse.Namespace, settings: Settings, site: SiteConfig)
                 campus = Campus(site, settings.mqtt, clock=clock, seed=args.seed)
                 await stack.enter_async_context(campus)
                 log.info("simulators running (seed %d, speed x%g)", args.seed, args.speed)
-            # Packages that exist add their services (rules engine, API) through <pkg>/up.py:
-            # services(settings, site) -> list of Service.
-            for package in ("rules", "api"):
-                if _has_module(package, "up"):
-                    for svc in importlib.import_module(f"{package}.up").services(settings, site):
-                        await stack.enter_async_context(svc)
-                        running.append((svc.name, svc))
-            ingest = Ingest(settings)
-            await stack.enter_async_context(ingest)
-            running.append(("ingest", ingest))
             for spec in site.gateways:
-                gw = Gateway(settings, site, spec.id)
-                await stack.enter_async_context(gw)
-                running.append((f"gateway {spec.id}", gw))
-            monitor = RateMonitor(settings)
-            await stack.enter_async_context(monitor)
-            await _report(running, monitor, ingest, args.every, site)
+                if spec.kind is GatewayKind.MODBUS:
+                    await start(f"gateway {spec.id}", Gateway(settings, site, spec.id))
+            await _report(running, monitor, args.every, site)
     return 0
 
 
-async def _report(running: list[tuple[str, Service]], monitor: RateMonitor, ingest: object,
-                  every: float, site: SiteConfig) -> None:
+async def _report(running: list[tuple[str, Service]], monitor: RateMonitor, every: float,
+                  site: SiteConfig) -> None:
     tasks = [svc.task for _, svc in running]
     while True:
         done, _ = await asyncio.wait(tasks, timeout=every, return_when=asyncio.FIRST_COMPLETED)
