@@ -66,7 +66,11 @@ class ModbusEndpoint:
         devices = [self._sim_device(u) for u in self.units.values()]
         server = ModbusTcpServer(devices, address=(self.host, self.port),
                                  ignore_missing_devices=True, trace_pdu=self._on_pdu)
-        await server.serve_forever(background=True)
+        try:
+            await server.serve_forever(background=True)
+        except RuntimeError as exc:  # pymodbus says only "Could not start listen"
+            raise RuntimeError(f"Modbus simulator cannot listen on {self.host}:{self.port} "
+                               f"(units {sorted(self.units)}): is the port taken?") from exc
         self._server = server
         self.port = int(server.transport.sockets[0].getsockname()[1])  # type: ignore[attr-defined]
         log.debug("modbus server %s:%d serving units %s", self.host, self.port,
