@@ -6,7 +6,7 @@ Each function returns PNG bytes; no global pyplot state is touched (Figure objec
 from __future__ import annotations
 
 import io
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import matplotlib
 
@@ -49,7 +49,7 @@ def _style(font: str) -> dict[str, object]:
     return {"fontfamily": font}
 
 
-def stacked_bars(title: str, categories: Sequence[str], series: dict[str, Sequence[float]],
+def stacked_bars(title: str, categories: Sequence[str], series: Mapping[str, Sequence[float]],
                  ylabel: str, rotate: bool = False) -> bytes:
     font = cjk_font()
     fig = _figure()
@@ -88,7 +88,7 @@ def horizontal_bars(title: str, labels: Sequence[str], values: Sequence[float],
     return _png(fig)
 
 
-def lines(title: str, x_labels: Sequence[str], series: dict[str, Sequence[float | None]],
+def lines(title: str, x_labels: Sequence[str], series: Mapping[str, Sequence[float | None]],
           ylabel: str) -> bytes:
     font = cjk_font()
     fig = _figure()
