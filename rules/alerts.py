@@ -53,6 +53,7 @@ class Alert:
     incident: str = ""
     escalation: int = 0
     escalated_to: str = ""
+    unack_since: int = 0  # since when the operator has had it in front of them unacknowledged
     raise_count: int = 1
     chattering: bool = False
     updated_at: int = 0
@@ -215,6 +216,8 @@ class AlertBook:
     def _record(self, alert: Alert, action: str, before: AlertState, now: int, by: str = "",
                 comment: str = "", detail: dict[str, Any] | None = None) -> None:
         alert.updated_at = now
+        if alert.state is AlertState.ACTIVE_UNACK and before is not AlertState.ACTIVE_UNACK:
+            alert.unack_since = now  # escalation counts from when the operator could see it
         self.transitions.append(Transition(alert.id, self.site, now, action, before.value,
                                            alert.state.value, by, comment, detail or {}))
         self.changed[alert.id] = (alert, action, by, comment)
@@ -587,14 +590,14 @@ class AlertBook:
             compiled = self.rules.rules.get(alert.rule)
             if compiled is None:
                 continue
-            due = [e for e in compiled.rule.escalate if now - alert.raised_at >= e.after * NS]
-            if len(due) > alert.escalation:
-                level = len(due)
-                team = due[-1].to
+            since = alert.unack_since or alert.raised_at
+            due = [e for e in compiled.rule.escalate if now - since >= e.after * NS]
+            for level in range(alert.escalation + 1, len(due) + 1):
+                team = due[level - 1].to
                 before = alert.state
                 alert.escalation, alert.escalated_to = level, team
                 self._record(alert, "escalated", before, now, "system",
-                             f"not acknowledged in {due[-1].after:.0f}s",
+                             f"not acknowledged in {due[level - 1].after:.0f}s",
                              {"level": level, "team": team})
                 self.escalations.append((alert, team))
 

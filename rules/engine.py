@@ -104,6 +104,7 @@ class Engine:
         self.cap_status = cap_status
         self.caps: list[tuple[str, str, int, str]] = []
         self.processed = 0
+        self.last_tick = 0
 
     # --- restart --------------------------------------------------------------------
 
@@ -172,6 +173,7 @@ class Engine:
         self._pipeline([], now)
 
     def tick(self, now: int) -> None:
+        self.last_tick = now
         signals = self.evaluator.tick(now)
         self.book.expire(now)
         self.router.retry(now)

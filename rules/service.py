@@ -90,6 +90,8 @@ class RulesService(Service):
         self._client: aiomqtt.Client | None = None
         self._last_beat = 0
         self.received = 0
+        self.taken = 0
+        self.committed_ticks = 0
         self.reloads = 0
         self.reload_error = ""
         self._webhooks: set[asyncio.Task[Any]] = set()
@@ -198,6 +200,7 @@ class RulesService(Service):
                     if result is not None:
                         results.append(result)
                 await self._commit_step(now)
+                self.taken += len(batch)  # stored: what these messages did is durable
             for topic, payload in results:
                 await self._publish(topic, payload)
             for message in batch:
@@ -271,6 +274,7 @@ class RulesService(Service):
                 now = self.clock.now_ns()
                 self.engine.tick(now)
                 await self._commit_step(now)
+                self.committed_ticks += 1
 
     async def _watch_files(self) -> None:
         while True:
