@@ -116,9 +116,8 @@ class EndpointConfig(BaseModel):
                 wanted = incident_zones if "incident" in selector.zones else set(selector.zones)
                 if e.zone in wanted:
                     out[e.id] = e
-            if e.is_pa and selector.pa == "all":
-                out[e.id] = e
-            elif e.is_pa and selector.pa == "incident" and set(e.covers) & incident_zones:
+            if e.is_pa and (selector.pa == "all" or (selector.pa == "incident"
+                                                     and set(e.covers) & incident_zones)):
                 out[e.id] = e
         return list(out.values())
 

@@ -26,8 +26,15 @@ from facility.messages import (
     Severity,
 )
 from rules import cap
-from rules.alerts import Alert, AlertBook, ChatterPolicy, Incident, OperationError, Point, \
-    Transition
+from rules.alerts import (
+    Alert,
+    AlertBook,
+    ChatterPolicy,
+    Incident,
+    OperationError,
+    Point,
+    Transition,
+)
 from rules.clock import NS
 from rules.config import CompiledRule, EventRule, IncidentSpec, RuleSet
 from rules.endpoints import EndpointConfig

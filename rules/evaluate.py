@@ -178,7 +178,8 @@ class Evaluator:
         def get(name: str, default: Any = None) -> Any:
             return data.values.get(name, default)
 
-        return {"get": get, "rate": rate, "delta": delta, "avg": avg, "max_of": max_of, "min_of": min_of,
+        return {"get": get, "rate": rate, "delta": delta, "avg": avg, "max_of": max_of,
+                "min_of": min_of,
                 "age": age, "in_schedule": in_schedule}
 
     def _names(self, compiled: CompiledRule, source: str, now: int) -> dict[str, Any]:

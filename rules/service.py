@@ -317,7 +317,9 @@ class RulesService(Service):
             await self._commit(effects, now)
 
     async def _commit(self, effects: Effects, now: int) -> None:
-        assert self.engine is not None and self.store is not None and self.outbox is not None
+        assert self.engine is not None
+        assert self.store is not None
+        assert self.outbox is not None
         pending = self.engine.pending_payloads() \
             if effects.deliveries or effects.acks else None
         await self.store.apply(self.site_id, effects, now, pending)

@@ -10,7 +10,6 @@ Endpoints can be made silent (no confirmation) to exercise retries and the silen
 
 from __future__ import annotations
 
-import asyncio
 import html
 import logging
 import time
@@ -150,8 +149,9 @@ class DisplayPlayer(Service):
             f"{html.escape(s.current.text if s.current else '（无内容）')}</li>"
             for s in self.screens.values() if s.kind != "pa_zone")
         pa = "".join(
-            f"<li>{html.escape(s.name)}：{html.escape(s.announced[-1].text if s.announced else '—')}"
-            "</li>" for s in self.screens.values() if s.kind == "pa_zone")
+            f"<li>{html.escape(s.name)}："
+            f"{html.escape(s.announced[-1].text if s.announced else '—')}</li>"
+            for s in self.screens.values() if s.kind == "pa_zone")
         body = (f"<h1>显示屏与广播（{html.escape(self.site_id)}）</h1><ul>{rows}</ul>"
                 f"<h2>广播分区</h2><ul>{pa}</ul>")
         return _html("显示屏", body, refresh=3)
