@@ -88,9 +88,11 @@ async def cmd_run(args: argparse.Namespace, settings: Settings, site: SiteConfig
     async with contextlib.AsyncExitStack() as stack:
         for svc in services:
             await stack.enter_async_context(svc)
+        from facility.settings import redact_url
+
         print(f"rules engine for {rules.site_id}: {len(rules.rules.rules)} rules, "
-              f"{len(rules.endpoints.endpoints)} endpoints, state in {rules.store and 'store'}",
-              flush=True)
+              f"{len(rules.endpoints.endpoints)} endpoints, state in "
+              f"{redact_url(rules.state_url)}", flush=True)
         await _forever(services)
     return 0
 
