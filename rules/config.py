@@ -48,7 +48,8 @@ DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 UNIT_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
 DEFAULT_PRIORITY = {Severity.CRITICAL: 1, Severity.MAJOR: 2, Severity.MINOR: 3,
                     Severity.WARNING: 4, Severity.INFO: 5}
-WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+Weekday = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
+WEEKDAYS: tuple[Weekday, ...] = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 # What a message template may name; {value:.1f} style formats are allowed, nothing else.
 TEMPLATE_FIELDS = frozenset({"site_name", "place", "zone", "device", "device_name", "value",
                              "unit", "rule_name", "severity", "time", "count", "building"})
@@ -254,7 +255,7 @@ def _rank(severity: Severity) -> int:
 class Schedule(Strict):
     """Days of the week and a daily window (local time; may cross midnight)."""
 
-    days: list[Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]] = list(WEEKDAYS)  # type: ignore[assignment]
+    days: list[Weekday] = Field(default_factory=lambda: list(WEEKDAYS))
     between: tuple[str, str] | None = None
     except_dates: list[str] = []  # YYYY-MM-DD, e.g. public holidays
     only_dates: list[str] = []  # YYYY-MM-DD, e.g. make-up working days
@@ -452,12 +453,12 @@ def load_rules(paths: Iterable[Path], topology: Topology, endpoints: EndpointCon
         for kind, items, into in (("schedule", parsed.schedules, schedules),
                                   ("template", parsed.templates, templates),
                                   ("team", parsed.teams, teams)):
-            for name, item in items.items():
+            for name, entry in items.items():
                 if name in into:
                     errors.append(f"{path}: {kind} {name!r} is already defined in "
                                   f"{owners[(kind, name)]}")
                     continue
-                into[name] = item  # type: ignore[assignment]
+                into[name] = entry  # type: ignore[assignment]  # each dict takes its own kind
                 owners[(kind, name)] = path
         inhibit += parsed.inhibit
     compiled: dict[str, CompiledRule] = {}

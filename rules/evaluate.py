@@ -467,10 +467,11 @@ class Evaluator:
                 inst.value = len(recent)
                 self.dirty.add((inst.rule, inst.source))
         elif inst.active:
-            if inst.clearing[0] is None:
-                inst.clearing[0] = now
+            started = inst.clearing[0]
+            if started is None:
+                started = inst.clearing[0] = now
                 self.dirty.add((inst.rule, inst.source))
-            if now - inst.clearing[0] >= rule.clear_for * NS:
+            if now - started >= rule.clear_for * NS:
                 inst.clearing[0] = None
                 return [self._set(inst, -1, now, None, value=len(recent))]
         return []
@@ -521,7 +522,7 @@ class Evaluator:
             data = self.data.get(source)
             if rule.status:
                 missing = data is not None and data.status is Availability.OFFLINE \
-                    and now - data.status_since >= rule.after * NS  # type: ignore[operator]
+                    and now - data.status_since >= rule.after * NS
                 since = data.status_since if data is not None else now
                 text = "offline"
             else:

@@ -87,12 +87,13 @@ async def alarm_health(store: AlertStore, site: str, start: int, end: int, *,
         a = alerts[h["alert"]]
         per_point[(a.rule, a.source)] += 1
     for h in raised:
-        a = alerts.get(h["alert"])
-        if a is not None:
-            times[(a.rule, a.source)].append(h["ts"])
+        found = alerts.get(h["alert"])
+        if found is not None:
+            times[(found.rule, found.source)].append(h["ts"])
     total = len(shown)
-    top = [{"rule": r, "source": s, "count": n, "share": round(100 * n / total, 1)}
-           for (r, s), n in per_point.most_common(10)]
+    top: list[dict[str, Any]] = [
+        {"rule": r, "source": s, "count": n, "share": round(100 * n / total, 1)}
+        for (r, s), n in per_point.most_common(10)]
     chattering = []
     window = round(chatter_window_s * NS)
     for (rule, source), ts in times.items():

@@ -170,15 +170,16 @@ class Router:
         shown = state.shown
         if not force and shown is not None and all(shown.get(k) == v for k, v in body.items()):
             return
-        message = DisplayMessage(id=f"dm-{short_id(endpoint.id, now, body, len(self.pending))}",
-                                 site=self.site, display=endpoint.id, ts=now, **body)
+        message = msgspec.convert({"id": f"dm-{short_id(endpoint.id, now, body)}",
+                                   "site": self.site, "display": endpoint.id, "ts": now, **body},
+                                  DisplayMessage)
         state.shown = msgspec.to_builtins(message)
         self.dirty.add(endpoint.id)
         # A newer message replaces an unconfirmed older one: only the latest matters.
         for mid in [m for m, p in self.pending.items()
                     if p.endpoint == endpoint.id and p.topic_kind == "display"]:
             del self.pending[mid]
-        self._send(endpoint, "display", message, now, body["incident"])
+        self._send(endpoint, "display", message, now, message.incident)
 
     def _announce(self, endpoint: Endpoint, state: EndpointState, layers: dict[str, Content],
                   now: int) -> None:
@@ -260,8 +261,9 @@ class Router:
                 delay = min(endpoint.ack_timeout * 2 ** (pending.attempts - 1),
                             self.config.retry_max_interval)
             pending.next_at = now + round(delay * NS)
-            kind = DisplayMessage if pending.topic_kind == "display" else Broadcast
-            message = msgspec.convert(pending.payload, kind)
+            message: DisplayMessage | Broadcast = \
+                msgspec.convert(pending.payload, DisplayMessage) \
+                if pending.topic_kind == "display" else msgspec.convert(pending.payload, Broadcast)
             self.deliveries.append(Delivery(endpoint.id, pending.topic_kind, message,
                                             pending.attempts, getattr(message, "incident", "")))
 
