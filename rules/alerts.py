@@ -485,7 +485,14 @@ class AlertBook:
     def _related(self, relation: str, target: Alert, source: Alert) -> bool:
         t = self.topology.sources.get(target.source)
         if relation in ("panel", "controller"):
-            return t is not None and t.tags.get(relation) == source.source
+            if t is None or t.tags.get(relation) != source.source:
+                return False
+            # Only the alarms of the same incident: a panel that already reports a fire in
+            # one shed must not hide a second fire in another shed under the same panel.
+            theirs = self.incidents.get(source.incident)
+            if theirs is None or target.incident == source.incident:
+                return True
+            return not target.incident and (theirs.place_from_parent or theirs.key == t.place)
         if relation == "gateway":
             return t is not None and t.gateway == source.source and t.id != source.source
         if relation == "same_source":
@@ -543,7 +550,8 @@ class AlertBook:
             members = [a for a in self.open.values() if a.incident == incident.id]
             for other in members:
                 o = self.topology.sources.get(other.source)
-                if src is not None and src.parent and src.parent == other.source:
+                if src is not None and src.parent and src.parent == other.source \
+                        and incident.place_from_parent:
                     return incident
                 if o is not None and o.parent and o.parent == alert.source:
                     return incident

@@ -192,6 +192,7 @@ class Engine:
         book.apply(signals, now)  # dedupe into alerts
         book.suppress(now)  # suppression by design; shelving is applied in apply()/ops
         book.group(now)  # incidents
+        book.suppress(now)  # again: inhibition by a parent holds within its incident
         if escalate:
             book.escalate(now)
         router.route(book, now)  # outputs per endpoint

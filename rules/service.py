@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import logging
 import uuid
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -91,6 +92,7 @@ class RulesService(Service):
         self._last_beat = 0
         self.received = 0
         self.taken = 0
+        self.taken_topics: Counter[str] = Counter()  # per topic, after the commit
         self.committed_ticks = 0
         self.reloads = 0
         self.reload_error = ""
@@ -201,6 +203,7 @@ class RulesService(Service):
                         results.append(result)
                 await self._commit_step(now)
                 self.taken += len(batch)  # stored: what these messages did is durable
+                self.taken_topics.update(message.topic.value for message in batch)
             for topic, payload in results:
                 await self._publish(topic, payload)
             for message in batch:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import shutil
 import uuid
+from collections import Counter
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -79,14 +80,14 @@ class Campus:
                 topic = topics.command(self.site_id, item.family, item.device)
             out.append((topic, m.encode(item)))
         assert self.rules is not None
-        before = self.rules.taken
+        rules = self.rules
+        wanted = Counter(topic for topic, _ in out)
+        before = {topic: rules.taken_topics[topic] for topic in wanted}
         await publish_all(self.settings.mqtt, out)
         if wait:
-            rules = self.rules
-
-            async def received() -> int:
-                return rules.taken - before
-            await eventually(received, lambda n: n >= len(out), 30, f"{len(out)} inputs taken")
+            async def stored() -> bool:
+                return all(rules.taken_topics[t] - before[t] >= n for t, n in wanted.items())
+            await eventually(stored, bool, 30, f"{len(out)} inputs taken and stored")
 
     async def advance(self, seconds: float) -> None:
         """Move the clock and wait until the engine has ticked at the new time."""
@@ -532,3 +533,24 @@ async def test_rules_reload_and_bad_file_keeps_running(settings: Settings,
         assert campus.rules.reloads == 1 and "septic-gas-high" in campus.rules.rules.rules
         assert campus.rules.failed is None
 
+
+
+async def test_second_fire_under_the_same_panel_is_not_hidden(settings: Settings,
+                                                              tmp_path: Path) -> None:
+    """The e-bike panel covers all four sheds: while it reports the west-shed fire, a fire
+    in the north shed is a second incident, shown, not suppressed under the panel."""
+    clock = ManualClock(START)
+    campus = Campus(settings, tmp_path, clock)
+    async with running(campus):
+        await campus.send(campus.event("fd-ebw-01", "fire_alarm"),
+                          campus.event("fp-ebike", "fire_alarm"))
+        await campus.send(campus.event("fd-ebn-01", "fire_alarm"))
+        assert campus.rules is not None and campus.rules.engine is not None
+        fires = [i for i in campus.rules.engine.book.incidents.values() if i.category == "fire"]
+        assert sorted(i.place for i in fires) == ["ebike-shed-north", "ebike-shed-west"]
+        [west] = [a for a in campus.open_alerts("fire-detector-alarm") if a.source == "fd-ebw-01"]
+        [north] = [a for a in campus.open_alerts("fire-detector-alarm")
+                   if a.source == "fd-ebn-01"]
+        assert west.state is AlertState.SUPPRESSED and north.state is AlertState.ACTIVE_UNACK
+        await until("the north shed's PA zone announces",
+                    lambda: campus.player.screens["pa-north"].announced)  # type: ignore[union-attr]
