@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
+import itertools
 from dataclasses import dataclass
 
 from facility.influx import InfluxClient, quote_ident, quote_string
 from facility.settings import ReportSettings
 from reports.counters import Bucket, MeterEnergy, meter_energy
-from reports.downsample import BUCKET_NS, FIELDS, Rollup
+from reports.downsample import BUCKET_NS, Rollup
 
 TAGS = ("device", "building", "load", "place", "kind")
+# What the report uses of a rollup row (p_mean is for the dashboards' base-load panel).
+READ = ("c_first", "c_last", "c_min", "c_max", "c_count", "p_max")
 
 
 @dataclass(frozen=True, slots=True)
@@ -21,14 +25,33 @@ class Device:
     kind: str
 
 
+SLICE_NS = 7 * 86_400 * 10**9  # one query per week of rollups, run side by side
+
+
 async def read_buckets(influx: InfluxClient, rollup: Rollup, site: str, start_ns: int,
                        end_ns: int, options: ReportSettings) -> dict[Device, list[Bucket]]:
-    """Rollup rows of [start - 15 min, end): the extra bucket measures the first step."""
+    """Rollup rows of [start - 15 min, end): the extra bucket measures the first step.
+
+    A long range is read as weekly slices in parallel: InfluxDB 1.x runs one query on
+    one core, and a month of 50 meters is ~150,000 rows."""
+    first = start_ns - BUCKET_NS
+    bounds = [*range(first, end_ns, SLICE_NS), end_ns]
+    parts = await asyncio.gather(*(
+        _read_slice(influx, rollup, site, a, b, options) for a, b in itertools.pairwise(bounds)))
+    out: dict[Device, list[Bucket]] = {}
+    for part in parts:
+        for device, rows in part.items():
+            out.setdefault(device, []).extend(rows)
+    return out
+
+
+async def _read_slice(influx: InfluxClient, rollup: Rollup, site: str, start_ns: int,
+                      end_ns: int, options: ReportSettings) -> dict[Device, list[Bucket]]:
     rp = quote_ident(options.rollup_retention_policy)
-    fields = ", ".join(FIELDS)
+    fields = ", ".join(READ)
     group = ", ".join(quote_ident(t) for t in TAGS)
     statement = (f"SELECT {fields} FROM {rp}.{quote_ident(rollup.name)} "
-                 f"WHERE site = {quote_string(site)} AND time >= {start_ns - BUCKET_NS} "
+                 f"WHERE site = {quote_string(site)} AND time >= {start_ns} "
                  f"AND time < {end_ns} GROUP BY {group}")
     result = await influx.query(statement)
     out: dict[Device, list[Bucket]] = {}
@@ -36,17 +59,11 @@ async def read_buckets(influx: InfluxClient, rollup: Rollup, site: str, start_ns
         tags = series.tags
         device = Device(tags.get("device", ""), tags.get("building", ""), tags.get("load", ""),
                         tags.get("place", ""), tags.get("kind", ""))
-        index = {name: series.columns.index(name) for name in ("time", *FIELDS)}
-        rows = out.setdefault(device, [])
-        for row in series.values:
-            count = row[index["c_count"]]
-            if not count:
-                continue
-            rows.append(Bucket(
-                t=int(row[index["time"]]), first=row[index["c_first"]],
-                last=row[index["c_last"]], low=row[index["c_min"]], high=row[index["c_max"]],
-                count=int(count), power_mean=row[index["p_mean"]],
-                power_max=row[index["p_max"]]))
+        if series.columns != ["time", *READ]:
+            raise ValueError(f"unexpected rollup columns {series.columns}")
+        out.setdefault(device, []).extend(
+            Bucket(int(t), first, last, low, high, int(count), None, power)
+            for t, first, last, low, high, count, power in series.values if count)
     return out
 
 
