@@ -126,7 +126,7 @@ async def cmd_shift(args: argparse.Namespace, settings: Settings, site: SiteConf
         print(f"facility report shift: {exc}", file=sys.stderr)
         return 2
     formats = tuple(args.formats or ("html", "pdf"))
-    with progress(6 + len(formats), "值班报告", not args.no_progress) as step:
+    with progress(4 + len(formats), "值班报告", not args.no_progress) as step:
         async with InfluxClient(settings.influx) as influx:
             report = await build(influx, settings, site, period, step)
         paths = render.write_all(report, _out_dir(args, settings), f"shift-{args.date}", formats)

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import base64
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +59,8 @@ def html(report: Report) -> str:
 def pdf(html_text: str, target: Path) -> None:
     import weasyprint  # heavy import, only when a PDF is made
 
+    # WeasyPrint logs every layout step at INFO; the CLI has its own progress bar.
+    logging.getLogger("weasyprint.progress").setLevel(logging.WARNING)
     weasyprint.HTML(string=html_text, base_url=str(TEMPLATES)).write_pdf(target)
 
 
