@@ -57,10 +57,10 @@ def html(report: Report) -> str:
 
 
 def pdf(html_text: str, target: Path) -> None:
+    # WeasyPrint logs every step at INFO, from its import on; the CLI has its own bar.
+    logging.getLogger("weasyprint.progress").setLevel(logging.WARNING)
     import weasyprint  # heavy import, only when a PDF is made
 
-    # WeasyPrint logs every layout step at INFO; the CLI has its own progress bar.
-    logging.getLogger("weasyprint.progress").setLevel(logging.WARNING)
     weasyprint.HTML(string=html_text, base_url=str(TEMPLATES)).write_pdf(target)
 
 
