@@ -140,6 +140,41 @@ class RulesSettings(Section):
     display_port: int = Field(default=8090, ge=0, le=65535)
 
 
+class ApiSettings(Section):
+    """The control-room API and page (api/): where it listens, tokens, command safety."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=0, le=65535)
+    site: str = ""  # the site it serves (default: the site file's)
+    client_id: str = ""  # MQTT client id; default <client_prefix>-api-<site>
+    # Signs the login tokens (HS256). FACILITY_API_SECRET; every API process of a site needs
+    # the same one. Unset: a random key per process (tokens end with a restart).
+    secret: SecretStr | None = None
+    token_lifetime: float = Field(default=8 * 3600, ge=60, le=7 * 24 * 3600,
+                                  description="s a login token is valid (one shift)")
+    min_password_length: int = Field(default=10, ge=8, le=128)
+    login_attempts: int = Field(default=5, ge=1, description="failures before a lockout")
+    login_lockout: float = Field(default=60.0, ge=0, description="s a user is locked out")
+    command_validity: float = Field(default=30.0, gt=0, le=600,
+                                    description="s a bollard command stays valid")
+    approval_timeout: float = Field(default=120.0, gt=0, le=3600,
+                                    description="s a second supervisor has to approve")
+    lower_without_approval: int = Field(
+        default=6, ge=1, description="bollards one request may lower without approval")
+    result_timeout: float = Field(default=60.0, gt=0,
+                                  description="s after validity with no gateway result")
+    replay_buffer: int = Field(default=5000, ge=10, le=1_000_000,
+                               description="live-stream events kept for reconnects")
+    history_points: int = Field(default=300, ge=10, le=5000, description="default points")
+
+    @field_validator("secret")
+    @classmethod
+    def _long_enough(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value()) < 32:
+            raise ValueError("must be at least 32 characters (e.g. `openssl rand -base64 48`)")
+        return value
+
+
 class Settings(BaseSettings):
     """Everything a service needs to connect. Secrets stay SecretStr and out of logs."""
 
@@ -159,6 +194,7 @@ class Settings(BaseSettings):
     rules: RulesSettings = RulesSettings()
     grafana: GrafanaSettings = GrafanaSettings()
     reports: ReportSettings = ReportSettings()
+    api: ApiSettings = ApiSettings()
     # Where this file came from, to resolve relative paths; not a setting.
     config_path: Path = Field(default=DEFAULT_CONFIG, exclude=True)
 

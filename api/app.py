@@ -1,0 +1,121 @@
+"""The FastAPI application: routes, the control-room page, and the lifespan that owns the
+MQTT connection, the state store and InfluxDB (api/context.py)."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI, HTTPException, Response
+from starlette.datastructures import MutableHeaders
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from api.context import open_context
+from api.routes import alerts, auth, campus, commands, outputs, stream, system
+from facility.settings import Settings
+from facility.site import SiteConfig
+
+STATIC = Path(__file__).resolve().parent / "static"
+
+DESCRIPTION = """\
+The control room of the Panyu District administrative office centre: devices and their
+latest values, history from InfluxDB, alerts and incidents from the rules engine, LED
+screens and PA, a live event stream, and safe, audited commands for the 42 anti-terror
+bollards of the south gate.
+
+Log in with `POST /api/auth/login` and send the token as `Authorization: Bearer <token>`.
+Roles: viewer < operator < supervisor < admin; operators and supervisors act only in the
+zones granted to them. See docs/api.md."""
+
+# The page loads nothing from elsewhere; inline scripts and styles are not allowed.
+SECURITY_HEADERS = {
+    "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; "
+                               "frame-ancestors 'none'; base-uri 'none'; form-action 'self'",
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "no-referrer",
+}
+
+
+MEDIA_TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8",
+               ".css": "text/css; charset=utf-8", ".svg": "image/svg+xml"}
+
+
+def add_page(app: FastAPI) -> None:
+    """The control-room page: a few small files, read once and served from memory (no
+    file I/O, so no worker threads, per request)."""
+    files = {p.name: (p.read_bytes(), MEDIA_TYPES[p.suffix]) for p in STATIC.iterdir()
+             if p.suffix in MEDIA_TYPES}
+
+    @app.get("/", include_in_schema=False)
+    async def page() -> Response:
+        body, media_type = files["index.html"]
+        return Response(body, media_type=media_type, headers={"Cache-Control": "no-cache"})
+
+    @app.get("/static/{name}", include_in_schema=False)
+    async def static(name: str) -> Response:
+        if name not in files:
+            raise HTTPException(404, "no such file")
+        body, media_type = files[name]
+        return Response(body, media_type=media_type, headers={"Cache-Control": "no-cache"})
+
+
+def create_app(settings: Settings, site: SiteConfig) -> FastAPI:
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        async with open_context(settings, site) as ctx:
+            app.state.ctx = ctx
+            yield
+
+    app = FastAPI(title="facility control-room API", version="1.0.0",
+                  description=DESCRIPTION, lifespan=lifespan)
+    for module in (auth, campus, alerts, outputs, commands, stream, system):
+        app.include_router(module.router)
+    add_page(app)
+
+    app.add_middleware(Observe)  # type: ignore[arg-type]
+    return app
+
+
+class Observe:
+    """Pure ASGI middleware (it must not buffer the event stream): security headers, no
+    caching of API answers, and request metrics by route."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+
+        async def send_with_headers(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                headers = MutableHeaders(scope=message)
+                for name, value in SECURITY_HEADERS.items():
+                    headers[name] = value
+                if scope["path"].startswith("/api/") and "cache-control" not in headers:
+                    headers["Cache-Control"] = "no-store"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_headers)
+        finally:
+            _count(scope, status, time.perf_counter() - started)
+
+
+def _count(scope: Scope, status: int, seconds: float) -> None:
+    app: Any = scope.get("app")
+    ctx = getattr(getattr(app, "state", None), "ctx", None)
+    if ctx is None:
+        return
+    path = getattr(scope.get("route"), "path", "other")
+    ctx.metrics.requests.labels(scope["method"], path, str(status)).inc()
+    ctx.metrics.latency.labels(path).observe(seconds)

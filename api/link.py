@@ -1,0 +1,148 @@
+"""The API's one connection to the broker.
+
+It subscribes to what the control room watches on its site (readings, statuses, events,
+alerts, displays and their confirmations, broadcasts, command results), hands each
+message to the API's dispatcher, and publishes commands and operator actions. Telemetry
+is taken at QoS 0 (the next reading replaces a lost one); everything else at QoS 1 on a
+persistent session, so command results that arrive during a restart are not lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import Callable
+
+import aiomqtt
+
+from facility import messages as m
+from facility import topics
+from facility.mqtt import make_client, run_connected
+from facility.service import Service
+from facility.settings import MqttSettings
+from facility.topics import Kind, ParsedTopic
+
+log = logging.getLogger(__name__)
+
+OPS_FAMILY = "alert"  # the rules engine's operator actions: command/alert/{target}
+SESSION_EXPIRY = 3600
+
+Dispatch = Callable[[ParsedTopic, bytes], None]
+
+
+class LinkDown(Exception):
+    """The broker is not reachable now; nothing was published."""
+
+
+class NoAnswer(Exception):
+    """The rules engine did not answer an operator action in time."""
+
+
+class MqttLink(Service):
+    def __init__(self, mqtt: MqttSettings, site_id: str, client_id: str,
+                 dispatch: Dispatch) -> None:
+        super().__init__()
+        self.name = f"api link {site_id}"
+        self.mqtt = mqtt
+        self.site_id = site_id
+        self.client_id = client_id
+        self.dispatch = dispatch
+        self.received = 0
+        self._client: aiomqtt.Client | None = None
+        self._ops: dict[str, asyncio.Future[m.AlertOperationResult]] = {}
+
+    def filters(self) -> list[tuple[str, int]]:
+        s = self.site_id
+        return [(topics.subscription(Kind.TELEMETRY, s), 0),
+                (topics.subscription(Kind.STATUS, s), 1),
+                (topics.subscription(Kind.EVENT, s), 1),
+                (topics.subscription(Kind.ALERT, s), 1),
+                (topics.subscription(Kind.DISPLAY, s), 1),
+                (topics.subscription(Kind.DISPLAY_ACK, s), 1),
+                (topics.subscription(Kind.BROADCAST, s), 1),
+                (topics.subscription(Kind.COMMAND_RESULT, s), 1)]
+
+    async def run(self) -> None:
+        await run_connected(self.mqtt, self._make_client, self._session, name=self.name,
+                            on_disconnect=self._disconnected)
+
+    def _make_client(self) -> aiomqtt.Client:
+        return make_client(self.mqtt, self.client_id, session_expiry=SESSION_EXPIRY,
+                           receive_maximum=2000)
+
+    def _disconnected(self) -> None:
+        self.ready.clear()
+        self._client = None
+
+    async def _session(self, client: aiomqtt.Client) -> None:
+        for flt, qos in self.filters():
+            await client.subscribe(flt, qos=qos)
+        self._client = client
+        self.ready.set()
+        try:
+            async for message in client.messages:
+                self.received += 1
+                self._take(message)
+        finally:
+            self._client = None
+            self.ready.clear()
+
+    def _take(self, message: aiomqtt.Message) -> None:
+        raw = message.payload
+        payload = raw if isinstance(raw, bytes) else str(raw).encode() if raw else b""
+        try:
+            parsed = topics.parse(message.topic.value)
+        except topics.TopicError:
+            return
+        if parsed.kind is Kind.COMMAND_RESULT and parsed.family == OPS_FAMILY:
+            self._op_result(payload)
+            return
+        try:
+            self.dispatch(parsed, payload)
+        except m.ContractError as exc:
+            log.warning("%s: ignored a message on %s: %s", self.name, message.topic.value, exc)
+
+    def _op_result(self, payload: bytes) -> None:
+        try:
+            result = m.decode(payload, m.AlertOperationResult)
+        except m.ContractError:
+            return
+        waiter = self._ops.pop(result.id, None)
+        if waiter is not None and not waiter.done():
+            waiter.set_result(result)
+
+    @property
+    def connected(self) -> bool:
+        return self._client is not None
+
+    async def publish(self, topic: str, payload: bytes, *, qos: int = 1,
+                      retain: bool = False) -> None:
+        """Publish; returns once the broker has it (QoS 1). LinkDown if not connected."""
+        client = self._client
+        if client is None:
+            raise LinkDown("the broker is not reachable")
+        try:
+            await client.publish(topic, payload, qos=qos, retain=retain)
+        except aiomqtt.MqttError as exc:
+            raise LinkDown(f"the broker did not take the message: {exc}") from None
+
+    async def operate(self, action: m.AlertAction, target: str, by: str, *, comment: str = "",
+                      until: int = 0, text: str = "",
+                      timeout: float = 10.0) -> m.AlertOperationResult:
+        """An operator action through the rules engine (its MQTT interface, rules/ops.py's
+        protocol), answered on command-result/alert/{target}."""
+        op = m.AlertOperation(id=f"op-{uuid.uuid4().hex[:16]}", site=self.site_id,
+                              action=action, target=target, by=by, ts=time.time_ns(),
+                              comment=comment, until=until, text=text)
+        waiter: asyncio.Future[m.AlertOperationResult] = \
+            asyncio.get_running_loop().create_future()
+        self._ops[op.id] = waiter
+        try:
+            await self.publish(topics.command(self.site_id, OPS_FAMILY, target), m.encode(op))
+            return await asyncio.wait_for(waiter, timeout)
+        except TimeoutError:
+            raise NoAnswer(f"the rules engine did not answer within {timeout:g}s") from None
+        finally:
+            self._ops.pop(op.id, None)

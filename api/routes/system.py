@@ -1,0 +1,36 @@
+"""Health, readiness and Prometheus metrics."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Response
+from fastapi.responses import JSONResponse
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from api.deps import Ctx
+from api.models import Health, Readiness
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/healthz", response_model=Health, summary="The process is up")
+async def healthz() -> Health:
+    return Health(status="ok")
+
+
+@router.get("/readyz", response_model=Readiness,
+            responses={503: {"model": Readiness, "description": "something is not ready"}},
+            summary="Ready to serve: broker connected, state store and InfluxDB answer")
+async def readyz(ctx: Ctx) -> Response:
+    checks = {"mqtt": ctx.link.connected, "state_store": await ctx.store.ping(),
+              "influxdb": await ctx.influx.ping(), "workers": ctx.workers_alive}
+    ready = all(checks.values())
+    body = Readiness(ready=ready, checks=checks)
+    return JSONResponse(body.model_dump(), status_code=200 if ready else 503)
+
+
+@router.get("/metrics", response_class=Response, summary="Prometheus metrics",
+            responses={200: {"content": {CONTENT_TYPE_LATEST: {"schema": {"type": "string"}}},
+                             "description": "text exposition format"}})
+async def metrics(ctx: Ctx) -> Response:
+    ctx.metrics.mqtt_connected.set(1 if ctx.link.connected else 0)
+    return Response(ctx.metrics.metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
