@@ -25,7 +25,7 @@ from facility import topics
 from facility.configfile import ConfigError
 from facility.messages import Availability, CommandStatus, DeviceStatus, Family, Quality, Reading
 from facility.metrics import Metrics
-from facility.mqtt import make_client, run_connected
+from facility.mqtt import ManualAck, make_client, run_connected
 from facility.outbox import Outbox
 from facility.service import Service
 from facility.settings import REPO_ROOT, Settings
@@ -175,9 +175,12 @@ class Gateway(Service, Sink):
             m.encode(self._gateway_status(Availability.OFFLINE, "connection lost")),
             qos=1, retain=True,
         )
-        return make_client(self.settings.mqtt, f"{self.settings.mqtt.client_prefix}-{self.id}",
-                           will=will, session_expiry=24 * 3600,
-                           max_inflight=self.settings.gateway.publish_window)
+        client = make_client(self.settings.mqtt, f"{self.settings.mqtt.client_prefix}-{self.id}",
+                             will=will, session_expiry=24 * 3600,
+                             max_inflight=self.settings.gateway.publish_window)
+        # A vendor message is acknowledged only once its readings are in the outbox: a
+        # message still queued in the client when the link drops comes again.
+        return ManualAck.enable(client)
 
     def _gateway_status(self, state: Availability, reason: str) -> DeviceStatus:
         return DeviceStatus(site=self.site_id, family=Family.GATEWAY, device=self.id,
@@ -300,27 +303,32 @@ class Gateway(Service, Sink):
     # --- vendor MQTT --------------------------------------------------------------------
 
     async def _receive(self, client: aiomqtt.Client) -> None:
-        command_prefix = f"{topics.PREFIX}/{self.site_id}/{topics.Kind.COMMAND}/"
-        async for message in client.messages:
-            topic = str(message.topic)
-            payload = message.payload if isinstance(message.payload, bytes) \
-                else str(message.payload).encode()
-            if topic.startswith(command_prefix):
-                self._command(topic, payload)
-                continue
-            decoder = next((d for d in self.decoders if d.matches(topic)), None)
-            if decoder is None:
-                continue
-            try:
-                out = decoder.decode(topic, payload, self._next_seq)
-            except (MappingError, m.ContractError) as exc:
-                self.dead_letter(decoder.mapping.vendor, topic, str(exc), payload)
-                continue
-            self._seen(out.device)
-            if out.reading is not None:
-                self.publish_reading(out.reading)
-            for event in out.events:
-                self.publish_event(event)
+        receiver = ManualAck(client)
+        while True:
+            for message in await receiver.next_batch(1000, None):
+                self._handle(message)
+                receiver.ack(message)
+
+    def _handle(self, message: aiomqtt.Message) -> None:
+        topic = message.topic.value
+        payload = message.payload if isinstance(message.payload, bytes) \
+            else str(message.payload).encode()
+        if topic.startswith(f"{topics.PREFIX}/{self.site_id}/{topics.Kind.COMMAND}/"):
+            self._command(topic, payload)
+            return
+        decoder = next((d for d in self.decoders if d.matches(topic)), None)
+        if decoder is None:
+            return
+        try:
+            out = decoder.decode(topic, payload, self._next_seq)
+        except (MappingError, m.ContractError) as exc:
+            self.dead_letter(decoder.mapping.vendor, topic, str(exc), payload)
+            return
+        self._seen(out.device)
+        if out.reading is not None:
+            self.publish_reading(out.reading)
+        for event in out.events:
+            self.publish_event(event)
 
     def _command(self, topic: str, payload: bytes) -> None:
         try:

@@ -72,15 +72,23 @@ class Collector:
                     for flt in self.filters:
                         await client.subscribe(flt, qos=1)
                     self._ready.set()
-                    async for message in client.messages:
-                        payload = message.payload
-                        self.messages.append((message.topic.value, payload
-                                              if isinstance(payload, bytes)
-                                              else bytes(payload)))  # type: ignore[arg-type]
+                    try:
+                        async for message in client.messages:
+                            self._keep(message)
+                    finally:
+                        # Acknowledged on arrival: what is still queued must not be lost.
+                        queue = client._queue
+                        while not queue.empty():
+                            self._keep(queue.get_nowait())
             except aiomqtt.MqttError:
                 if not self.persistent:
                     raise
                 await asyncio.sleep(0.2)
+
+    def _keep(self, message: aiomqtt.Message) -> None:
+        payload = message.payload
+        self.messages.append((message.topic.value, payload if isinstance(payload, bytes)
+                              else bytes(payload)))  # type: ignore[arg-type]
 
     def decoded(self, kind: type[T]) -> list[T]:
         return [m.decode(p, kind) for _, p in self.messages]
