@@ -104,7 +104,7 @@ async def cmd_energy(args: argparse.Namespace, settings: Settings, site: SiteCon
         async with InfluxClient(settings.influx) as influx:
             report = await build(influx, settings, site, period, calendar, step)
         computed = time.perf_counter() - started
-        paths = render.write_all(report, _out_dir(args, settings), f"energy-{period.label}",
+        paths = render.write_all(report, _out_dir(args, settings), f"energy-{period.slug}",
                                  formats)
         for _ in formats:
             step("rendered")

@@ -139,8 +139,8 @@ async def sync_rollups(influx: InfluxClient, rollup: Rollup, start_ns: int, end_
     for day in stale:
         await rebuild(influx, rollup, day, day + DAY_NS, options)
     if stale:
-        log.info("%s: rebuilt %d day(s) of rollups that missed late data", rollup.name,
-                 len(stale))
+        log.info("%s: rebuilt %d day(s) of rollups that differed from the raw data (late or "
+                 "still arriving)", rollup.name, len(stale))
     return stale
 
 

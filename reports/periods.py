@@ -25,6 +25,14 @@ class Period:
             raise ValueError(f"period {self.label}: the end must be after the start")
 
     @property
+    def slug(self) -> str:
+        """The period in a file name: 2026-10, 2026-W41 or 2026-10-01_2026-10-15."""
+        if self.kind in ("month", "week"):
+            return self.label
+        last = (self.end - timedelta(microseconds=1)).date()
+        return f"{self.start.date().isoformat()}_{last.isoformat()}"
+
+    @property
     def hours(self) -> float:
         return (self.end - self.start).total_seconds() / 3600
 
