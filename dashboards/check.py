@@ -63,8 +63,19 @@ async def run_all(influx: InfluxClient, boards: list[dict[str, Any]], start_ms: 
                   end_ms: int) -> list[QueryResult]:
     out = []
     for board in boards:
-        names: dict[str, list[str] | None] = {
-            v["name"]: None for v in board.get("templating", {}).get("list", [])}  # All
+        variables = board.get("templating", {}).get("list", [])
+        names: dict[str, list[str] | None] = {v["name"]: None for v in variables}  # All
+        for variable in variables:  # the variables' own queries (SHOW TAG VALUES ...)
+            try:
+                result = await influx.query(variable["query"])
+            except QueryError as exc:
+                out.append(QueryResult(board["uid"], f"variable ${variable['name']}", "-",
+                                       variable["query"], 0, 0, str(exc)))
+                continue
+            series = [s for statement in result for s in statement]
+            out.append(QueryResult(board["uid"], f"variable ${variable['name']}", "-",
+                                   variable["query"], len(series),
+                                   sum(len(s.values) for s in series)))
         for panel in board.get("panels", []):
             for target in panel.get("targets", []):
                 query = expand(target["query"], start_ms, end_ms, names)

@@ -85,7 +85,7 @@ async def test_every_panel_query_returns_series(settings: Settings,
     for rollup in (ENERGY, EV_CHARGING):
         await rebuild(influx, rollup, start - 86_400 * 10**9, end + 86_400 * 10**9)
     results = await run_all(influx, dashboards(), start // 10**6, end // 10**6)
-    assert len(results) == 55  # every target of every panel
+    assert len(results) == 55 + 2  # every target of every panel, and the variables
     failing = [f"{r.dashboard} / {r.panel} / {r.ref_id}: {r.error or 'no data'}\n  {r.query}"
                for r in results if not r.ok]
     assert not failing, "\n".join(failing)
