@@ -1,0 +1,48 @@
+"""Run the benchmarks: `python -m bench` for all, `python -m bench NAME ...` for some."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import pkgutil
+import sys
+import time
+from pathlib import Path
+
+from bench.common import Figure, machine
+
+
+def available() -> list[str]:
+    folder = Path(__file__).parent
+    return sorted(m.name.removeprefix("bench_") for m in pkgutil.iter_modules([str(folder)])
+                  if m.name.startswith("bench_"))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser.add_argument("names", nargs="*", help=f"some of: {', '.join(available())}")
+    parser.add_argument("--quick", action="store_true",
+                        help="shorter runs (smoke test of the benchmarks, figures not final)")
+    args = parser.parse_args()
+    names = args.names or available()
+    unknown = set(names) - set(available())
+    if unknown:
+        parser.error(f"unknown benchmark(s): {', '.join(sorted(unknown))}")
+    print(f"machine: {machine()}")
+    missed = 0
+    for name in names:
+        module = importlib.import_module(f"bench.bench_{name}")
+        print(f"\n== {name}: {module.__doc__.strip().splitlines()[0]}", flush=True)
+        started = time.monotonic()
+        figures: list[Figure] = asyncio.run(module.run(quick=args.quick))
+        for fig in figures:
+            print(fig.line(), flush=True)
+            missed += fig.met is False
+        print(f"  ({time.monotonic() - started:.0f} s)")
+    print(f"\n{missed} target(s) missed" if missed else "\nall targets met")
+    return 1 if missed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
