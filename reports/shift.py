@@ -3,9 +3,10 @@ acknowledge and to clear, the ISA-18.2 alarm-system figures, operator actions, b
 operations, device events and device availability.
 
 Alerts come from the rules engine's store (rules.store.AlertStore, its query API) and the
-ISA-18.2 figures from rules.health.alarm_health; bollards, events and availability from
-InfluxDB. Commands and who ordered them need the API's audit log, which does not exist
-yet: the report says so instead of guessing.
+ISA-18.2 figures from rules.health.alarm_health; bollard commands and who ordered and
+approved them from the API's append-only audit log (api.store.ApiStore, folded into a
+command's state by api.commands.fold); bollard movements, events and availability from
+InfluxDB.
 """
 
 from __future__ import annotations
@@ -37,6 +38,13 @@ ACTION_NAMES = {"acknowledged": "确认", "shelved": "搁置", "unshelved": "取
 F_ACK = ("确认用时 = 确认时间 − 报警时间；只计需确认的报警（category = alarm）；"
          "中位数与90%分位（最近秩）")
 F_CLEAR = "消除用时 = 消除时间（条件恢复正常）− 报警时间"
+COMMAND_NAMES = {"raise": "升起", "lower": "降下", "raise_all": "全部升起",
+                 "lower_all": "全部降下", "emergency_rise": "紧急升起", "reset_faults": "故障复位"}
+COMMAND_STATUS = {"awaiting_approval": "待批准", "rejected": "已驳回",
+                  "approval_expired": "批准超时", "superseded": "被取代", "refused": "拒绝执行",
+                  "sent": "已发送",
+                  "accepted": "执行中", "done": "完成", "failed": "失败", "timed_out": "超时",
+                  "expired": "已过期", "duplicate": "重复", "no_result": "无结果"}
 
 
 def shift_period(day: str, shift_start: str, hours: float, tz: ZoneInfo) -> Period:
@@ -73,7 +81,8 @@ async def build(influx: InfluxClient, settings: Settings, site: SiteConfig, peri
                     generated_at=datetime.now(tz).strftime("%Y-%m-%d %H:%M"))
     names = _Names(site)
     report.sections += await _alert_sections(settings, site.site.id, start, end, names, tz, step)
-    report.sections.append(await _bollards(influx, site.site.id, start, end, tz))
+    commands = await _commands(settings, site.site.id, start, end, names, tz)
+    report.sections.append(await _bollards(influx, site.site.id, start, end, tz, commands))
     step("bollard operations read")
     report.sections.append(await _events(influx, site.site.id, start, end, names))
     step("device events read")
@@ -85,8 +94,8 @@ async def build(influx: InfluxClient, settings: Settings, site: SiteConfig, peri
         "ISA-18.2 指标由 rules.health.alarm_health 计算，口径见各表公式。",
         "升降柱动作、设备事件、设备在线率来源：InfluxDB"
         "（bollard、device_event、device_status）。",
-        "指令及下达人：需要 API 的指令审计日志，目前尚未建成，本报告暂无此项；"
-        "升降柱的实际动作由 PLC 读数给出。",
+        "升降柱指令、下达人与批准人来源：API 的只增不改审计日志（api_audit），"
+        "按指令汇总为最终状态；升降柱的实际动作由 PLC 读数给出。",
         f"时间均为北京时间（{site.site.timezone}）；值班时段为 [开始, 结束)。",
     ]
     return report
@@ -271,8 +280,46 @@ def _operators(history: list[dict[str, Any]]) -> Section:
     return Section("三、操作员处置", tables=[table])
 
 
+async def _commands(settings: Settings, site: str, start: int, end: int, names: _Names,
+                    tz: ZoneInfo) -> Table:
+    """Bollard commands requested (or refused) in the shift, with their outcome so far."""
+    from api.commands import fold
+    from api.store import ApiStore
+
+    table = Table("commands", "升降柱指令及下达人", [
+        Column("时间", kind="text"), Column("指令", kind="text"), Column("对象", kind="text"),
+        Column("下达人", kind="text"), Column("批准（驳回）人", kind="text"),
+        Column("原因", kind="text"),
+        Column("结果", kind="text"), Column("说明", kind="text")],
+        formulas=["值班时段内请求（含被拒绝）的每条指令一行；结果为出报时审计日志汇总出的状态"])
+    store = await ApiStore.open(settings.state_url)
+    try:
+        opened = await store.rows(site, since=start, until=end, events=("requested", "refused"),
+                                  limit=100_000)
+        ids = sorted({r.command for r in opened})
+        rows = await store.rows(site, commands=ids, limit=1_000_000) if ids else []
+    finally:
+        await store.close()
+    by_command: dict[str, list[Any]] = defaultdict(list)
+    for row in rows:
+        by_command[row.command].append(row)
+    views = [v for v in (fold(c, rs) for c, rs in by_command.items()) if v is not None]
+    for view in sorted(views, key=lambda v: v.requested_at):
+        targets = view.targets if len(view.targets) <= 3 else \
+            [*view.targets[:3], f"等 {len(view.targets)} 个"]
+        table.rows.append([
+            datetime.fromtimestamp(view.requested_at / NS, tz).strftime("%m-%d %H:%M:%S"),
+            COMMAND_NAMES.get(view.action, view.action),
+            "、".join(names.device(t) for t in targets), view.requested_by,
+            view.approval.decided_by or ("待批准" if view.approval.required else "无需批准"),
+            view.reason, COMMAND_STATUS.get(view.status, view.status), view.detail or "—"])
+    if not table.rows:
+        table.notes.append("值班时段内没有升降柱指令。")
+    return table
+
+
 async def _bollards(influx: InfluxClient, site: str, start: int, end: int,
-                    tz: ZoneInfo) -> Section:
+                    tz: ZoneInfo, commands: Table) -> Section:
     where = f"site = {quote_string(site)} AND time >= {start} AND time < {end}"
     per_minute = await influx.query(
         'SELECT last("bollards_up") AS up, last("bollards_down") AS down, '
@@ -305,11 +352,9 @@ async def _bollards(influx: InfluxClient, site: str, start: int, end: int,
     for series in sorted(units[0] if units else [], key=lambda s: s.tags.get("device", "")):
         for _, cycles, state, fault_code in series.values:
             per_unit.rows.append([series.tags.get("device", ""), cycles, state, fault_code])
-    commands = Table("commands", "升降柱指令及下达人", [Column("说明", kind="text")])
-    commands.rows.append(["指令审计日志（API）尚未建成：本报告暂不能列出指令及下达人。"])
     if not ops.rows:
         ops.notes.append("值班时段内没有升降柱 PLC 数据。")
-    return Section("四、升降柱", tables=[ops, per_unit, commands])
+    return Section("四、升降柱", tables=[commands, ops, per_unit])
 
 
 async def _events(influx: InfluxClient, site: str, start: int, end: int,

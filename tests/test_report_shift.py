@@ -88,6 +88,36 @@ async def fill_store(url: str) -> None:
         await store.close()
 
 
+async def fill_audit(url: str) -> None:
+    """Two commands through the API's audit log: an approved lowering of the whole gate
+    that the gateway carried out, and a raise refused for want of the role."""
+    from api.store import ApiStore
+
+    store = await ApiStore.open(url)
+    try:
+        await store.append(site=SITE, command="c-1", event="requested", username="王五",
+                           role="supervisor", action="lower_all", targets=["bollard-plc-south"],
+                           reason="消防车进场", data={"approval_required": True},
+                           once="requested", ts=at(20, 9, 55))
+        await store.append(site=SITE, command="c-1", event="approved", username="张三",
+                           role="supervisor", action="lower_all",
+                           targets=["bollard-plc-south"], once="decision",
+                           data={"issued_at": at(20, 9, 56), "expires_at": at(20, 9, 58)},
+                           ts=at(20, 9, 56))
+        await store.append(site=SITE, command="c-1", event="result", username="gateway",
+                           action="lower_all", targets=["bollard-plc-south"], outcome="done",
+                           once="result:bollard-plc-south:done", ts=at(20, 9, 57))
+        await store.append(site=SITE, command="c-2", event="refused", username="访客",
+                           role="viewer", action="raise", targets=["bollard-s03"],
+                           reason="测试", outcome="refused", detail="raise needs the operator "
+                           "role (you are viewer)", ts=at(20, 15))
+        await store.append(site=SITE, command="c-0", event="requested", username="王五",
+                           action="raise_all", targets=["bollard-plc-south"], reason="昨天",
+                           once="requested", ts=at(19, 15))  # before the shift
+    finally:
+        await store.close()
+
+
 async def fill_influx(influx: InfluxClient, settings: Settings) -> None:
     site = load_site(settings.site_path)
     plc = tags_of(site, "bollard-plc-south")
@@ -132,6 +162,7 @@ async def test_shift_report(settings: Settings, influx: InfluxClient, tmp_path: 
     url = f"sqlite:///{tmp_path / 'state.sqlite'}"
     settings = settings.model_copy(update={"state": StateSettings(url=url)})  # type: ignore[arg-type]
     await fill_store(url)
+    await fill_audit(url)
     await fill_influx(influx, settings)
     site = load_site(settings.site_path)
     period = shift_period("2026-11-20", "08:00", 24, TZ)
@@ -168,6 +199,10 @@ async def test_shift_report(settings: Settings, influx: InfluxClient, tmp_path: 
 
     # InfluxDB: the bollards rose at 10:00; bollard-s01 moved twice; 2 fire events;
     # the main meter was offline for one hour of 24.
+    commands = table(report, "commands").rows
+    assert [(r[1], r[3], r[4], r[6]) for r in commands] == [
+        ("全部降下", "王五", "张三", "完成"), ("升起", "访客", "无需批准", "拒绝执行")]
+    assert commands[0][0] == "11-20 09:55:00" and commands[0][5] == "消防车进场"
     ops = table(report, "bollard_operations").rows
     assert [(r[0], r[2]) for r in ops] == [("08:00", 0), ("10:00", 42)]
     assert table(report, "bollard_units").rows == [["bollard-s01", 2, "up", "none"]]
@@ -181,5 +216,6 @@ async def test_shift_report(settings: Settings, influx: InfluxClient, tmp_path: 
     from pypdf import PdfReader
 
     text = "".join(page.extract_text() for page in PdfReader(paths["pdf"]).pages)
-    for expected in ("值班报告", "报警系统性能", "ISA-18.2", "指令审计日志", "张三", "设备在线率"):
+    for expected in ("值班报告", "报警系统性能", "ISA-18.2", "指令及下达人", "消防车进场",
+                     "设备在线率"):
         assert expected in text, expected
