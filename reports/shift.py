@@ -32,9 +32,10 @@ FAMILY_NAMES = {"bollard": "升降柱", "energy": "能耗计量", "fire": "消�
 SEVERITY_NAMES = {"critical": "紧急", "major": "严重", "minor": "一般", "warning": "预警",
                   "info": "提示"}
 SEVERITY_ORDER = ("critical", "major", "minor", "warning", "info")
-ACTION_NAMES = {"acknowledged": "确认", "shelved": "搁置", "unshelved": "取消搁置",
-                "out_of_service": "停用", "return_to_service": "恢复", "commented": "备注",
-                "maintenance": "维护", "end_maintenance": "结束维护", "closed": "关闭"}
+# Operator actions in the alert history (docs/rules.md, "History actions").
+ACTION_NAMES = {"acknowledged": "确认", "comment": "备注", "shelved": "搁置",
+                "unshelved": "取消搁置", "out_of_service": "停用",
+                "returned_to_service": "恢复使用"}
 F_ACK = ("确认用时 = 确认时间 − 报警时间；只计需确认的报警（category = alarm）；"
          "中位数与90%分位（最近秩）")
 F_CLEAR = "消除用时 = 消除时间（条件恢复正常）− 报警时间"
