@@ -24,7 +24,13 @@ GRAFANA_DASHBOARD_PATH = "/var/lib/grafana/dashboards/facility"
 
 def dashboards() -> list[dict[str, Any]]:
     """Every dashboard as the JSON Grafana stores."""
-    return [json.loads(json.dumps(make().build(), cls=JSONEncoder)) for make in DASHBOARDS]
+    out = []
+    for make in DASHBOARDS:
+        board = json.loads(json.dumps(make().build(), cls=JSONEncoder))
+        # The SDK leaves an empty templating as {}; Grafana's own exports carry a list.
+        board.setdefault("templating", {}).setdefault("list", [])
+        out.append(board)
+    return out
 
 
 def datasource(url: str = "${FACILITY_INFLUX_URL}", database: str = "${FACILITY_INFLUX_DATABASE}",

@@ -100,7 +100,11 @@ def board(uid: str, title: str, tags: list[str], *, refresh: str = "30s",
           span: str = "now-6h", description: str = "") -> dashboard.Dashboard:
     built = (dashboard.Dashboard(title).uid(uid).tags(["facility", *tags]).refresh(refresh)
              .time(span, "now").timezone(TIMEZONE).readonly()
-             .tooltip(model.DashboardCursorSync.CROSSHAIR))
+             .tooltip(model.DashboardCursorSync.CROSSHAIR)
+             .annotation(dashboard.AnnotationQuery().name("Annotations & Alerts").built_in(1)
+                         .datasource(model.DataSourceRef(type_val="grafana", uid="-- Grafana --"))
+                         .enable(True).hide(True).icon_color("rgba(0, 211, 255, 1)")
+                         .type("dashboard")))
     if description:
         built.description(description)
     return built

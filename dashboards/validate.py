@@ -32,6 +32,9 @@ def problems(board: dict[str, Any]) -> list[str]:
     for key in ("uid", "title", "schemaVersion", "panels", "time", "timezone"):
         if key not in board:
             bad(f"missing '{key}'")
+    for key in ("templating", "annotations"):
+        if not isinstance(board.get(key, {}).get("list"), list):
+            bad(f"'{key}' needs a 'list'")
     if not UID.fullmatch(str(board.get("uid", ""))):
         bad("uid must be 1-40 letters, digits, '-' or '_'")
     if board.get("schemaVersion") != SCHEMA_VERSION:
