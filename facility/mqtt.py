@@ -11,7 +11,9 @@ import asyncio
 import logging
 import ssl
 from collections.abc import Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
+from typing import TypeVar
 from urllib.parse import unquote, urlsplit
 
 import aiomqtt
@@ -91,13 +93,13 @@ def make_client(
     return client
 
 
-Session = Callable[[aiomqtt.Client], Awaitable[None]]
+C = TypeVar("C")
 
 
 async def run_connected(
     settings: MqttSettings,
-    client_factory: Callable[[], aiomqtt.Client],
-    session: Session,
+    client_factory: Callable[[], AbstractAsyncContextManager[C]],
+    session: Callable[[C], Awaitable[None]],
     *,
     name: str,
     backoff: Backoff | None = None,

@@ -75,6 +75,9 @@ class IngestSettings(Section):
     batch_size: int = Field(default=5000, ge=1, le=100_000)
     batch_interval: float = Field(default=0.25, gt=0, le=60)
     receive_maximum: int = Field(default=20_000, ge=10, le=65_535)
+    # 1: every message acknowledged after InfluxDB took it. 0: telemetry mode, for
+    # throughput over certainty (nothing is redelivered after a crash).
+    qos: int = Field(default=1, ge=0, le=1)
     session_expiry: int = Field(default=7 * 24 * 3600, ge=0)
 
 
