@@ -50,6 +50,7 @@ def _parser() -> argparse.ArgumentParser:
                     "readings, events and statuses. While the broker is away it spools to disk.")
     p.add_argument("--id", action="append", dest="ids", metavar="GATEWAY",
                    help="gateway id from the site file (repeatable; default: all)")
+    _metrics_option(p)
     p.set_defaults(func=cmd_gateway)
 
     p = sub.add_parser(
@@ -58,6 +59,7 @@ def _parser() -> argparse.ArgumentParser:
                     "dead letters and write them to InfluxDB in batches; a message is "
                     "acknowledged only after InfluxDB accepted it.")
     p.add_argument("--client-id", help="MQTT client id (default from settings: ingest)")
+    _metrics_option(p)
     p.set_defaults(func=cmd_ingest)
 
     p = sub.add_parser(
@@ -86,6 +88,22 @@ def _parser() -> argparse.ArgumentParser:
         if _has_module(package, "cli"):
             importlib.import_module(f"{package}.cli").register(sub)
     return parser
+
+
+def _metrics_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--metrics", metavar="HOST:PORT",
+                   help="serve Prometheus /metrics and /healthz there (e.g. 127.0.0.1:9108)")
+
+
+async def _serve_metrics(spec: str | None, services: list[Service]) -> object | None:
+    if not spec:
+        return None
+    from facility.metrics import serve_metrics
+
+    host, _, port = spec.rpartition(":")
+    return await serve_metrics([s.metrics for s in services],  # type: ignore[attr-defined]
+                               host or "127.0.0.1", int(port),
+                               healthy=lambda: all(s.ready.is_set() for s in services))
 
 
 def _has_module(package: str, module: str) -> bool:
@@ -135,8 +153,11 @@ async def cmd_gateway(args: argparse.Namespace, settings: Settings, site: SiteCo
     async with contextlib.AsyncExitStack() as stack:
         for gw in gateways:
             await stack.enter_async_context(gw)
+        runner = await _serve_metrics(args.metrics, list(gateways))
+        if runner is not None:
+            stack.push_async_callback(runner.cleanup)  # type: ignore[attr-defined]
         log.info("gateways running: %s", ", ".join(ids))
-        await _forever(gateways)
+        await _forever(list(gateways))
     return 0
 
 
@@ -144,9 +165,14 @@ async def cmd_ingest(args: argparse.Namespace, settings: Settings, site: SiteCon
     from ingest.service import Ingest
 
     async with Ingest(settings, client_id=args.client_id) as ingest:
+        runner = await _serve_metrics(args.metrics, [ingest])
         log.info("ingest running into %s database %s", settings.influx.url,
                  settings.influx.database)
-        await _forever([ingest])
+        try:
+            await _forever([ingest])
+        finally:
+            if runner is not None:
+                await runner.cleanup()  # type: ignore[attr-defined]
     return 0
 
 

@@ -6,6 +6,7 @@ the process it started. Waiting is always for a condition, with a bound.
 
 from __future__ import annotations
 
+import getpass
 import os
 import shutil
 import signal
@@ -209,7 +210,10 @@ class MosquittoServer(_Process):
         config.write_text(
             (f"listener {self.port} {self.host}\nallow_anonymous true\n" if not has_listener
              else self.extra_config.replace("{port}", str(self.port)))
-            + f"""persistence true
+            # Started as root, Mosquitto would switch to user 'mosquitto', which cannot
+            # write this folder: no log, and no persistence across a restart.
+            + f"""user {getpass.getuser()}
+persistence true
 persistence_location {d}/
 log_dest file {d}/mosquitto.log
 log_type error

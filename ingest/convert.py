@@ -12,6 +12,7 @@ another device's data by publishing it under its own topic, or the other way rou
 
 from __future__ import annotations
 
+import time
 import zlib
 
 import msgspec
@@ -20,6 +21,7 @@ from facility import lineprotocol as lp
 from facility import messages as m
 from facility import topics
 from facility.topics import Kind
+from ingest.sequence import SequenceTracker
 
 STATUS_MEASUREMENT = "device_status"
 EVENT_MEASUREMENT = "device_event"
@@ -34,8 +36,10 @@ class Converter:
     """Turns messages into lines; remembers each topic's escaped series key, because a
     device's tags rarely change and escaping them was most of the cost per message."""
 
-    def __init__(self, max_topics: int = 200_000) -> None:
+    def __init__(self, max_topics: int = 200_000,
+                 sequences: SequenceTracker | None = None) -> None:
         self.max_topics = max_topics
+        self.sequences = sequences
         self._topics: dict[str, topics.ParsedTopic] = {}
         self._series: dict[str, tuple[dict[str, str], str, str]] = {}
 
@@ -66,7 +70,11 @@ class Converter:
             if where.kind is Kind.STATUS:
                 return _status(where, m.decode(payload, m.DeviceStatus))
             if where.kind is Kind.EVENT:
-                return _event(where, m.decode(payload, m.Event))
+                event = m.decode(payload, m.Event)
+                line = _event(where, event)
+                if self.sequences is not None:
+                    self.sequences.seen(event.gateway, event.seq, time.monotonic())
+                return line
             if where.kind is Kind.DEADLETTER:
                 return _dead_letter(where, m.decode(payload, m.DeadLetter))
         except m.ContractError as exc:
@@ -93,7 +101,10 @@ class Converter:
             fields = f'quality="{r.quality.value}",{lp.checked_fields(r.values)}'
         else:
             fields = f'quality="{r.quality.value}"'
-        return f"{series} {fields} {r.ts}".encode()
+        line = f"{series} {fields} {r.ts}".encode()
+        if self.sequences is not None and r.seq:
+            self.sequences.seen(r.gateway, r.seq, time.monotonic())
+        return line
 
 
 def _same_device(where: topics.ParsedTopic, site: str, family: str, device: str) -> None:

@@ -19,15 +19,18 @@ from contextlib import AbstractAsyncContextManager
 
 from facility import messages as m
 from facility import topics
-from facility.influx import InfluxClient
+from facility.backoff import Backoff
+from facility.influx import InfluxClient, InfluxError
 from facility.metrics import Metrics
 from facility.mqtt import run_connected
-from facility.mqttlink import Message, MqttLink, connector
+from facility.mqttlink import LinkError, Message, MqttLink, connector
 from facility.service import Service
 from facility.settings import Settings
 from facility.topics import Kind
 from ingest.convert import Converter, Rejected
-from ingest.writer import BatchWriter
+from ingest.sequence import SequenceTracker
+from ingest.spool import Spool
+from ingest.writer import BatchWriter, Unavailable
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +48,10 @@ class Ingest(Service):
         self.client_id = client_id or f"{settings.mqtt.client_prefix}-{self.options.client_id}"
         self.clock_ns = clock_ns
         self.influx: InfluxClient | None = None
-        self.converter = Converter()
+        self.sequences = SequenceTracker(grace=self.options.loss_grace)
+        self.converter = Converter(sequences=self.sequences)
+        self.spool: Spool | None = None
+        self.replayer: BatchWriter | None = None
         self.writer: BatchWriter | None = None
         self.metrics = Metrics("ingest")
         self._m_received = self.metrics.counter("messages_total", "Messages received")
@@ -55,10 +61,15 @@ class Ingest(Service):
         self._m_batch = self.metrics.histogram(
             "batch_seconds", "Time to write a batch and acknowledge it",
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60))
+        self._m_spooled = self.metrics.gauge("spooled_points",
+                                             "Points waiting in the disk spool for InfluxDB")
+        self._m_lost = self.metrics.counter("sequence_lost_total",
+                                            "Gateway messages that never arrived", ("gateway",))
         # Plain counters too, for `facility up` and the tests.
         self.received = 0
         self.written = 0
         self.dead_letters = 0
+        self.spooled = 0
 
     def subscriptions(self) -> list[str]:
         filters = [topics.subscription(kind, site=self.options.site) for kind in KINDS]
@@ -69,16 +80,44 @@ class Ingest(Service):
         self.influx = InfluxClient(self.settings.influx)
         await self.influx.__aenter__()
         self.writer = BatchWriter(self.influx)
+        self.replayer = BatchWriter(self.influx)
+        folder = self.settings.resolve(self.options.spool_dir)
+        self.spool = Spool(folder / f"{self.client_id}.sqlite")
+        if self.spool.batches:
+            log.info("ingest: %d points spooled from before; replaying them first",
+                     self.spool.lines)
 
     async def close(self) -> None:
         if self.influx is not None:
             await self.influx.__aexit__(None, None, None)
             self.influx = None
+        if self.spool is not None:
+            self.spool.close()
+            self.spool = None
 
     async def run(self) -> None:
-        assert self.writer is not None, "use inside 'async with'"
-        await self.writer._ensure_database()
-        await run_connected(self.settings.mqtt, self._connector(), self._session, name=self.name)
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(self._schema(), name="ingest schema")
+            tg.create_task(run_connected(self.settings.mqtt, self._connector(), self._session,
+                                         name=self.name), name="ingest mqtt")
+
+    async def _schema(self) -> None:
+        """The database, its retention policies and the energy rollups (continuous queries,
+        so long reports read 15-minute data, not months of raw points). Retried until
+        InfluxDB answers; writes meanwhile wait or go to the spool."""
+        from reports.downsample import ensure_downsampling
+
+        assert self.influx is not None, "use inside 'async with'"
+        backoff = Backoff(initial=0.5, cap=30.0)
+        while True:
+            try:
+                await self.influx.ensure_database()
+                await ensure_downsampling(self.influx, self.settings.reports)
+                return
+            except InfluxError as exc:
+                if backoff.attempts == 0:
+                    log.warning("ingest: cannot set up the InfluxDB schema yet: %s", exc)
+                await asyncio.sleep(backoff.next_delay())
 
     def _connector(self) -> Callable[[], AbstractAsyncContextManager[MqttLink]]:
         return connector(self.settings.mqtt, self.client_id,
@@ -89,10 +128,45 @@ class Ingest(Service):
         await link.subscribe(self.subscriptions(), qos=self.options.qos)
         self.ready.set()
         try:
-            while True:
-                await self._one_batch(link)
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(self._batches(link), name="ingest batches")
+                tg.create_task(self._replay(link), name="ingest replay")
+                tg.create_task(self._watch_sequences(), name="ingest sequences")
+        except* LinkError as group:
+            raise group.exceptions[0] from None
         finally:
             self.ready.clear()
+
+    async def _batches(self, link: MqttLink) -> None:
+        while True:
+            await self._one_batch(link)
+
+    async def _replay(self, link: MqttLink) -> None:
+        """Write spooled batches back, oldest first, once InfluxDB takes them again."""
+        assert self.spool is not None
+        assert self.replayer is not None
+        while True:
+            batch_id, lines = await self.spool.oldest()
+            refused = await self.replayer.write(lines)
+            written = len(lines) - len(refused)
+            self.written += written
+            self._m_written.inc(written)
+            for index, reason in refused:
+                await self._dead_letter(link, "(spooled line)", "influxdb",
+                                        f"InfluxDB refused it on replay: {reason}",
+                                        lines[index])
+            self.spool.remove(batch_id, len(lines))
+            self._m_spooled.set(self.spool.lines)
+
+    async def _watch_sequences(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(min(10.0, self.options.loss_grace / 2))
+            before = dict(self.sequences.lost)
+            self.sequences.check(loop.time())
+            for gateway, lost in self.sequences.lost.items():
+                if lost > before.get(gateway, 0):
+                    self._m_lost.labels(gateway).inc(lost - before.get(gateway, 0))
 
     async def _one_batch(self, link: MqttLink) -> None:
         """Collect up to batch_size messages or batch_interval seconds, write, then ack."""
@@ -127,30 +201,44 @@ class Ingest(Service):
             except Rejected as exc:
                 refused.append((index, "convert", str(exc)))
         self.received += len(batch)
-        for line_index, reason in await self.writer.write(lines):
-            refused.append((origin[line_index], "influxdb", f"InfluxDB refused it: {reason}"))
-        written = len(lines) - sum(1 for _, stage, _ in refused if stage == "influxdb")
-        self.written += written
-        self._m_written.inc(written)
+        assert self.spool is not None
+        if self.spool.batches == 0:
+            try:
+                for line_index, reason in await self.writer.write(
+                        lines, give_up_after=self.options.spool_after):
+                    refused.append((origin[line_index], "influxdb",
+                                    f"InfluxDB refused it: {reason}"))
+                written = len(lines) - sum(1 for _, stage, _ in refused if stage == "influxdb")
+                self.written += written
+                self._m_written.inc(written)
+                lines = []
+            except Unavailable:
+                log.warning("InfluxDB unavailable for %gs: spooling to disk",
+                            self.options.spool_after)
+        if lines:  # InfluxDB is away, or batches wait before this one: keep the order
+            self.spool.append(lines)
+            self.spooled += len(lines)
+            self._m_spooled.set(self.spool.lines)
         if refused:
             await self._dead_letters(link, batch, refused)
 
     async def _dead_letters(self, link: MqttLink, batch: list[Message],
                             refused: list[tuple[int, str, str]]) -> None:
-        publishes = []
-        for index, stage, reason in refused:
-            message = batch[index]
-            topic = message.topic
-            if topic.startswith(topics.PREFIX) and f"/{Kind.DEADLETTER}/" in topic:
-                # A dead letter that cannot be stored is only logged: no loop of letters.
-                log.error("dead letter on %s cannot be stored: %s", topic, reason)
-                continue
-            self.dead_letters += 1
-            self._m_dead.labels(stage).inc()
-            letter = m.DeadLetter.of("ingest", self.clock_ns(), topic, reason, message.payload)
-            site = self.converter.site_of(topic) or "unknown"
-            publishes.append(link.publish(topics.deadletter(site, "ingest"), m.encode(letter)))
         # The originals are acknowledged only after their dead letters are at the broker.
-        await asyncio.gather(*publishes)
+        await asyncio.gather(*(self._dead_letter(link, batch[index].topic, stage, reason,
+                                                 batch[index].payload)
+                               for index, stage, reason in refused))
+
+    async def _dead_letter(self, link: MqttLink, topic: str, stage: str, reason: str,
+                           payload: bytes) -> None:
+        if topic.startswith(topics.PREFIX) and f"/{Kind.DEADLETTER}/" in topic:
+            # A dead letter that cannot be stored is only logged: no loop of letters.
+            log.error("dead letter on %s cannot be stored: %s", topic, reason)
+            return
+        self.dead_letters += 1
+        self._m_dead.labels(stage).inc()
+        letter = m.DeadLetter.of("ingest", self.clock_ns(), topic, reason, payload)
+        site = self.converter.site_of(topic) or self.options.site.replace("+", "unknown")
+        await link.publish(topics.deadletter(site, "ingest"), m.encode(letter))
 
 

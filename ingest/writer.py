@@ -31,29 +31,43 @@ class WriteStats:
     on_retry: list[Callable[[InfluxError], None]] = field(default_factory=list)
 
 
+class Unavailable(Exception):
+    """InfluxDB kept failing past the caller's deadline; the batch was not (fully) written."""
+
+
 class BatchWriter:
     def __init__(self, influx: InfluxClient, backoff: Backoff | None = None) -> None:
         self.influx = influx
         self.backoff = backoff or Backoff(initial=0.2, cap=10.0)
         self.stats = WriteStats()
 
-    async def write(self, lines: list[bytes]) -> list[tuple[int, str]]:
-        """Write every line InfluxDB will take. Returns (index, reason) of those it refused."""
+    async def write(self, lines: list[bytes],
+                    give_up_after: float | None = None) -> list[tuple[int, str]]:
+        """Write every line InfluxDB will take. Returns (index, reason) of those it refused.
+
+        With `give_up_after`, raise Unavailable once retryable failures have lasted that
+        long (the caller then keeps the batch elsewhere); without, retry until it works.
+        """
+        deadline = None if give_up_after is None \
+            else asyncio.get_running_loop().time() + give_up_after
+        return await self._write(lines, deadline)
+
+    async def _write(self, lines: list[bytes], deadline: float | None) -> list[tuple[int, str]]:
         if not lines:
             return []
         try:
-            await self._write_retrying(b"\n".join(lines))
+            await self._write_retrying(b"\n".join(lines), deadline)
             return []
         except PointsRejected as exc:
             if len(lines) == 1:
                 self.stats.rejected += 1
                 return [(0, str(exc))]
         half = len(lines) // 2
-        left = await self.write(lines[:half])
-        right = await self.write(lines[half:])
+        left = await self._write(lines[:half], deadline)
+        right = await self._write(lines[half:], deadline)
         return left + [(i + half, reason) for i, reason in right]
 
-    async def _write_retrying(self, body: bytes) -> None:
+    async def _write_retrying(self, body: bytes, deadline: float | None = None) -> None:
         loop = asyncio.get_running_loop()
         while True:
             self.stats.requests += 1
@@ -76,7 +90,10 @@ class BatchWriter:
                     log.warning("InfluxDB write failed, retrying until it works: %s", exc)
                 for callback in self.stats.on_retry:
                     callback(exc)
-                await asyncio.sleep(self.backoff.next_delay())
+                delay = self.backoff.next_delay()
+                if deadline is not None and loop.time() + delay > deadline:
+                    raise Unavailable(str(exc)) from exc
+                await asyncio.sleep(delay)
                 continue
             self._recovered(loop.time())
             return

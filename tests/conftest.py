@@ -70,7 +70,7 @@ def make_settings(tmp_path: Path, mqtt_url: str, influx_url: str, database: str,
         mqtt=MqttSettings(url=mqtt_url),  # type: ignore[arg-type]
         influx=InfluxSettings(url=influx_url, database=database),
         gateway={"spool_dir": str(tmp_path / "spool")},
-        **overrides,
+        **({"ingest": {"spool_dir": str(tmp_path / "spool")}} | overrides),
     )
 
 
