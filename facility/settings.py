@@ -78,6 +78,10 @@ class IngestSettings(Section):
     # 1: every message acknowledged after InfluxDB took it. 0: telemetry mode, for
     # throughput over certainty (nothing is redelivered after a crash).
     qos: int = Field(default=1, ge=0, le=1)
+    # After InfluxDB has failed this long, batches go to a disk spool and are acknowledged.
+    spool_after: float = Field(default=5.0, gt=0)
+    spool_dir: Path = Path("../var/spool")
+    loss_grace: float = Field(default=60.0, gt=0, description="s before a gap is a loss")
     session_expiry: int = Field(default=7 * 24 * 3600, ge=0)
 
 
