@@ -83,6 +83,15 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--every", type=float, default=5.0, help="seconds between status lines")
     p.set_defaults(func=cmd_up)
 
+    p = sub.add_parser(
+        "broker", help="the broker's access control, generated from the site file",
+        description="Write Mosquitto's ACL file (acl_file) for this site: one user per "
+                    "gateway, service and vendor platform, screens by endpoint id. Set the "
+                    "passwords with mosquitto_passwd (see config/mosquitto/README.md).")
+    p.add_argument("what", choices=["acl", "users"], help="the ACL file, or the user names")
+    p.add_argument("--out", type=Path, help="write to this file (default: standard output)")
+    p.set_defaults(func=cmd_broker)
+
     # Packages add their own subcommands in <package>/cli.py: register(subparsers).
     for package in PLUGIN_PACKAGES:
         if _has_module(package, "cli"):
@@ -142,6 +151,21 @@ async def cmd_check(args: argparse.Namespace, settings: Settings, site: SiteConf
     devices = list(site.all_device_ids())
     print(f"site {site.site.id} ({site.site.name}): {len(site.places)} places, "
           f"{len(site.gateways)} gateways, {len(devices)} devices")
+    return 0
+
+
+async def cmd_broker(args: argparse.Namespace, settings: Settings, site: SiteConfig) -> int:
+    from facility import brokeracl
+    from gateway.service import VENDORS_DIR
+    from gateway.vendors import load_vendors
+
+    vendor_topics = {v: m.subscriptions() for v, m in load_vendors(VENDORS_DIR).items()}
+    text = brokeracl.acl(site, vendor_topics) if args.what == "acl" \
+        else "\n".join(brokeracl.users(site, vendor_topics)) + "\n"
+    if args.out:
+        args.out.write_text(text, encoding="utf-8")
+    else:
+        print(text, end="")
     return 0
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from pymodbus.exceptions import ModbusException
 
-from facility.messages import Command, CommandResult, CommandStatus, Scalar
+from facility.messages import Command, CommandResult, CommandStatus, Family, Scalar
 from gateway.modbus.poller import HostPoller, PolledDevice
 from gateway.modbus.registermap import CommandAction, CommandSpec
 
@@ -81,6 +81,12 @@ class CommandExecutor:
 
     def handles(self, device_id: str) -> bool:
         return device_id in self.device_ids
+
+    def commandable(self) -> list[tuple[str, Family]]:
+        """(device id, family) of the controller and each of its units."""
+        device = self.polled.device
+        units = [(uid, device.units.family) for uid in self.unit_numbers] if device.units else []
+        return [(device.id, device.family), *units]
 
     async def execute(self, command: Command) -> CommandStatus:
         status, detail = await self._execute(command)

@@ -200,7 +200,10 @@ class Gateway(Service, Sink):
             for flt in decoder.mapping.subscriptions():
                 await client.subscribe(flt, qos=1)
         if self.executors:
-            await client.subscribe(topics.subscription(topics.Kind.COMMAND, self.site_id), qos=1)
+            # Exactly our own devices' command topics: the broker's ACL allows no more.
+            await client.subscribe([(topics.command(self.site_id, family, device_id), 1)
+                                    for executor in self.executors
+                                    for device_id, family in executor.commandable()])
         self._status_dirty.update(self.status)
         self.ready.set()
         try:
