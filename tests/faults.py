@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -24,6 +25,8 @@ class TcpProxy:
     target_port: int
     mode: Mode = "pass"
     delay: float = 0.0
+    # In drop_replies mode, drop only server chunks this says yes to (all when None).
+    reply_filter: Callable[[bytes], bool] | None = None
     port: int = 0
     dropped_replies: int = 0
     _server: asyncio.Server | None = None
@@ -76,7 +79,8 @@ class TcpProxy:
             while data := await reader.read(65536):
                 if self.mode == "blackhole":
                     continue
-                if self.mode == "drop_replies" and replies:
+                if self.mode == "drop_replies" and replies and (
+                        self.reply_filter is None or self.reply_filter(data)):
                     self.dropped_replies += 1
                     continue
                 if self.mode == "delay" and self.delay > 0:
