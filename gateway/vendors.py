@@ -38,6 +38,9 @@ class MappingError(ValueError):
     """The payload does not fit its vendor mapping; the message says why."""
 
 
+MAX_PAYLOAD = 64 * 1024  # a device report is a few hundred bytes; more is a bug or an attack
+
+
 def _compile(expr: str) -> Any:
     try:
         return jmespath.compile(expr)
@@ -178,6 +181,8 @@ class VendorDecoder:
                         None)
         if compiled is None:
             raise MappingError(f"no {self.mapping.vendor} message shape for topic {topic!r}")
+        if len(payload) > MAX_PAYLOAD:
+            raise MappingError(f"payload of {len(payload)} bytes is over {MAX_PAYLOAD}")
         try:
             body = msgspec.json.decode(payload)
         except msgspec.DecodeError as exc:

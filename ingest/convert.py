@@ -28,6 +28,9 @@ EVENT_MEASUREMENT = "device_event"
 DEAD_LETTER_MEASUREMENT = "dead_letter"
 
 
+MAX_PAYLOAD = 64 * 1024  # canonical messages are small; a bigger one is not a reading
+
+
 class Rejected(ValueError):
     """The message cannot be stored; the text is the reason for the dead letter."""
 
@@ -60,6 +63,8 @@ class Converter:
 
     def to_line(self, topic: str, payload: bytes) -> bytes:
         """The line for one message, or Rejected with the reason."""
+        if len(payload) > MAX_PAYLOAD:
+            raise Rejected(f"payload of {len(payload)} bytes is over {MAX_PAYLOAD}")
         try:
             where = self.parse_topic(topic)
         except topics.TopicError as exc:
