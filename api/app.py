@@ -9,11 +9,15 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-from fastapi import FastAPI, HTTPException, Response
+from fastapi import Depends, FastAPI, HTTPException, Request, Response
+from fastapi.openapi.utils import get_openapi
+from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.context import open_context
+from api.deps import SITE_NAMES, known_query, site_names
 from api.routes import alerts, auth, campus, commands, outputs, stream, system
 from facility.settings import Settings
 from facility.site import SiteConfig
@@ -71,13 +75,54 @@ def create_app(settings: Settings, site: SiteConfig) -> FastAPI:
             yield
 
     app = FastAPI(title="facility control-room API", version="1.0.0",
-                  description=DESCRIPTION, lifespan=lifespan)
+                  description=DESCRIPTION, lifespan=lifespan,
+                  dependencies=[Depends(known_query)])
     for module in (auth, campus, alerts, outputs, commands, stream, system):
         app.include_router(module.router)
     add_page(app)
+    app.openapi = lambda: _described(app, site)  # type: ignore[method-assign]
+
+    @app.exception_handler(405)
+    async def method_not_allowed(request: Request, exc: Exception) -> Response:
+        # Starlette names only the methods of the first route with this path; a path has a
+        # route per method here, so the Allow header is gathered from all of them.
+        allowed = sorted({method for route in app.routes if isinstance(route, APIRoute)
+                          and route.path_regex.match(request.url.path)
+                          for method in route.methods})
+        return JSONResponse({"detail": "method not allowed"}, status_code=405,
+                            headers={"Allow": ", ".join(allowed)})
 
     app.add_middleware(Observe)  # type: ignore[arg-type]
     return app
+
+
+def _described(app: FastAPI, site: SiteConfig) -> dict[str, Any]:
+    """FastAPI's OpenAPI description, plus what it cannot know: 400 for a request body
+    that is not JSON at all (FastAPI answers it by itself), and the site's own zone,
+    place and family ids as the values of those query parameters (known_query checks)."""
+    if app.openapi_schema is None:
+        spec = get_openapi(title=app.title, version=app.version, description=app.description,
+                           routes=app.routes)
+        names = {kind: site_names(site, kind) for kind in SITE_NAMES}
+        for operations in spec["paths"].values():
+            for operation in operations.values():
+                if "requestBody" in operation:
+                    operation["responses"].setdefault("400", {
+                        "description": "The body is not valid JSON",
+                        "content": {"application/json": {
+                            "schema": {"$ref": "#/components/schemas/Problem"}}}})
+                for parameter in operation.get("parameters", []):
+                    if parameter["in"] == "query" and parameter["name"] in names:
+                        _enumerate(parameter["schema"], names[parameter["name"]])
+        app.openapi_schema = spec
+    return app.openapi_schema
+
+
+def _enumerate(schema: dict[str, Any], values: list[str]) -> None:
+    """Put an enum on the string items of a (possibly nullable) array parameter."""
+    for option in schema.get("anyOf", [schema]):
+        if option.get("type") == "array":
+            option["items"] = {"type": "string", "enum": values}
 
 
 class Observe:

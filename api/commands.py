@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 from api.auth import Role, User
 from api.link import LinkDown, MqttLink
-from api.models import Approval, CommandRequest, CommandView, TargetResult
+from api.models import Approval, BollardCommand, CommandView, GateCommand, TargetResult
 from api.store import AlreadyRecorded, ApiStore, AuditError, AuditRow
 from facility import messages as m
 from facility import topics
@@ -100,33 +100,24 @@ class CommandDesk:
 
     # --- planning and authorisation ---------------------------------------------------
 
-    def plan(self, request: CommandRequest) -> Plan:
+    def plan(self, request: BollardCommand | GateCommand) -> Plan:
         spec = ACTIONS[request.action]
-        if spec.scope == "unit":
-            if request.controller:
-                raise CommandError(422, f"{request.action} names bollards, not a controller")
-            if not request.bollards:
-                raise CommandError(422, f"{request.action} needs at least one bollard")
-            if len(set(request.bollards)) != len(request.bollards):
-                raise CommandError(422, "a bollard is named twice")
-            for device in request.bollards:
+        if isinstance(request, BollardCommand):
+            targets = sorted(request.bollards)
+            for device in targets:
                 source = self.topology.sources.get(device)
                 if source is None or source.family != m.Family.BOLLARD.value \
                         or not source.tags.get("controller"):
-                    raise CommandError(422, f"{device!r} is not a bollard of this site")
-            targets = list(request.bollards)
+                    raise CommandError(404, f"{device!r} is not a bollard of this site")
         else:
-            if request.bollards:
-                raise CommandError(422, f"{request.action} is for the whole gate; "
-                                        "name no bollards")
             controller = request.controller
             if controller is None:
                 if len(self.controllers) != 1:
-                    raise CommandError(422, "name the controller: "
+                    raise CommandError(404, "name the controller: "
                                             f"{', '.join(self.controllers) or 'none here'}")
                 controller = self.controllers[0]
             if controller not in self.controllers:
-                raise CommandError(422, f"{controller!r} is not a bollard controller here")
+                raise CommandError(404, f"{controller!r} is not a bollard controller here")
             targets = [controller]
         zones = sorted({self.topology.sources[t].zone for t in targets})
         approval = spec.approval or (spec.lowers and spec.scope == "unit"
@@ -145,7 +136,8 @@ class CommandDesk:
 
     # --- requests ---------------------------------------------------------------------
 
-    async def submit(self, user: User, request: CommandRequest) -> tuple[CommandView, bool]:
+    async def submit(self, user: User,
+                     request: BollardCommand | GateCommand) -> tuple[CommandView, bool]:
         """The command's view and whether it is new (False: the id was used before)."""
         try:
             plan = self.plan(request)
@@ -195,14 +187,15 @@ class CommandDesk:
         ids = [command_id] if len(targets) == 1 else [f"{command_id}.{t}" for t in targets]
         return {"issued_at": now, "expires_at": expires, "gateway_ids": ids}
 
-    async def _refused(self, user: User, request: CommandRequest, targets: list[str],
-                       why: str) -> None:
+    async def _refused(self, user: User, request: BollardCommand | GateCommand,
+                       targets: list[str], why: str) -> None:
+        if not targets:
+            targets = sorted(request.bollards) if isinstance(request, BollardCommand) \
+                else [request.controller] if request.controller else []
         try:
             await self.store.append(site=self.site_id, command=request.id, event="refused",
                                     username=user.username, role=user.role.value,
-                                    action=request.action,
-                                    targets=targets or request.bollards or
-                                    ([request.controller] if request.controller else []),
+                                    action=request.action, targets=targets,
                                     reason=request.reason, outcome="refused", detail=why)
         except AuditError as exc:
             log.error("refused command %s by %s not audited: %s", request.id, user.username,

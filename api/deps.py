@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from fastapi import Depends, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BeforeValidator
 
 from api.auth import Role, TokenError, User
 from api.context import Context
 from api.models import Problem
+from facility.messages import Family
+from facility.site import SiteConfig
 
 bearer = HTTPBearer(auto_error=False, description="the access_token from POST /api/auth/login")
 
@@ -65,14 +71,64 @@ Supervisor = Annotated[User, Depends(role(Role.SUPERVISOR))]
 Admin = Annotated[User, Depends(role(Role.ADMIN))]
 
 
+def _iso_only(value: object) -> object:
+    # Pydantic would also take a bare number as Unix time; the API promises ISO 8601.
+    if isinstance(value, str) and not ISO_TIME.match(value):
+        raise ValueError("not an ISO 8601 date-time (e.g. 2026-11-28T08:30:00+08:00)")
+    return value
+
+
+ISO_TIME = re.compile(r"^\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}")
+IsoTime = Annotated[datetime, BeforeValidator(_iso_only)]
+# Query parameters that name things of the site: checked against the site file.
+SITE_NAMES = {"zone": "zones", "place": "places", "family": "families"}
+
+
+async def known_query(request: Request) -> None:
+    """Refuse unknown query parameters (a misspelt filter must not silently show
+    everything), and zone, place or family values this site does not have."""
+    route = request.scope.get("route")
+    if not isinstance(route, APIRoute):
+        return
+    declared = _query_names(route.dependant)
+    errors: list[dict[str, Any]] = []
+    ctx: Context | None = getattr(request.app.state, "ctx", None)
+    for name, value in request.query_params.multi_items():
+        if name not in declared:
+            errors.append({"type": "extra_forbidden", "loc": ("query", name),
+                           "msg": "unknown query parameter", "input": value})
+        elif name in SITE_NAMES and ctx is not None and value not in site_names(ctx.site, name):
+            errors.append({"type": "enum", "loc": ("query", name),
+                           "msg": f"no such {name} at this site", "input": value})
+    if errors:
+        raise RequestValidationError(errors)
+
+
+def _query_names(dependant: Any) -> set[str]:
+    """The query parameter names a route and its dependencies declare."""
+    names = {field.alias for field in dependant.query_params}
+    for sub in dependant.dependencies:
+        names |= _query_names(sub)
+    return names
+
+
+def site_names(site: SiteConfig, kind: str) -> list[str]:
+    """The ids a zone, place or family query parameter may take at this site."""
+    if kind == "zone":
+        return [z.id for z in site.zones]
+    if kind == "place":
+        return [p.id for p in site.places]
+    return [f.value for f in Family if f is not Family.GATEWAY]
+
+
 def to_ns(value: datetime | None, default: int | None = None) -> int | None:
-    """A query-string time as ns since the epoch; naive times are UTC."""
+    """A query-string time as ns since the epoch; naive times are UTC. Times before 2000
+    or after 2200 are taken as those bounds (no data lies outside them)."""
     if value is None:
         return default
     if value.tzinfo is None:
         value = value.replace(tzinfo=UTC)
-    if not MIN_TIME <= value <= MAX_TIME:
-        raise HTTPException(422, f"time {value.isoformat()} is not between 2000 and 2200")
+    value = min(max(value, MIN_TIME), MAX_TIME)
     return int(value.timestamp() * 1_000_000) * 1000
 
 

@@ -19,10 +19,16 @@ AGGREGATES = ("mean", "min", "max", "last", "first", "count")
 KGCE_PER_KWH = 0.1229  # GB/T 2589, equivalent-value method
 
 
+# Interval lengths a chart reads easily; InfluxDB aligns them to round clock times.
+NICE_INTERVALS = (1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 2 * 3600,
+                  3 * 3600, 6 * 3600, 12 * 3600, 86400, 2 * 86400, 7 * 86400, 30 * 86400)
+
+
 def interval_for(start_ns: int, end_ns: int, points: int) -> int:
-    """Whole seconds per point so that [start, end) gives at most `points` points."""
-    span = max(end_ns - start_ns, 1)
-    return max(1, math.ceil(span / 1e9 / points))
+    """The shortest round interval (s) that gives [start, end) at most `points` intervals
+    (one more where the interval boundaries do not fall on start)."""
+    wanted = math.ceil(max(end_ns - start_ns, 1) / 1e9 / points)
+    return next((n for n in NICE_INTERVALS if n >= wanted), wanted)
 
 
 async def history(influx: InfluxClient, retention_policy: str, source: Source, field: str,

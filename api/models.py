@@ -7,9 +7,9 @@ nothing. Who did something always comes from the login token.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
 from api.auth import Role
 
@@ -18,6 +18,10 @@ COMMAND_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,47}$"  # room for '.<bollard
 USERNAME_PATTERN = r"^[a-z][a-z0-9_.-]{1,31}$"
 ZONE_PATTERN = r"^(\*|[A-Za-z0-9][A-Za-z0-9_.-]{0,63})$"
 Scalar = bool | int | float | str
+MIN_PASSWORD = 10  # the floor of the password policy (api.min_password_length may ask more)
+ZoneId = Annotated[str, StringConstraints(pattern=ZONE_PATTERN)]
+DeviceId = Annotated[str, StringConstraints(pattern=ID_PATTERN)]
+Password = Annotated[str, StringConstraints(min_length=MIN_PASSWORD, max_length=1024)]
 
 
 class Request(BaseModel):
@@ -59,47 +63,38 @@ class LoginResponse(BaseModel):
 
 class NewUser(Request):
     username: str = Field(pattern=USERNAME_PATTERN)
-    password: str = Field(min_length=1, max_length=1024)
+    password: Password
     role: Role
-    zones: list[str] = Field(default_factory=list, max_length=64,
-                             description="zone ids the user may act in; ['*'] for all")
+    zones: list[ZoneId] = Field(default_factory=list, max_length=64,
+                                description="zone ids the user may act in; ['*'] for all")
     display_name: str = Field(default="", max_length=100)
 
     @field_validator("zones")
     @classmethod
     def _zones(cls, zones: list[str]) -> list[str]:
-        return _check_zones(zones)
+        return sorted(set(zones))
 
 
 class UserChange(Request):
     """Admin changes to a user; fields left out stay as they are."""
 
     role: Role | None = None
-    zones: list[str] | None = Field(default=None, max_length=64)
+    zones: list[ZoneId] | None = Field(default=None, max_length=64)
     display_name: str | None = Field(default=None, max_length=100)
     disabled: bool | None = None
-    password: str | None = Field(default=None, min_length=1, max_length=1024)
+    password: Password | None = None
 
     @field_validator("zones")
     @classmethod
     def _zones(cls, zones: list[str] | None) -> list[str] | None:
-        return None if zones is None else _check_zones(zones)
+        return None if zones is None else sorted(set(zones))
 
 
 class PasswordChange(Request):
     """A user changes their own password (every other login of theirs ends)."""
 
     current_password: str = Field(min_length=1, max_length=1024)
-    new_password: str = Field(min_length=1, max_length=1024)
-
-
-def _check_zones(zones: list[str]) -> list[str]:
-    import re
-
-    for zone in zones:
-        if not re.fullmatch(ZONE_PATTERN, zone):
-            raise ValueError(f"{zone!r} is not a zone id")
-    return sorted(set(zones))
+    new_password: Password
 
 
 # --- campus and devices -------------------------------------------------------------
@@ -376,24 +371,36 @@ CommandAction = Literal["raise", "lower", "raise_all", "lower_all", "emergency_r
                         "reset_faults"]
 
 
-class CommandRequest(Request):
+class CommandBase(Request):
     id: str = Field(pattern=COMMAND_ID_PATTERN,
                     description="unique, chosen by the client (e.g. a UUID); a repeated "
                                 "id returns the first command and executes nothing")
-    action: CommandAction
-    bollards: list[str] = Field(default_factory=list, max_length=100,
-                                description="raise/lower: the bollard ids (one, or a group)")
-    controller: str | None = Field(default=None, pattern=ID_PATTERN,
-                                   description="the PLC, for *_all/emergency_rise/reset_faults; "
-                                               "default: the site's only one")
-    reason: str = Field(min_length=2, max_length=500)
+    reason: str = Field(min_length=2, max_length=500, pattern=r"\S.*\S|\S\S",
+                        description="why (recorded in the audit log and the command)")
 
     @field_validator("reason")
     @classmethod
     def _reason(cls, reason: str) -> str:
-        if len(reason.strip()) < 2:
-            raise ValueError("a command needs a reason")
         return reason.strip()
+
+
+class BollardCommand(CommandBase):
+    """Raise or lower one bollard or a group."""
+
+    action: Literal["raise", "lower"]
+    bollards: set[DeviceId] = Field(min_length=1, max_length=100,
+                                    description="the bollard ids (one, or a group)")
+
+
+class GateCommand(CommandBase):
+    """The whole gate: raise all, lower all (two supervisors), emergency rise, reset."""
+
+    action: Literal["raise_all", "lower_all", "emergency_rise", "reset_faults"]
+    controller: str | None = Field(default=None, pattern=ID_PATTERN,
+                                   description="the PLC; default: the site's only one")
+
+
+CommandRequest = Annotated[BollardCommand | GateCommand, Field(discriminator="action")]
 
 
 class ApprovalRequest(Request):

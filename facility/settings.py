@@ -159,7 +159,7 @@ class ApiSettings(Section):
     secret: SecretStr | None = None
     token_lifetime: float = Field(default=8 * 3600, ge=60, le=7 * 24 * 3600,
                                   description="s a login token is valid (one shift)")
-    min_password_length: int = Field(default=10, ge=8, le=128)
+    min_password_length: int = Field(default=10, ge=10, le=128)
     login_attempts: int = Field(default=5, ge=1, description="failures before a lockout")
     login_lockout: float = Field(default=60.0, ge=0, description="s a user is locked out")
     command_validity: float = Field(default=30.0, gt=0, le=600,

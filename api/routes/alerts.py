@@ -4,13 +4,12 @@ alerts, carried out by the rules engine (it records who did what and when)."""
 from __future__ import annotations
 
 import time
-from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Query
 
 from api.auth import User
-from api.deps import Ctx, CurrentUser, Operator, Supervisor, problems, to_ns
+from api.deps import Ctx, CurrentUser, IsoTime, Operator, Supervisor, problems, to_ns
 from api.link import LinkDown, NoAnswer
 from api.models import (
     AckRequest,
@@ -61,8 +60,8 @@ async def alerts(
         family: Annotated[list[str] | None, Query()] = None,
         open_only: Annotated[bool, Query(alias="open",
                                          description="only alerts not closed")] = True,
-        since: Annotated[datetime | None, Query(description="raised at or after")] = None,
-        until: Annotated[datetime | None, Query(description="raised before")] = None,
+        since: Annotated[IsoTime | None, Query(description="raised at or after")] = None,
+        until: Annotated[IsoTime | None, Query(description="raised before")] = None,
         limit: Annotated[int, Query(ge=1, le=1000)] = 200) -> list[AlertView]:
     found = await ctx.alerts.alerts(
         ctx.site_id, open_only=open_only, states=[s.value for s in state] if state else None,
@@ -162,7 +161,7 @@ async def return_to_service(alert_id: str, body: AckRequest, user: Supervisor,
             summary="Incidents (related alerts grouped), newest first")
 async def incidents(_: CurrentUser, ctx: Ctx,
                     open_only: Annotated[bool, Query(alias="open")] = True,
-                    since: Annotated[datetime | None, Query()] = None,
+                    since: Annotated[IsoTime | None, Query()] = None,
                     limit: Annotated[int, Query(ge=1, le=500)] = 100) -> list[IncidentView]:
     found = await ctx.alerts.incidents(ctx.site_id, open_only=open_only, since=to_ns(since),
                                        limit=limit)

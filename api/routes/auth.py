@@ -72,7 +72,7 @@ async def users(_: Admin, ctx: Ctx) -> list[UserView]:
 
 
 @router.post("/users", response_model=UserView, status_code=201,
-             responses=problems(400, 401, 403, 409), summary="Add a user (admin)")
+             responses=problems(400, 401, 403, 404, 409), summary="Add a user (admin)")
 async def add_user(body: NewUser, admin: Admin, ctx: Ctx) -> UserView:
     _check_zones(ctx, body.zones)
     try:
@@ -120,5 +120,5 @@ def _check_zones(ctx: Ctx, zones: list[str]) -> None:
     known = set(ctx.topology.zones)
     unknown = [z for z in zones if z != ALL_ZONES and z not in known]
     if unknown:
-        raise HTTPException(400, f"unknown zones: {', '.join(unknown)} "
-                                 f"(known: {', '.join(sorted(known))})")
+        raise HTTPException(404, f"no zone {', '.join(unknown)} at this site "
+                                 f"(zones: {', '.join(sorted(known))})")

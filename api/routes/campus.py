@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import time
-from datetime import datetime
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, HTTPException, Query
 
-from api.deps import Ctx, CurrentUser, problems, to_ns
+from api.deps import Ctx, CurrentUser, IsoTime, problems, to_ns
 from api.devices import Latest
 from api.history import AGGREGATES, energy_today, history
 from api.models import (
@@ -129,15 +128,15 @@ async def device(device_id: str, _: CurrentUser, ctx: Ctx) -> DeviceDetail:
 
 
 @router.get("/devices/{device_id}/history", response_model=History,
-            responses=problems(400, 401, 404, 503),
+            responses=problems(401, 404, 409, 503),
             summary="A reading's history, downsampled by InfluxDB (GROUP BY time)")
 async def device_history(
         device_id: str, _: CurrentUser, ctx: Ctx,
         field: Annotated[str, Query(pattern=r"^[a-z][a-z0-9_]{0,63}$",
                                     description="value name, e.g. water_level")],
-        start: Annotated[datetime | None, Query(description="ISO 8601; default end - 24 h")]
+        start: Annotated[IsoTime | None, Query(description="ISO 8601; default end - 24 h")]
         = None,
-        end: Annotated[datetime | None, Query(description="ISO 8601; default now")] = None,
+        end: Annotated[IsoTime | None, Query(description="ISO 8601; default now")] = None,
         points: Annotated[int | None, Query(ge=1, le=5000,
                                             description="at most this many points")] = None,
         aggregate: Aggregate = "mean") -> History:
@@ -149,8 +148,9 @@ async def device_history(
     assert end_ns is not None
     start_ns = to_ns(start, end_ns - 24 * 3600 * 10**9)
     assert start_ns is not None
-    if start_ns >= end_ns:
-        raise HTTPException(400, "start must be before end")
+    if start_ns >= end_ns:  # an empty interval has no points
+        return History(device=source.id, field=field, aggregate=aggregate, interval_s=0,
+                       start=start_ns // 10**6, end=end_ns // 10**6, query="", points=[])
     try:
         return await history(ctx.influx, ctx.settings.influx.retention_policy, source, field,
                              start_ns, end_ns, points or ctx.settings.api.history_points,
@@ -158,7 +158,9 @@ async def device_history(
     except InfluxError as exc:
         if exc.retryable:
             raise HTTPException(503, f"InfluxDB: {exc}") from None
-        raise HTTPException(400, f"InfluxDB refused the query: {exc}") from None
+        # e.g. the mean of a text value: the stored data decides, not the request's form
+        raise HTTPException(409, f"{aggregate} does not apply to {field!r} as stored "
+                                 f"(InfluxDB: {exc}); try aggregate=last") from None
 
 
 @router.get("/energy/today", response_model=EnergyToday, responses=problems(401, 503),

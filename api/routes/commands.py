@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import time
-from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Query, Response
 
 from api.commands import CommandError
-from api.deps import Ctx, CurrentUser, Supervisor, problems, to_ns
+from api.deps import Ctx, CurrentUser, IsoTime, Supervisor, problems, to_ns
 from api.models import ApprovalRequest, AuditEntry, CommandRequest, CommandView
 
 router = APIRouter(prefix="/api", tags=["bollard commands"])
@@ -23,7 +22,7 @@ WAIT = Annotated[float, Query(ge=0, le=60, description="seconds to wait for the 
                      "first command, unchanged; nothing was sent again"},
                202: {"model": CommandView, "description": "Sent and not finished yet, or "
                      "waiting for a second supervisor's approval"},
-               **problems(401, 403, 409, 503)},
+               **problems(401, 403, 404, 409, 503)},
     summary="Raise or lower bollards, a group, all; emergency rise. Audited; at most once "
             "per id; lowering all needs a second supervisor")
 async def command(body: CommandRequest, user: CurrentUser, ctx: Ctx, response: Response,
@@ -92,8 +91,8 @@ async def reject(command_id: str, body: ApprovalRequest, user: CurrentUser,
 @router.get("/audit", response_model=list[AuditEntry], responses=problems(401, 403),
             summary="The audit log, newest first (supervisor)")
 async def audit(_: Supervisor, ctx: Ctx,
-                since: Annotated[datetime | None, Query()] = None,
-                until: Annotated[datetime | None, Query()] = None,
+                since: Annotated[IsoTime | None, Query()] = None,
+                until: Annotated[IsoTime | None, Query()] = None,
                 user: Annotated[str | None, Query(max_length=64)] = None,
                 command: Annotated[str | None, Query(max_length=64)] = None,
                 limit: Annotated[int, Query(ge=1, le=5000)] = 500) -> list[AuditEntry]:
