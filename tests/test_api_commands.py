@@ -11,6 +11,7 @@ import sqlalchemy as sa
 
 from facility import messages as m
 from facility import topics
+from facility.messages import Family
 from facility.settings import Settings
 from tests.helpers import Collector, eventually
 from tests.test_api_stack import Sse, Stack, api_stack
@@ -24,7 +25,7 @@ def commands_of(s: Stack) -> str:
 
 async def test_a_command_moves_the_bollard_and_the_result_comes_back(
         settings: Settings, tmp_path: Path) -> None:
-    async with api_stack(settings, tmp_path, plc=True) as s:
+    async with api_stack(settings, tmp_path, simulate={Family.BOLLARD}) as s:
         assert s.unit(20)["state"] == "up"
         async with Sse(s.http, s.tokens["vera"], kind=["command"]) as live:
             lowered = await s.command("otto", "lower", bollards=["bollard-s20"],
@@ -64,7 +65,7 @@ async def test_a_command_moves_the_bollard_and_the_result_comes_back(
 
 
 async def test_a_replayed_id_executes_once(settings: Settings, tmp_path: Path) -> None:
-    async with api_stack(settings, tmp_path, plc=True) as s:
+    async with api_stack(settings, tmp_path, simulate={Family.BOLLARD}) as s:
         first = await s.command("otto", "lower", bollards=["bollard-s21"],
                                 command_id="once-21", wait=30)
         assert first.status_code == 201 and first.json()["status"] == "done"
@@ -91,7 +92,7 @@ async def test_a_replayed_id_executes_once(settings: Settings, tmp_path: Path) -
 
 async def test_lowering_all_needs_a_second_supervisor(settings: Settings, tmp_path: Path,
                                                       state_url: str) -> None:
-    async with api_stack(settings, tmp_path, plc=True, state_url=state_url) as s:
+    async with api_stack(settings, tmp_path, simulate={Family.BOLLARD}, state_url=state_url) as s:
         async with Collector(settings.mqtt, commands_of(s)) as published:
             asked = await s.command("sam", "lower_all", command_id="open-gate",
                                     reason="大型活动车辆进场", approved_by="sue",

@@ -15,7 +15,7 @@ import os
 import subprocess
 import sys
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -32,6 +32,7 @@ from facility.messages import Family
 from facility.settings import Settings, StateSettings
 from facility.site import SiteConfig, load_site
 from gateway.service import Gateway
+from ingest.service import Ingest
 from rules.service import RulesService, site_for
 from simulators.campus import Campus
 from simulators.clock import SimClock
@@ -47,12 +48,16 @@ NIGHT = datetime(2026, 11, 25, 2, 0, tzinfo=ZoneInfo("Asia/Shanghai")).timestamp
 # The people of the tests: who may do what where.
 PEOPLE: dict[str, tuple[Role, tuple[str, ...]]] = {
     "vera": (Role.VIEWER, ("*",)),
-    "otto": (Role.OPERATOR, ("south-gate",)),  # the south-gate guard
-    "olga": (Role.OPERATOR, ("west-gate", "west-annex")),  # works elsewhere
+    "otto": (Role.OPERATOR, ("parking", "south-gate")),  # the south-gate guard
+    "olga": (Role.OPERATOR, ("canteen", "west-annex", "west-gate")),  # the west side
     "sam": (Role.SUPERVISOR, ("*",)),
     "sue": (Role.SUPERVISOR, ("*",)),
     "ada": (Role.ADMIN, ("*",)),
 }
+
+
+def new_site_id() -> str:
+    return f"t-{uuid.uuid4().hex[:10]}"
 
 
 def stack_settings(settings: Settings, state_url: str, **api: Any) -> Settings:
@@ -72,7 +77,7 @@ class Stack:
     rules: RulesService | None = None
     player: DisplayPlayer | None = None
     campus: Campus | None = None
-    gateway: Gateway | None = None
+    gateways: list[Gateway] = field(default_factory=list)
 
     @property
     def site_id(self) -> str:
@@ -121,25 +126,38 @@ async def add_people(store: ApiStore, settings: Settings) -> None:
                                     created_by="test")
 
 
+MQTT_FAMILIES = {Family.FIRE, Family.EV_CHARGER, Family.DRAINAGE, Family.GAS}
+
+
 @contextlib.asynccontextmanager
 async def api_stack(settings: Settings, tmp_path: Path, *, state_url: str | None = None,
-                    rules: bool = False, plc: bool = False,
-                    **api: Any) -> AsyncIterator[Stack]:
-    site = site_for(load_site(SITE_FILE), f"t-{uuid.uuid4().hex[:10]}")
+                    rules: bool = False, simulate: Iterable[Family] = (), scale: float = 4.0,
+                    start: float | None = NIGHT, ingest: bool = False,
+                    site_id: str | None = None, **api: Any) -> AsyncIterator[Stack]:
+    """The API on a new site; with `rules`, the rules engine and the simulated screens;
+    with `simulate`, those simulated device families and the real gateways for them,
+    on a simulated clock from `start` (None: now) at `scale` times real time."""
+    families = set(simulate)
+    site = site_for(load_site(SITE_FILE), site_id or new_site_id())
     settings = stack_settings(settings, state_url or f"sqlite:///{tmp_path / 'state.sqlite'}",
                               **api)
     async with contextlib.AsyncExitStack() as stack:
         store = await ApiStore.open(settings.state_url)
         stack.push_async_callback(store.close)
         await add_people(store, settings)
-        campus = gateway = None
-        if plc:
+        if ingest:  # readings into InfluxDB (the test's own database)
+            await (await stack.enter_async_context(Ingest(settings))).wait_ready()
+        gateways: list[Gateway] = []
+        if families & MQTT_FAMILIES:  # listening before the simulated devices speak
+            gateways.append(await stack.enter_async_context(Gateway(settings, site, "gw-iot")))
+            await gateways[-1].wait_ready()
+        campus = None
+        if families:
             campus = await stack.enter_async_context(Campus(
-                site, settings.mqtt, clock=SimClock(start=NIGHT, scale=4.0), seed=3,
-                use_config_ports=False, families={Family.BOLLARD}))
-            site = campus.site  # the simulated PLC's bound port
-        service = None
-        player = None
+                site, settings.mqtt, clock=SimClock(start=start, scale=scale), seed=3,
+                use_config_ports=False, families=families))
+            site = campus.site  # with the simulated Modbus servers' bound ports
+        service = player = None
         if rules:
             service = RulesService(settings, site, client_id=f"rules-{site.site.id}")
             player = DisplayPlayer.from_config(settings.mqtt, site.site.id, service.endpoints)
@@ -150,15 +168,18 @@ async def api_stack(settings: Settings, tmp_path: Path, *, state_url: str | None
         for svc in (player, service):
             if svc is not None:
                 await svc.wait_ready(60)
-        if plc:
-            gateway = await stack.enter_async_context(Gateway(settings, site, "gw-plc-south"))
-            await gateway.wait_ready()
+        for family, gateway_id in ((Family.BOLLARD, "gw-plc-south"),
+                                   (Family.ENERGY, "gw-energy")):
+            if family in families:
+                gateways.append(await stack.enter_async_context(
+                    Gateway(settings, site, gateway_id)))
+                await gateways[-1].wait_ready()
         http = await stack.enter_async_context(
             httpx.AsyncClient(base_url=api_service.url, timeout=60))
         await eventually(lambda: http.get("/readyz"), lambda r: r.status_code == 200, 30,
                          "the API ready")
         result = Stack(settings, site, api_service, http, store, rules=service,
-                       player=player, campus=campus, gateway=gateway)
+                       player=player, campus=campus, gateways=gateways)
         for name in PEOPLE:
             reply = await result.login(name)
             assert reply.status_code == 200, reply.text
