@@ -88,11 +88,11 @@ def create_app(settings: Settings, site: SiteConfig) -> FastAPI:
         # route per method here, so the Allow header is gathered from all of them.
         allowed = sorted({method for route in app.routes if isinstance(route, APIRoute)
                           and route.path_regex.match(request.url.path)
-                          for method in route.methods})
+                          for method in route.methods or ()})
         return JSONResponse({"detail": "method not allowed"}, status_code=405,
                             headers={"Allow": ", ".join(allowed)})
 
-    app.add_middleware(Observe)  # type: ignore[arg-type]
+    app.add_middleware(Observe)
     return app
 
 

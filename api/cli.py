@@ -63,7 +63,8 @@ async def cmd_api(args: argparse.Namespace, settings: Settings, site: SiteConfig
     from api.service import ApiService
     from facility.cli import _forever
 
-    async with ApiService(settings, site, host=args.host, port=args.port) as api:
+    api = ApiService(settings, site, host=args.host, port=args.port)
+    async with api:
         await api.wait_ready(60)
         print(f"control-room API and page at {api.url}/ (OpenAPI: {api.url}/docs)",
               flush=True)

@@ -72,29 +72,20 @@ class OutputDesk:
             deliveries[row["message"]] = row
         out = []
         for endpoint in self.endpoints.values():
-            message = shown.get(endpoint.id) or None
+            message: dict[str, Any] | None = shown.get(endpoint.id) or None
             delivery = None
             if message:
-                row = deliveries.get(str(message.get("id")))
-                if row is not None:
-                    delivery = Delivery(message=row["message"], attempts=row["attempts"],
-                                        first_sent=row["first_sent"],
-                                        last_sent=row["last_sent"],
-                                        confirmed_at=row["acked_at"],
-                                        status=row["ack_status"] or "pending")
-            elif endpoint.is_pa:
+                found = deliveries.get(str(message.get("id")))
+                delivery = _delivery(found) if found is not None else None
+            elif endpoint.is_pa:  # a PA zone: its last announcement
                 last = [r for r in deliveries.values() if r["endpoint"] == endpoint.id]
                 if last:
-                    row = max(last, key=lambda r: r["first_sent"])
-                    message = {"id": row["message"], "kind": "broadcast", "priority": 0,
-                               "title": "", "text": row["text"], "colour": "",
-                               "incident": row["incident"], "alert": "",
-                               "ts": row["first_sent"]}
-                    delivery = Delivery(message=row["message"], attempts=row["attempts"],
-                                        first_sent=row["first_sent"],
-                                        last_sent=row["last_sent"],
-                                        confirmed_at=row["acked_at"],
-                                        status=row["ack_status"] or "pending")
+                    newest = max(last, key=lambda r: r["first_sent"])
+                    message = {"id": newest["message"], "kind": "broadcast", "priority": 0,
+                               "title": "", "text": newest["text"], "colour": "",
+                               "incident": newest["incident"], "alert": "",
+                               "ts": newest["first_sent"]}
+                    delivery = _delivery(newest)
             out.append(DisplayView(
                 id=endpoint.id, name=endpoint.name, kind=endpoint.kind.value,
                 zone=endpoint.zone, covers=list(endpoint.covers), place=endpoint.place,
@@ -138,7 +129,7 @@ class OutputDesk:
         await self._audit(user, broadcast_id, "broadcast", [e.id for e in zones], request.text,
                           data={"priority": request.priority, "kind": kind.value,
                                 "repeat": request.repeat})
-        sent = []
+        sent: list[str] = []
         for endpoint in zones:
             message = m.Broadcast(id=f"{broadcast_id}-{endpoint.id}"[:64], site=self.site_id,
                                   zone=endpoint.id, ts=now, kind=kind,
@@ -223,6 +214,12 @@ class OutputDesk:
             log.error("%s by %s refused: %s", event, user.username, exc)
             raise CommandError(503, "the audit log cannot be written, so nothing was "
                                     "sent") from None
+
+
+def _delivery(row: dict[str, Any]) -> Delivery:
+    return Delivery(message=row["message"], attempts=row["attempts"],
+                    first_sent=row["first_sent"], last_sent=row["last_sent"],
+                    confirmed_at=row["acked_at"], status=row["ack_status"] or "pending")
 
 
 def _shown(message: dict[str, Any]) -> ShownMessage:

@@ -25,7 +25,7 @@ def commands_of(s: Stack) -> str:
 
 async def test_a_command_moves_the_bollard_and_the_result_comes_back(
         settings: Settings, tmp_path: Path) -> None:
-    async with api_stack(settings, tmp_path, simulate={Family.BOLLARD}) as s:
+    async with api_stack(settings, tmp_path, simulate={Family.BOLLARD}, rules=True) as s:
         assert s.unit(20)["state"] == "up"
         async with Sse(s.http, s.tokens["vera"], kind=["command"]) as live:
             lowered = await s.command("otto", "lower", bollards=["bollard-s20"],
@@ -62,6 +62,14 @@ async def test_a_command_moves_the_bollard_and_the_result_comes_back(
         stuck = await s.command("otto", "raise", bollards=["bollard-s22"], wait=40)
         assert stuck.status_code == 201
         assert stuck.json()["status"] == "failed" and "travel_timeout" in stuck.json()["detail"]
+        # The rules engine turns a raise that did not arrive into an alert (it reads the
+        # command and its result on the broker).
+        alerts = await eventually(lambda: s.get("/api/alerts", family=["bollard"]),
+                                  lambda r: any(a["rule"] == "bollard-not-up"
+                                                for a in r.json()), 30,
+                                  "the alert for the bollard that did not rise")
+        alert = next(a for a in alerts.json() if a["rule"] == "bollard-not-up")
+        assert alert["source"] == "bollard-s22" and alert["severity"] == "critical"
 
 
 async def test_a_replayed_id_executes_once(settings: Settings, tmp_path: Path) -> None:

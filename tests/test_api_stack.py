@@ -149,7 +149,8 @@ async def api_stack(settings: Settings, tmp_path: Path, *, state_url: str | None
             await (await stack.enter_async_context(Ingest(settings))).wait_ready()
         gateways: list[Gateway] = []
         if families & MQTT_FAMILIES:  # listening before the simulated devices speak
-            gateways.append(await stack.enter_async_context(Gateway(settings, site, "gw-iot")))
+            gateways.append(Gateway(settings, site, "gw-iot"))
+            await stack.enter_async_context(gateways[-1])
             await gateways[-1].wait_ready()
         campus = None
         if families:
@@ -163,7 +164,8 @@ async def api_stack(settings: Settings, tmp_path: Path, *, state_url: str | None
             player = DisplayPlayer.from_config(settings.mqtt, site.site.id, service.endpoints)
             await stack.enter_async_context(player)
             await stack.enter_async_context(service)
-        api_service = await stack.enter_async_context(ApiService(settings, site))
+        api_service = ApiService(settings, site)
+        await stack.enter_async_context(api_service)
         await api_service.wait_ready(60)
         for svc in (player, service):
             if svc is not None:
@@ -171,8 +173,8 @@ async def api_stack(settings: Settings, tmp_path: Path, *, state_url: str | None
         for family, gateway_id in ((Family.BOLLARD, "gw-plc-south"),
                                    (Family.ENERGY, "gw-energy")):
             if family in families:
-                gateways.append(await stack.enter_async_context(
-                    Gateway(settings, site, gateway_id)))
+                gateways.append(Gateway(settings, site, gateway_id))
+                await stack.enter_async_context(gateways[-1])
                 await gateways[-1].wait_ready()
         http = await stack.enter_async_context(
             httpx.AsyncClient(base_url=api_service.url, timeout=60))

@@ -84,6 +84,8 @@ async def test_control_room_page(settings: Settings, tmp_path: Path) -> None:
             row = page.locator(f"#alerts tr[data-alert='{alert_id}']")
             await expect(row).to_contain_text("紧急")
             await expect(page.locator("#plan .dev.state-alarm").first).to_be_visible()
+            await expect(page.locator("#plan .ring[data-place=ebike-shed-west]")).to_be_visible()
+            await expect(page.locator("#plan .ring[data-place=canteen]")).to_be_hidden()
 
             # Acknowledged from the page: the store has it, with who and when.
             await row.locator("button.ack").click()

@@ -73,11 +73,11 @@ async def _events(ctx: Ctx, sub: Subscription, replay: list[LiveEvent] | None,
             async for chunk in _open_alerts(ctx, sub):
                 yield chunk
         else:
-            for event in replay:
-                yield event.sse()
+            for missed in replay:
+                yield missed.sse()
         while True:
             try:
-                event = await asyncio.wait_for(sub.queue.get(), HEARTBEAT)
+                event: LiveEvent | None = await asyncio.wait_for(sub.queue.get(), HEARTBEAT)
             except TimeoutError:
                 yield b": ping\n\n"
                 continue
