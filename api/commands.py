@@ -221,7 +221,11 @@ class CommandDesk:
                                         targets=targets, outcome="failed", detail=str(exc),
                                         once="send_failed")
             log.error("command %s not sent: %s", command_id, exc)
-            return
+            view = await self.view(command_id)
+            if view is not None:
+                self.notify(view)
+            raise CommandError(503, f"not sent: {exc}. It is recorded as failed; to try "
+                                    "again, send it with a new id") from None
         self._inflight[command_id] = expires + round(self.settings.result_timeout * NS)
         log.info("command %s %s %s sent (by %s%s)", command_id, action, ",".join(targets), by,
                  f", approved by {approved_by}" if approved_by else "")

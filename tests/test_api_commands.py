@@ -11,8 +11,10 @@ import sqlalchemy as sa
 
 from facility import messages as m
 from facility import topics
+from facility.localservers import InfluxServer, MosquittoServer
 from facility.messages import Family
 from facility.settings import Settings
+from tests.conftest import make_settings
 from tests.helpers import Collector, eventually
 from tests.test_api_stack import Sse, Stack, api_stack
 
@@ -196,3 +198,21 @@ async def test_no_audit_record_no_command(settings: Settings, tmp_path: Path,
             assert reply.status_code == 202
             await published.wait_for(1)
         assert published.decoded(m.Command)[0].id == "rise-after"
+
+
+async def test_broker_away_command_is_not_sent_and_says_so(
+        tmp_path: Path, own_mosquitto: MosquittoServer, influx_server: InfluxServer,
+        unique: str) -> None:
+    settings = make_settings(tmp_path, own_mosquitto.url, influx_server.url, f"test_{unique}")
+    async with api_stack(settings, tmp_path) as s:
+        own_mosquitto.stop()
+        await eventually(lambda: s.http.get("/readyz"), lambda r: r.status_code == 503, 30,
+                         "the API to notice the broker is away")
+        assert (await s.http.get("/readyz")).json()["checks"]["mqtt"] is False
+        reply = await s.command("otto", "emergency_rise", command_id="rise-no-broker")
+        assert reply.status_code == 503 and "new id" in reply.json()["detail"]
+        view = (await s.get("/api/commands/rise-no-broker")).json()
+        assert view["status"] == "failed" and view["final"] is True
+        events = [a["event"] for a in (await s.get("/api/audit", "sam",
+                                                   command="rise-no-broker")).json()]
+        assert sorted(events) == ["requested", "send_failed"]
