@@ -456,19 +456,29 @@ class AlertBook:
         return False
 
     def suppress(self, now: int) -> None:
-        """Recompute suppression by design for every open alert, in a stable order."""
+        """Recompute suppression by design for every open alert, in a stable order.
+
+        Candidate sources are looked up by the key the relation joins on (the panel's
+        id, the gateway's id, the place...), not by pairing every alert with every other:
+        a gateway offline with a thousand devices behind it is a thousand alerts, and a
+        million pairs on every tick."""
         wanted: dict[str, str] = {}
         alerts = sorted(self.open.values(), key=lambda a: (a.raised_at, a.id))
         for alert in alerts:
             if self.in_maintenance(alert.source):
                 wanted[alert.id] = "maintenance"
         for inh in self.rules.inhibit:
+            sources: dict[str, list[Alert]] = {}
+            for source in alerts:
+                if source.rule in inh.source and source.active and not source.out_of_service_by:
+                    sources.setdefault(self._source_key(inh.relation, source), []).append(source)
+            if not sources:
+                continue
             for target in alerts:
                 if target.rule not in inh.target or target.id in wanted:
                     continue
-                for source in alerts:
-                    if source is target or source.rule not in inh.source or not source.active \
-                            or source.out_of_service_by or wanted.get(source.id) == target.id:
+                for source in sources.get(self._target_key(inh.relation, target), ()):
+                    if source is target or wanted.get(source.id) == target.id:
                         continue
                     if self._related(inh.relation, target, source):
                         wanted[target.id] = source.id
@@ -481,6 +491,28 @@ class AlertBook:
                 self._record(alert, "suppressed" if want else "unsuppressed", before, now,
                              detail={"by": want} if want else {})
                 self._maybe_close(alert, now)
+
+    @staticmethod
+    def _source_key(relation: str, source: Alert) -> str:
+        if relation == "place":
+            return source.place
+        if relation == "zone":
+            return source.zone
+        return source.source  # panel, controller, gateway, same_source: the source device
+
+    def _target_key(self, relation: str, target: Alert) -> str:
+        t = self.topology.sources.get(target.source)
+        if relation in ("panel", "controller"):
+            return t.tags.get(relation, "") if t is not None else ""
+        if relation == "gateway":
+            return t.gateway if t is not None else ""
+        if relation == "same_source":
+            return target.source
+        if relation == "place":
+            return target.place
+        if relation == "zone":
+            return target.zone
+        return ""
 
     def _related(self, relation: str, target: Alert, source: Alert) -> bool:
         t = self.topology.sources.get(target.source)
@@ -505,21 +537,29 @@ class AlertBook:
 
     # --- stage 4: incidents ---------------------------------------------------------
 
+    def members(self) -> dict[str, list[Alert]]:
+        """Open alerts by incident, in one pass (not one pass per incident)."""
+        out: dict[str, list[Alert]] = {}
+        for alert in self.open.values():
+            if alert.incident:
+                out.setdefault(alert.incident, []).append(alert)
+        return out
+
     def group(self, now: int) -> None:
-        for alert in sorted(self.open.values(), key=lambda a: (a.raised_at, a.id)):
-            if alert.incident and alert.incident in self.incidents:
-                continue
+        loose = [a for a in self.open.values()
+                 if not (a.incident and a.incident in self.incidents)]
+        members = self.members() if loose else {}
+        for alert in sorted(loose, key=lambda a: (a.raised_at, a.id)):
             compiled = self.rules.rules.get(alert.rule)
             if compiled is None:
                 continue
             spec = compiled.rule.incident_spec()
             key = self.topology.group_key(alert.source, spec.group_by) \
                 if alert.source in self.topology.sources else alert.source
-            incident = self._find_incident(alert, spec.category, key, now)
+            incident = self._find_incident(alert, spec.category, key, now, members)
             src = self.topology.sources.get(alert.source)
-            is_parent = src is not None and (
-                any(s.parent == src.id for s in self.topology.sources.values())
-                or src.family == "gateway")
+            is_parent = src is not None and (src.id in self.topology.parents
+                                             or src.family == "gateway")
             if incident is None:
                 incident = Incident(id=f"in-{short_id(self.site, spec.category, key, now)}",
                                     site=self.site, category=spec.category, key=key,
@@ -530,6 +570,7 @@ class AlertBook:
                 incident.place, incident.zone = alert.place, alert.zone
                 incident.place_from_parent = False
             alert.incident = incident.id
+            members.setdefault(incident.id, []).append(alert)
             incident.members.append(alert.id)
             if alert.zone and alert.zone not in incident.zones:
                 incident.zones.append(alert.zone)
@@ -537,7 +578,8 @@ class AlertBook:
             self.incidents_changed[incident.id] = incident
         self._incident_states(now)
 
-    def _find_incident(self, alert: Alert, category: str, key: str, now: int) -> Incident | None:
+    def _find_incident(self, alert: Alert, category: str, key: str, now: int,
+                       members: dict[str, list[Alert]]) -> Incident | None:
         src = self.topology.sources.get(alert.source)
         hold = self.incident_hold * NS
         for incident in self.incidents.values():
@@ -547,8 +589,7 @@ class AlertBook:
                 continue
             if incident.key == key:
                 return incident
-            members = [a for a in self.open.values() if a.incident == incident.id]
-            for other in members:
+            for other in members.get(incident.id, ()):
                 o = self.topology.sources.get(other.source)
                 if src is not None and src.parent and src.parent == other.source \
                         and incident.place_from_parent:
@@ -558,8 +599,9 @@ class AlertBook:
         return None
 
     def _incident_states(self, now: int) -> None:
+        by_incident = self.members()
         for incident in list(self.incidents.values()):
-            members = [a for a in self.open.values() if a.incident == incident.id]
+            members = by_incident.get(incident.id, [])
             live = [a for a in members if a.active and a.annunciated]
             lead = max(live or members, key=lambda a: (SEVERITY_RANK[a.severity], -a.priority),
                        default=None)

@@ -22,6 +22,7 @@ import string
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, time
+from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -200,6 +201,9 @@ class EventRule(RuleBase):
     raise_on: StrList = Field(min_length=1)
     clear_on: StrList = []
     clear_when: str | None = None  # a condition on readings that ends it, e.g. state == 'normal'
+    # A condition on readings that raises it too, when one of its values changes: a
+    # detector whose data report says ALARM is in alarm even if its event was lost.
+    raise_when: str | None = None
     where: str | None = None  # a condition on the event's attrs
     auto_clear: Duration | None = None
 
@@ -366,7 +370,7 @@ class CompiledRule:
     expressions: dict[str, Expression] = field(default_factory=dict)
     revision: str = ""
 
-    @property
+    @cached_property
     def id(self) -> str:
         return str(self.rule.id)
 
@@ -528,6 +532,7 @@ def _compile(rule: Any, path: Path, index: int, topology: Topology, endpoints: E
             expr(f"levels.{n}.clear", level.clear)
     elif rule.type == "event":
         expr("clear_when", rule.clear_when)
+        expr("raise_when", rule.raise_when)
         attrs = {"attrs", "name", "text"}
         expr("where", rule.where, attrs)
     elif rule.type == "command":

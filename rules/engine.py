@@ -9,7 +9,7 @@ and the service share the same code path and a restart restores it from the stor
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from facility.messages import (
@@ -38,8 +38,8 @@ from rules.alerts import (
 from rules.clock import NS
 from rules.config import CompiledRule, EventRule, IncidentSpec, RuleSet
 from rules.endpoints import EndpointConfig
-from rules.evaluate import Evaluator, Instance, Signal
-from rules.route import Delivery, EndpointState, Router
+from rules.evaluate import RESTART_HOLD, Evaluator, Instance, Signal
+from rules.route import Delivery, EndpointState, Pending, Router
 from rules.topology import Topology
 
 log = logging.getLogger(__name__)
@@ -78,6 +78,9 @@ class Snapshot:
     endpoints: dict[str, EndpointState] = field(default_factory=dict)
     pending: list[dict[str, Any]] = field(default_factory=list)
     heartbeat: int = 0  # the last time the engine was known to run
+    started: int = 0  # the first time the engine ran for the site
+    last_seen: dict[str, int] = field(default_factory=dict)  # source -> last reading
+    series: dict[str, dict[str, list[Any]]] = field(default_factory=dict)  # window samples
 
 
 def with_builtin_rules(rules: RuleSet, endpoints: EndpointConfig) -> RuleSet:
@@ -117,14 +120,22 @@ class Engine:
 
     def restore(self, snapshot: Snapshot, now: int) -> None:
         gap = max(0, now - snapshot.heartbeat) if snapshot.heartbeat else 0
+        evaluator = self.evaluator
         for inst in snapshot.instances:
             if inst.rule not in self.rules.rules:
                 continue
-            timing = any(p is not None for p in inst.pending + inst.clearing) \
-                or inst.deadline is not None
+            timing = inst.timing or inst.deadline is not None
             if timing and gap:
                 inst.restored_gap = gap  # the timer goes on from its start; the gap is noted
-            self.evaluator.instances[(inst.rule, inst.source)] = inst
+            evaluator.restore_instance(inst)
+        if snapshot.started:
+            evaluator.started_at = min(evaluator.started_at, snapshot.started)
+        # Last-seen times and windows go on from before the restart. Until the service has
+        # taken in what the broker kept meanwhile, no-data and offline rules would judge
+        # devices by readings still queued: they wait (at most RESTART_HOLD).
+        evaluator.restore_seen(snapshot.last_seen, snapshot.series)
+        if snapshot.heartbeat:
+            evaluator.absence_from = now + round(RESTART_HOLD * NS)
         for alert in snapshot.alerts:
             self.book.open[(alert.rule, alert.source)] = alert
         for incident in snapshot.incidents:
@@ -135,13 +146,12 @@ class Engine:
             if endpoint_id in self.router.state:
                 self.router.state[endpoint_id] = state
         for item in snapshot.pending:
-            from rules.route import Pending
-
             pending = Pending(**item)
             self.router.pending[pending.message_id] = pending
-        if snapshot.alerts or snapshot.instances:
-            log.info("rules %s: restored %d open alerts, %d rule states (down for %.1fs)",
-                     self.site, len(snapshot.alerts), len(snapshot.instances), gap / NS)
+        if snapshot.alerts or snapshot.instances or snapshot.last_seen:
+            log.info("rules %s: restored %d open alerts, %d rule states, last-seen of %d "
+                     "sources (down for %.1fs)", self.site, len(snapshot.alerts),
+                     len(snapshot.instances), len(snapshot.last_seen), gap / NS)
         self._pipeline([], now)  # every screen gets what it must show now
         for alert in snapshot.alerts:
             self.book.transitions.append(Transition(
@@ -157,27 +167,46 @@ class Engine:
 
     # --- inputs ---------------------------------------------------------------------
 
+    # The stages after evaluation run only when a condition changed: a reading that
+    # changes no rule's state costs its evaluation and nothing more (time-driven changes,
+    # such as the end of an incident's hold, come with the next tick).
+
     def reading(self, reading: Reading, now: int) -> None:
-        self._pipeline(self.evaluator.on_reading(reading, now), now)
+        signals = self.evaluator.on_reading(reading, now)
+        if signals:
+            self._pipeline(signals, now)
 
     def event(self, event: Event, now: int) -> None:
-        self._pipeline(self.evaluator.on_event(event, now), now)
+        signals = self.evaluator.on_event(event, now)
+        if signals:
+            self._pipeline(signals, now)
 
     def status(self, status: DeviceStatus, now: int) -> None:
-        self._pipeline(self.evaluator.on_status(status, now), now)
+        signals = self.evaluator.on_status(status, now)
+        if signals:
+            self._pipeline(signals, now)
 
     def command(self, command: Command, now: int) -> None:
-        self._pipeline(self.evaluator.on_command(command, now), now)
+        signals = self.evaluator.on_command(command, now)
+        if signals:
+            self._pipeline(signals, now)
 
     def command_result(self, result: CommandResult, now: int) -> None:
-        self._pipeline(self.evaluator.on_command_result(result, now), now)
+        signals = self.evaluator.on_command_result(result, now)
+        if signals:
+            self._pipeline(signals, now)
 
     def display_ack(self, ack: DisplayAck, now: int) -> None:
         if ack.status is AckStatus.REJECTED:
             log.warning("rules %s: %s rejected %s: %s", self.site, ack.endpoint, ack.message,
                         ack.detail)
         self.router.ack(ack.endpoint, ack.message, ack.status.value, now)
-        self._pipeline([], now)
+        if self.router.silence_changes:  # an endpoint back from silence clears its alert
+            self._pipeline([], now)
+
+    def caught_up(self, now: int) -> None:
+        """The service has taken in what the broker kept while it was away."""
+        self.evaluator.caught_up(now)
 
     def tick(self, now: int) -> None:
         self.last_tick = now
@@ -333,9 +362,14 @@ class Engine:
                        endpoints={e: self.router.state[e] for e in dirty},
                        escalations=escalations, caps=caps)
 
-    def pending_payloads(self) -> list[dict[str, Any]]:
-        from dataclasses import asdict
+    def urgent(self) -> bool:
+        """Whether the last input changed what the world must be told (alert messages,
+        display messages, broadcasts): then the service stores and publishes at once
+        instead of at the end of its batch."""
+        return bool(self.book.changed or self.book.transitions or self.router.deliveries
+                    or self.caps or self.book.escalations)
 
+    def pending_payloads(self) -> list[dict[str, Any]]:
         return [asdict(p) for p in self.router.pending.values()]
 
     def annunciated(self) -> list[Alert]:

@@ -5,12 +5,20 @@ or no longer active. Each (rule, source) pair has an Instance holding its timers
 raise and clear timers of each threshold level, the deadline of a command, the members of
 a correlation. Instances are plain data so the store can keep them across restarts.
 All time comes from the `now` the caller passes in.
+
+What it costs: a reading evaluates only the rules of its device that read a value the
+reading changed (rules/scope.py's Plan), with compiled expressions and incremental
+windows. A tick evaluates only what the clock alone can change: running `for`/`clear_for`
+timers, rules that read the time or whose schedule just turned, command deadlines,
+correlation windows, auto-clears, and absence rules when one of them is due. Doing
+everything on every reading and every tick, as the first version did, cost 2 ms a reading
+and 200 ms a tick with 1,000 rules.
 """
 
 from __future__ import annotations
 
+import logging
 import math
-from collections import deque
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any
@@ -28,10 +36,23 @@ from facility.messages import (
 )
 from rules.clock import NS
 from rules.config import CompiledRule, RuleSet
-from rules.expr import Unknown
+from rules.expr import Expression, Unknown
+from rules.scope import (
+    COMMAND,
+    CORRELATION,
+    EVENT,
+    NO_DATA,
+    Plan,
+    Scope,
+    SourceData,
+    plans,
+)
 from rules.topology import Topology
 
-MAX_SAMPLES = 2000  # per source and value name
+log = logging.getLogger(__name__)
+
+_MISSING = object()
+RESTART_HOLD = 60.0  # s: longest wait for the backlog before absence rules judge again
 
 
 @dataclass
@@ -45,6 +66,35 @@ class Signal:
     unit: str = ""
     text: str = ""  # what the source said (an event's own text, a command's result)
     detail: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Step:
+    """One level of a threshold rule, ready to evaluate."""
+
+    raise_: Expression
+    clear: Expression | None
+    raise_for: int  # ns
+    clear_for: int  # ns
+
+
+def ladder(compiled: CompiledRule) -> list[Step]:
+    rule = compiled.rule
+    steps = []
+    for n, level in enumerate(rule.levels):
+        raise_for = level.for_ if level.for_ is not None else rule.for_
+        clear_for = level.clear_for if level.clear_for is not None else rule.clear_for
+        steps.append(Step(compiled.expressions[f"levels.{n}.raise"],
+                          compiled.expressions.get(f"levels.{n}.clear"),
+                          round(raise_for * NS), round(clear_for * NS)))
+    return steps
+
+
+def _test(expression: Expression, scope: Scope) -> bool | None:
+    try:
+        return expression.test(scope)
+    except Unknown:
+        return None
 
 
 @dataclass
@@ -69,6 +119,11 @@ class Instance:
     def active(self) -> bool:
         return self.level >= 0
 
+    @property
+    def timing(self) -> bool:
+        return any(p is not None for p in self.pending) \
+            or any(c is not None for c in self.clearing)
+
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
 
@@ -77,126 +132,113 @@ class Instance:
         return cls(**data)
 
 
-@dataclass
-class SourceData:
-    values: dict[str, Scalar] = field(default_factory=dict)
-    units: dict[str, str] = field(default_factory=dict)
-    samples: dict[str, deque[tuple[int, float]]] = field(default_factory=dict)
-    seen_at: dict[str, int] = field(default_factory=dict)  # value name -> clock time
-    last_reading: int | None = None  # clock time of the last reading
-    status: Availability | None = None
-    status_since: int = 0
-
-
 class Evaluator:
     def __init__(self, rules: RuleSet, topology: Topology, started_at: int) -> None:
         self.topology = topology
         self.tz = ZoneInfo(topology.timezone)
-        self.started_at = started_at
+        self.started_at = started_at  # first start of the site's engine (no-data of the unseen)
         self.data: dict[str, SourceData] = {}
         self.instances: dict[tuple[str, str], Instance] = {}
-        self.dirty: set[tuple[str, str]] = set()
+        self.by_rule: dict[str, dict[str, Instance]] = {}
+        self.dirty: set[tuple[str, str]] = set()  # instances to store
+        self.timing: set[tuple[str, str]] = set()  # threshold instances with a running timer
+        self.recheck: set[tuple[str, str]] = set()  # to evaluate at the next tick (reload)
+        self.series_dirty: set[str] = set()  # sources whose windows took samples
+        self.absence_due: dict[str, int] = {}  # absence rule -> earliest time one may fire
+        self.absence_from = 0  # absence rules hold until then (backlog after a restart)
+        self._schedule_state: dict[str, bool] = {}
+        self._schedules: dict[tuple[tuple[str, ...], int], bool] = {}
+        self._local = (0, datetime.fromtimestamp(0, self.tz))
+        self.units_of: dict[str, list[str]] = {}  # controller -> its units, in order
+        for source in topology.sources.values():
+            controller = source.tags.get("controller")
+            if controller:
+                self.units_of.setdefault(controller, []).append(source.id)
+        self.tags_of = {s.id: s.tags for s in topology.sources.values()}
+        self.scope = Scope(self.local, self.in_schedules)
         self.set_rules(rules)
 
     def set_rules(self, rules: RuleSet) -> None:
+        old = getattr(self, "rules", None)
         self.rules = rules
-        self.by_source: dict[str, list[CompiledRule]] = {}
-        for compiled in rules.rules.values():
-            for sid in compiled.sources:
-                self.by_source.setdefault(sid, []).append(compiled)
-        signals_off = [key for key in self.instances if key[0] not in rules.rules]
-        for key in signals_off:
-            del self.instances[key]
+        self.plans: dict[str, Plan] = plans(rules.rules)
+        self.sources_of = {rid: frozenset(c.sources) for rid, c in rules.rules.items()}
+        self.ladders = {rid: ladder(c) for rid, c in rules.rules.items()
+                        if c.rule.type == "threshold"}
+        self.clocked = [c for c in rules.rules.values() if c.rule.type == "threshold"
+                        and (c.rule.schedule or any(e.uses_time
+                                                    for e in c.expressions.values()))]
+        self.absence = [c for c in rules.rules.values() if c.rule.type == "absence"]
+        self.timed = [c for c in rules.rules.values() if c.rule.type != "threshold"
+                      and (c.rule.type != "absence" or c.rule.schedule)]
+        self.absence_due = {}
+        self._schedules = {}
+        for key in [k for k in self.instances if k[0] not in rules.rules]:
+            self._forget(key)
+        for source, data in self.data.items():
+            data.fit(self.plans.get(source, Plan()))
+        if old is not None:  # new or changed rules look at what is known now, at the next tick
+            for compiled in rules.rules.values():
+                before = old.rules.get(compiled.id)
+                if compiled.rule.type == "threshold" and \
+                        (before is None or before.revision != compiled.revision):
+                    self.recheck.update((compiled.id, s) for s in compiled.sources
+                                        if s in self.data)
 
-    # --- helpers --------------------------------------------------------------------
+    # --- instances ------------------------------------------------------------------
 
     def instance(self, compiled: CompiledRule, source: str) -> Instance:
         key = (compiled.id, source)
         inst = self.instances.get(key)
         n = len(compiled.rule.levels) if compiled.rule.type == "threshold" else 1
         if inst is None or len(inst.on) != n:
-            inst = self.instances[key] = Instance(rule=compiled.id, source=source, on=[False] * n,
-                                                  pending=[None] * n, clearing=[None] * n)
+            inst = Instance(rule=compiled.id, source=source, on=[False] * n,
+                            pending=[None] * n, clearing=[None] * n)
+            self.restore_instance(inst)
         return inst
 
+    def restore_instance(self, inst: Instance) -> None:
+        key = (inst.rule, inst.source)
+        self.instances[key] = inst
+        self.by_rule.setdefault(inst.rule, {})[inst.source] = inst
+        if inst.timing:
+            self.timing.add(key)
+
+    def _forget(self, key: tuple[str, str]) -> None:
+        self.instances.pop(key, None)
+        self.by_rule.get(key[0], {}).pop(key[1], None)
+        self.timing.discard(key)
+        self.recheck.discard(key)
+
+    # --- time and scope -------------------------------------------------------------
+
     def local(self, now: int) -> datetime:
-        return datetime.fromtimestamp(now / NS, self.tz)
+        if self._local[0] != now:
+            self._local = (now, datetime.fromtimestamp(now / NS, self.tz))
+        return self._local[1]
 
     def in_schedules(self, names: list[str], now: int) -> bool:
         if not names:
             return True
-        local = self.local(now)
-        return any(self.rules.schedules[n].contains(local) for n in names)
-
-    def _functions(self, source: str, now: int) -> dict[str, Any]:
-        data = self.data.get(source) or SourceData()
-
-        def window(name: str, seconds: float) -> list[tuple[int, float]]:
-            samples = data.samples.get(name)
-            if not samples:
-                return []
-            newest = samples[-1][0]
-            return [s for s in samples if s[0] >= newest - seconds * NS]
-
-        def rate(name: str, seconds: float) -> float | None:
-            """Change per minute: least-squares slope over the window's samples."""
-            pts = window(name, seconds)
-            if len(pts) < 2 or pts[-1][0] - pts[0][0] < min(seconds, 60) * NS / 4:
-                return None
-            t0 = pts[0][0]
-            xs = [(t - t0) / NS / 60 for t, _ in pts]
-            ys = [v for _, v in pts]
-            mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
-            var = sum((x - mx) ** 2 for x in xs)
-            if var == 0:
-                return None
-            return sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / var
-
-        def delta(name: str, seconds: float) -> float | None:
-            pts = window(name, seconds)
-            return pts[-1][1] - pts[0][1] if len(pts) >= 2 else None
-
-        def avg(name: str, seconds: float) -> float | None:
-            pts = window(name, seconds)
-            return sum(v for _, v in pts) / len(pts) if pts else None
-
-        def max_of(name: str, seconds: float) -> float | None:
-            pts = window(name, seconds)
-            return max(v for _, v in pts) if pts else None
-
-        def min_of(name: str, seconds: float) -> float | None:
-            pts = window(name, seconds)
-            return min(v for _, v in pts) if pts else None
-
-        def age(name: str) -> float | None:
-            seen = data.seen_at.get(name)
-            return (now - seen) / NS if seen is not None else None
-
-        def in_schedule(name: str) -> bool:
-            return self.in_schedules([name], now)
-
-        def get(name: str, default: Any = None) -> Any:
-            return data.values.get(name, default)
-
-        return {"get": get, "rate": rate, "delta": delta, "avg": avg, "max_of": max_of,
-                "min_of": min_of,
-                "age": age, "in_schedule": in_schedule}
-
-    def _names(self, compiled: CompiledRule, source: str, now: int) -> dict[str, Any]:
-        data = self.data.get(source) or SourceData()
-        local = self.local(now)
-        src = self.topology.sources.get(source)
-        return {**data.values, "tags": dict(src.tags) if src else {},
-                "params": compiled.rule.params, "hour": local.hour, "minute": local.minute,
-                "weekday": local.weekday(), "true": True, "false": False}
+        # Schedules turn at whole seconds at the finest: one answer per second and set.
+        key = (tuple(names), now // NS)
+        found = self._schedules.get(key)
+        if found is None:
+            local = self.local(now)
+            found = any(self.rules.schedules[n].contains(local) for n in names)
+            if len(self._schedules) > 1000:
+                self._schedules.clear()
+            self._schedules[key] = found
+        return found
 
     def _truth(self, compiled: CompiledRule, fld: str, source: str, now: int) -> bool | None:
         expression = compiled.expressions.get(fld)
-        if expression is None:
+        data = self.data.get(source)
+        if expression is None or data is None:
             return None
+        scope = self.scope.bind(data, self.tags_of.get(source, {}), compiled.rule.params, now)
         try:
-            return expression.truth(self._names(compiled, source, now),
-                                    self._functions(source, now))
+            return expression.test(scope)
         except Unknown:
             return None
 
@@ -213,41 +255,77 @@ class Evaluator:
     # --- inputs ---------------------------------------------------------------------
 
     def on_reading(self, reading: Reading, now: int) -> list[Signal]:
-        data = self.data.setdefault(reading.device, SourceData())
+        source = reading.device
+        plan = self.plans.get(source)
+        if plan is None:
+            if source not in self.topology.sources:
+                return []  # not a source of this site: nothing to judge, nothing kept
+            plan = Plan()
+        data = self.data.get(source)
+        if data is None:
+            data = self.data[source] = SourceData()
+            data.fit(plan)
         data.last_reading = now
-        for name, value in reading.values.items():
-            data.values[name] = value
-            data.seen_at[name] = now
+        values = data.values
+        incoming = reading.values
+        reads = plan.reads
+        changed = {name for name, value in incoming.items()
+                   if name in reads and values.get(name, _MISSING) != value}
+        values.update(incoming)
+        if reading.units:
+            data.units.update(reading.units)
+        for name in plan.aged:
+            if name in incoming:
+                data.seen_at[name] = now
+        for name, series in data.series.items():
+            value = incoming.get(name)
             if isinstance(value, int | float) and not isinstance(value, bool) \
-                    and math.isfinite(value):
-                samples = data.samples.setdefault(name, deque(maxlen=MAX_SAMPLES))
-                if samples and reading.ts < samples[-1][0]:
-                    continue  # out of order (a buffered uplink): not part of the trend
-                samples.append((reading.ts, float(value)))
-        data.units.update(reading.units)
+                    and math.isfinite(value) and series.add(reading.ts, float(value)):
+                changed.add(name)
+                self.series_dirty.add(source)
         out: list[Signal] = []
-        for compiled in self.by_source.get(reading.device, []):
-            kind = compiled.rule.type
-            if kind == "threshold":
-                out += self._threshold(compiled, reading.device, now)
-            elif kind == "event" and compiled.rule.clear_when:
-                inst = self.instance(compiled, reading.device)
-                if inst.active and self._truth(compiled, "clear_when", reading.device, now):
+        for compiled, names in plan.thresholds:
+            if not names.isdisjoint(changed):
+                signals = self._threshold(compiled, source, now)
+                if signals:
+                    out += signals
+        for watch in plan.on_reading:
+            kind = watch.kind
+            compiled = watch.compiled
+            if kind == EVENT:
+                out += self._event_on_reading(compiled, source, now, watch.reads, changed)
+            elif kind == NO_DATA:
+                inst = self.by_rule.get(compiled.id, {}).get(source)
+                if inst is not None and inst.active:
                     out.append(self._set(inst, -1, now, None))
-            elif kind == "absence" and compiled.rule.after_periods is not None:
-                inst = self.instance(compiled, reading.device)
-                if inst.active:
-                    out.append(self._set(inst, -1, now, None))
-            elif kind == "command":
-                out += self._command_check(compiled, reading.device, now)
-            elif kind == "correlation" and compiled.rule.signal:
-                out += self._correlate(compiled, reading.device, now,
-                                       self._truth(compiled, "signal", reading.device, now))
+            elif kind == COMMAND:
+                out += self._command_check(compiled, source, now)
+            elif kind == CORRELATION and compiled.rule.signal:
+                out += self._correlate(compiled, source, now,
+                                       self._truth(compiled, "signal", source, now))
         return out
+
+    def _event_on_reading(self, compiled: CompiledRule, source: str, now: int,
+                          reads: frozenset[str], changed: set[str]) -> list[Signal]:
+        rule = compiled.rule
+        inst = self.by_rule.get(compiled.id, {}).get(source)
+        if inst is not None and inst.active:
+            # clear_when is judged on every reading while active: the device says it is over
+            if rule.clear_when and self._truth(compiled, "clear_when", source, now):
+                return [self._set(inst, -1, now, None)]
+            return []
+        if rule.raise_when and not reads.isdisjoint(changed) \
+                and self.in_schedules(rule.schedule, now) \
+                and self._truth(compiled, "raise_when", source, now):
+            value, unit = self._value(compiled, "raise_when", source)
+            return [self._set(self.instance(compiled, source), 0, now, rule.severity,
+                              value=value, unit=unit, force=True, detail={"reading": True})]
+        return []
 
     def on_event(self, event: Event, now: int) -> list[Signal]:
         out: list[Signal] = []
-        for compiled in self.by_source.get(event.device, []):
+        for watch in self.plans.get(event.device, Plan()).watches:
+            compiled = watch.compiled
             rule = compiled.rule
             if rule.type == "event":
                 inst = self.instance(compiled, event.device)
@@ -269,20 +347,30 @@ class Evaluator:
                                          text=event.text))
             elif rule.type == "correlation" and event.name in rule.signal_events:
                 out += self._correlate(compiled, event.device, now, True, momentary=True)
-        return [s for s in out if s is not None]
+        return out
 
     def on_status(self, status: DeviceStatus, now: int) -> list[Signal]:
-        data = self.data.setdefault(status.device, SourceData())
+        if status.device not in self.topology.sources:
+            return []
+        data = self.data.get(status.device)
+        if data is None:
+            data = self.data[status.device] = SourceData()
+            data.fit(self.plans.get(status.device, Plan()))
         if data.status is not status.state:
             data.status = status.state
             data.status_since = min(now, status.ts) if status.ts > now - 86400 * NS else now
         out: list[Signal] = []
-        if status.state is Availability.ONLINE:
-            for compiled in self.by_source.get(status.device, []):
-                if compiled.rule.type == "absence" and compiled.rule.status:
-                    inst = self.instance(compiled, status.device)
-                    if inst.active:
-                        out.append(self._set(inst, -1, now, None, text=status.reason))
+        for watch in self.plans.get(status.device, Plan()).watches:
+            compiled = watch.compiled
+            if compiled.rule.type != "absence" or not compiled.rule.status:
+                continue
+            if status.state is Availability.ONLINE:
+                inst = self.by_rule.get(compiled.id, {}).get(status.device)
+                if inst is not None and inst.active:
+                    out.append(self._set(inst, -1, now, None, text=status.reason))
+            else:  # it may fire earlier than the rule's next check
+                due = data.status_since + round(compiled.rule.after * NS)
+                self.absence_due[compiled.id] = min(self.absence_due.get(compiled.id, due), due)
         return out
 
     def on_command(self, command: Command, now: int) -> list[Signal]:
@@ -292,8 +380,9 @@ class Evaluator:
             rule = compiled.rule
             if rule.type != "command":
                 continue
+            sources = self.sources_of[compiled.id]
             for source in targets:
-                if source not in compiled.sources:
+                if source not in sources:
                     continue
                 inst = self.instance(compiled, source)
                 self.dirty.add((compiled.id, source))
@@ -314,9 +403,8 @@ class Evaluator:
             rule = compiled.rule
             if rule.type != "command" or result.status.value not in rule.fail_on_result:
                 continue
-            for source in compiled.sources:
-                inst = self.instances.get((compiled.id, source))
-                if inst is not None and inst.command == result.id and inst.deadline is not None:
+            for source, inst in list(self.by_rule.get(compiled.id, {}).items()):
+                if inst.command == result.id and inst.deadline is not None:
                     inst.deadline = None
                     value, unit = self._value(compiled, "expect", source)
                     out.append(self._set(inst, 0, now, rule.severity, value=value, unit=unit,
@@ -325,16 +413,13 @@ class Evaluator:
         return out
 
     def _command_targets(self, command: Command) -> list[str]:
-        if command.device in self.topology.sources and \
-                not any(s.tags.get("controller") == command.device
-                        for s in self.topology.sources.values()):
+        units = self.units_of.get(command.device, [])
+        if command.device in self.topology.sources and not units:
             return [command.device]
-        units = [s.id for s in self.topology.sources.values()
-                 if s.tags.get("controller") == command.device]
         number = command.params.get("unit", command.params.get("bollard"))
         if isinstance(number, int) and not isinstance(number, bool) and 1 <= number <= len(units):
             return [units[number - 1]]
-        return units
+        return list(units)
 
     # --- rule kinds -----------------------------------------------------------------
 
@@ -358,62 +443,81 @@ class Evaluator:
 
     def _threshold(self, compiled: CompiledRule, source: str, now: int) -> list[Signal]:
         rule = compiled.rule
-        inst = self.instance(compiled, source)
-        in_schedule = self.in_schedules(rule.schedule, now)
+        ladder = self.ladders[compiled.id]
+        key = (compiled.id, source)
+        inst = self.instances.get(key)
+        if inst is None or len(inst.on) != len(ladder):
+            inst = self.instance(compiled, source)
+        in_schedule = self.in_schedules(rule.schedule, now) if rule.schedule else True
+        scope = self.scope.bind(self.data[source], self.tags_of.get(source, {}), rule.params,
+                                now)
+        on, pending, clearing = inst.on, inst.pending, inst.clearing
+        if len(ladder) == 1 and in_schedule and not on[0] and pending[0] is None:
+            # The common case, an idle one-level rule whose condition does not hold: no
+            # timer to start, nothing to store, no signal.
+            try:
+                if not ladder[0].raise_.test(scope):
+                    return []
+            except Unknown:
+                return []
         before = inst.level
         touched = False
-        for n, level in enumerate(rule.levels):
-            raise_for = level.for_ if level.for_ is not None else rule.for_
-            clear_for = level.clear_for if level.clear_for is not None else rule.clear_for
+        for n, step in enumerate(ladder):
             if not in_schedule:
-                if inst.on[n] or inst.pending[n] is not None:
-                    inst.on[n], inst.pending[n], inst.clearing[n] = False, None, None
+                if on[n] or pending[n] is not None:
+                    on[n], pending[n], clearing[n] = False, None, None
                     touched = True
                 continue
-            if not inst.on[n]:
-                raised = self._truth(compiled, f"levels.{n}.raise", source, now)
+            if not on[n]:
+                raised = _test(step.raise_, scope)
                 if raised is None:
                     continue
                 if raised:
-                    if inst.pending[n] is None:
-                        inst.pending[n] = now
+                    started = pending[n]
+                    if started is None:
+                        started = pending[n] = now
                         touched = True
-                    if now - inst.pending[n] >= raise_for * NS:  # type: ignore[operator]
-                        inst.on[n], inst.pending[n], inst.clearing[n] = True, None, None
+                    if now - started >= step.raise_for:
+                        on[n], pending[n], clearing[n] = True, None, None
                         touched = True
-                elif inst.pending[n] is not None:
-                    inst.pending[n] = None
+                elif pending[n] is not None:
+                    pending[n] = None
                     touched = True
             else:
-                if level.clear is not None:
-                    cleared = self._truth(compiled, f"levels.{n}.clear", source, now)
+                if step.clear is not None:
+                    cleared = _test(step.clear, scope)
                 else:
-                    raised = self._truth(compiled, f"levels.{n}.raise", source, now)
+                    raised = _test(step.raise_, scope)
                     cleared = None if raised is None else not raised
                 if cleared is None:
                     continue
                 if cleared:
-                    if inst.clearing[n] is None:
-                        inst.clearing[n] = now
+                    started = clearing[n]
+                    if started is None:
+                        started = clearing[n] = now
                         touched = True
-                    if now - inst.clearing[n] >= clear_for * NS:  # type: ignore[operator]
-                        inst.on[n], inst.clearing[n] = False, None
+                    if now - started >= step.clear_for:
+                        on[n], clearing[n] = False, None
                         touched = True
-                elif inst.clearing[n] is not None:
-                    inst.clearing[n] = None
+                elif clearing[n] is not None:
+                    clearing[n] = None
                     touched = True
         # A level is on only while every level below it is: the severity steps down through
         # the ladder and the alert ends when the lowest level clears.
         level = -1
-        for n in range(len(rule.levels)):
-            if inst.on[n]:
+        for n in range(len(ladder)):
+            if on[n]:
                 level = n
             else:
-                for m in range(n + 1, len(rule.levels)):
-                    inst.on[m] = False
+                for m in range(n + 1, len(ladder)):
+                    on[m] = False
                 break
         if touched:
-            self.dirty.add((compiled.id, source))
+            self.dirty.add(key)
+            if inst.timing:
+                self.timing.add(key)
+            else:
+                self.timing.discard(key)
         if level == before:
             return []
         value, unit = self._value(compiled, f"levels.{max(level, 0)}.raise", source)
@@ -421,7 +525,7 @@ class Evaluator:
         return [self._set(inst, level, now, severity, value=value, unit=unit)]
 
     def _command_check(self, compiled: CompiledRule, source: str, now: int) -> list[Signal]:
-        inst = self.instances.get((compiled.id, source))
+        inst = self.by_rule.get(compiled.id, {}).get(source)
         if inst is None or (inst.deadline is None and not inst.active):
             return []
         if self._truth(compiled, "expect", source, now):
@@ -436,15 +540,17 @@ class Evaluator:
                    momentary: bool = False) -> list[Signal]:
         rule = compiled.rule
         group = self.topology.group_key(member, rule.group_by)
-        inst = self.instance(compiled, group)
         if signal is None:
             return []
+        inst = self.instance(compiled, group)
         if signal:
             inst.members[member] = now
             if not momentary and member not in inst.current:
                 inst.current.append(member)
         elif member in inst.current:
             inst.current.remove(member)
+        elif not inst.members and not inst.active:
+            return []  # a quiet member of a quiet group: nothing changed, nothing to store
         self.dirty.add((compiled.id, group))
         return self._correlation_state(compiled, inst, now)
 
@@ -480,59 +586,91 @@ class Evaluator:
 
     def tick(self, now: int) -> list[Signal]:
         out: list[Signal] = []
-        for compiled in self.rules.rules.values():
+        keys = self.timing | self.recheck
+        self.recheck = set()
+        for compiled in self.clocked:
+            if self._clock_moves(compiled, now):
+                keys |= {(compiled.id, s) for s in compiled.sources if s in self.data}
+        for rid, source in sorted(keys):
+            found = self.rules.rules.get(rid)
+            if found is not None and found.rule.type == "threshold" and source in self.data:
+                out += self._threshold(found, source, now)
+        for compiled in self.absence:
+            out += self._absence(compiled, now)
+        for compiled in self.timed:
             rule = compiled.rule
-            if rule.type == "threshold":
-                for source in compiled.sources:
-                    if source in self.data:
-                        out += self._threshold(compiled, source, now)
-            elif rule.type == "absence":
-                out += self._absence(compiled, now)
-            elif rule.type == "command":
-                for source in compiled.sources:
-                    inst = self.instances.get((compiled.id, source))
-                    if inst is not None and inst.deadline is not None and now >= inst.deadline:
+            kind = rule.type
+            instances = list(self.by_rule.get(compiled.id, {}).values())
+            if kind == "command":
+                for inst in instances:
+                    if inst.deadline is not None and now >= inst.deadline:
                         inst.deadline = None
                         if not inst.active:
-                            value, unit = self._value(compiled, "expect", source)
+                            value, unit = self._value(compiled, "expect", inst.source)
                             out.append(self._set(inst, 0, now, rule.severity, value=value,
                                                  unit=unit, detail={"command": inst.command},
                                                  text="no confirmation in time"))
-            elif rule.type == "event" and rule.auto_clear is not None:
-                for (rid, _), inst in list(self.instances.items()):
-                    if rid == compiled.id and inst.active and \
-                            now - inst.since >= rule.auto_clear * NS:
+            elif kind == "event" and rule.auto_clear is not None:
+                for inst in instances:
+                    if inst.active and now - inst.since >= rule.auto_clear * NS:
                         out.append(self._set(inst, -1, now, None, text="auto clear"))
-            elif rule.type == "correlation":
-                for (rid, _), inst in list(self.instances.items()):
-                    if rid == compiled.id and (inst.active or inst.members):
+            elif kind == "correlation":
+                for inst in instances:
+                    if inst.active or inst.members:
                         out += self._correlation_state(compiled, inst, now)
-            if rule.type in ("event", "command", "absence") and rule.schedule \
+            if kind in ("event", "command", "absence") and rule.schedule \
                     and not self.in_schedules(rule.schedule, now):
-                for (rid, _), inst in list(self.instances.items()):
-                    if rid == compiled.id and inst.active:
+                for inst in instances:
+                    if inst.active:
                         out.append(self._set(inst, -1, now, None, text="outside schedule"))
         return out
 
+    def _clock_moves(self, compiled: CompiledRule, now: int) -> bool:
+        """Whether the clock alone may have changed this rule's conditions since the last
+        tick: it reads the time, or its schedule turned on or off."""
+        if any(e.uses_time for e in compiled.expressions.values()):
+            return True
+        state = self.in_schedules(compiled.rule.schedule, now)
+        turned = self._schedule_state.get(compiled.id) is not state
+        self._schedule_state[compiled.id] = state
+        return turned
+
+    def caught_up(self, now: int) -> None:
+        """The service took in what the broker held for it: absence rules may judge again."""
+        if self.absence_from:
+            log.info("absence rules judge again after %.1fs of backlog",
+                     (now - self.absence_from + round(RESTART_HOLD * NS)) / NS)
+            self.absence_from = 0
+
     def _absence(self, compiled: CompiledRule, now: int) -> list[Signal]:
         rule = compiled.rule
+        if self.absence_from and now < self.absence_from:
+            return []
+        if now < self.absence_due.get(compiled.id, 0) and not rule.schedule:
+            return []  # nothing can be due yet: no scan of every source
         out: list[Signal] = []
         in_schedule = self.in_schedules(rule.schedule, now)
+        due = now + 3600 * NS
+        mine = self.by_rule.get(compiled.id, {})
         for source in compiled.sources:
             data = self.data.get(source)
+            deadline: int | None
             if rule.status:
-                missing = data is not None and data.status is Availability.OFFLINE \
-                    and now - data.status_since >= rule.after * NS
+                if data is not None and data.status is Availability.OFFLINE:
+                    deadline = data.status_since + round(rule.after * NS)
+                else:
+                    deadline = None
                 since = data.status_since if data is not None else now
                 text = "offline"
             else:
                 period = self.topology.sources[source].report_period
                 limit = rule.after if rule.after is not None else rule.after_periods * period
                 last = data.last_reading if data and data.last_reading else self.started_at
-                missing = now - last >= limit * NS
+                deadline = last + round(limit * NS)
                 since = last
                 text = f"no data for {(now - last) / NS:.0f}s"
-            inst = self.instances.get((compiled.id, source))
+            missing = deadline is not None and now >= deadline
+            inst = mine.get(source)
             active = inst is not None and inst.active
             if missing and in_schedule and not active:
                 inst = self.instance(compiled, source)
@@ -540,4 +678,43 @@ class Evaluator:
                                      detail={"since": since}))
             elif active and not missing and inst is not None:
                 out.append(self._set(inst, -1, now, None))
+            elif deadline is not None and not missing:
+                due = min(due, deadline)
+        self.absence_due[compiled.id] = due
         return out
+
+    # --- what the store keeps besides instances -------------------------------------
+
+    def last_seen(self) -> dict[str, int]:
+        """When each source last reported (clock time), for the store: a restart must not
+        reset no-data timers."""
+        return {s: d.last_reading for s, d in self.data.items() if d.last_reading}
+
+    def series_slice(self, limit: int) -> dict[str, dict[str, list[tuple[int, float]]]]:
+        """Window samples of up to `limit` sources that took samples since they were last
+        given out: the store gets them a slice at a time (every source every few
+        heartbeats), so no heartbeat writes megabytes while alerts wait."""
+        out: dict[str, dict[str, list[tuple[int, float]]]] = {}
+        while self.series_dirty and len(out) < limit:
+            source = self.series_dirty.pop()
+            data = self.data.get(source)
+            if data is not None and data.series:
+                out[source] = {name: series.samples() for name, series in data.series.items()}
+        return out
+
+    def restore_seen(self, last_seen: dict[str, int],
+                     series: dict[str, dict[str, list[Any]]]) -> None:
+        for source in set(last_seen) | set(series):
+            if source not in self.topology.sources:
+                continue
+            data = self.data.get(source)
+            if data is None:
+                data = self.data[source] = SourceData()
+                data.fit(self.plans.get(source, Plan()))
+            if last_seen.get(source):
+                data.last_reading = max(data.last_reading or 0, int(last_seen[source]))
+            for name, samples in (series.get(source) or {}).items():
+                kept = data.series.get(name)
+                if kept is not None and not kept.newest:
+                    for ts, value in samples:
+                        kept.add(int(ts), float(value))

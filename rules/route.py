@@ -108,10 +108,11 @@ class Router:
 
     def route(self, book: AlertBook, now: int) -> None:
         wanted: dict[str, dict[str, Content]] = {e: {} for e in self.endpoints}
+        by_incident = book.members()
         for incident in book.incidents.values():
             if not book.showing(incident, now):
                 continue
-            members = [a for a in book.open.values() if a.incident == incident.id]
+            members = by_incident.get(incident.id, [])
             live = [a for a in members if a.annunciated and (a.active or not incident.active)]
             live.sort(key=lambda a: (a.priority, a.raised_at))
             for alert in live:

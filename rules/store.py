@@ -10,7 +10,9 @@ Tables (all keyed by site, so several sites share one database):
 - rules_instances       rule timers (for, clear_for, command deadlines, correlations)
 - rules_endpoints       what each screen shows and its layers; PA announcements
 - rules_deliveries      every DisplayMessage/Broadcast sent: attempts, confirmation
-- rules_meta            per-site heartbeat and unconfirmed messages
+- rules_series          per source: the samples of its rate()/avg()/... windows
+- rules_meta            per-site heartbeat, first start, last-seen times, unconfirmed
+                        messages
 
 The engine is the only writer for its site; the API and the reports read through the
 query methods of AlertStore (documented in docs/rules.md).
@@ -131,6 +133,7 @@ points_t = _keyed("rules_points", "site", "rule", "source")
 instances_t = _keyed("rules_instances", "site", "rule", "source")
 endpoints_t = _keyed("rules_endpoints", "site", "endpoint")
 meta_t = _keyed("rules_meta", "site", "key")
+series_t = _keyed("rules_series", "site", "source")
 
 deliveries_t = sa.Table(
     "rules_deliveries", metadata,
@@ -208,13 +211,23 @@ class AlertStore:
             rows = await conn.execute(sa.select(meta_t.c.key, meta_t.c.data).where(
                 meta_t.c.site == site))
             meta = {r.key: json.loads(r.data) for r in rows}
+            rows = await conn.execute(sa.select(series_t.c.source, series_t.c.data).where(
+                series_t.c.site == site))
+            snap.series = {r.source: json.loads(r.data) for r in rows}
         snap.pending = meta.get("pending", [])
         snap.heartbeat = int(meta.get("heartbeat", 0))
+        snap.started = int(meta.get("started", 0))
+        snap.last_seen = {k: int(v) for k, v in (meta.get("last_seen") or {}).items()}
         return snap
 
     async def apply(self, site: str, effects: Effects, now: int,
-                    pending: list[dict[str, Any]] | None = None) -> None:
-        """Store one step of the engine in one transaction (before anything is published)."""
+                    pending: list[dict[str, Any]] | None = None, *,
+                    last_seen: dict[str, int] | None = None,
+                    series: dict[str, dict[str, Any]] | None = None,
+                    started: int = 0) -> None:
+        """Store one step of the engine in one transaction (before anything is published).
+        `last_seen`, `series` (a slice of the window samples) and `started` come with the
+        heartbeat, every few seconds, not with every step."""
         async with self.db.begin() as conn:
             await _upsert(conn, alerts_t, [_alert_row(a) for a, _, _, _ in effects.alerts],
                           ["id"])
@@ -252,7 +265,17 @@ class AlertStore:
                 await conn.execute(deliveries_t.update().where(
                     deliveries_t.c.message == message, deliveries_t.c.endpoint == endpoint,
                     deliveries_t.c.acked_at == 0).values(acked_at=ts, ack_status=status))
+            if series:
+                await _upsert(conn, series_t, [
+                    {"site": site, "source": source, "data": _json(item), "updated_at": now}
+                    for source, item in series.items()], ["site", "source"])
             meta = [{"site": site, "key": "heartbeat", "data": _json(now), "updated_at": now}]
+            if started:
+                meta.append({"site": site, "key": "started", "data": _json(started),
+                             "updated_at": now})
+            if last_seen is not None:
+                meta.append({"site": site, "key": "last_seen", "data": _json(last_seen),
+                             "updated_at": now})
             if pending is not None:
                 meta.append({"site": site, "key": "pending", "data": _json(pending),
                              "updated_at": now})

@@ -98,6 +98,8 @@ class Topology:
             self.sources[gw.id] = Source(id=gw.id, family="gateway", kind="gateway",
                                          name=gw.name or gw.id, gateway=gw.id,
                                          report_period=30.0)
+        # Sources others depend on: fire panels, controllers (looked up per new alert).
+        self.parents = frozenset(s.parent for s in self.sources.values() if s.parent)
 
     def _add(self, device: Device, source_id: str, family: str, kind: str, name: str,
              tags: dict[str, str], names: frozenset[str], period: float) -> None:
