@@ -19,7 +19,7 @@ from facility import topics
 from facility.mqtt import make_client
 from facility.settings import MqttSettings
 from facility.topics import Kind
-from rules.service import OPS_FAMILY
+from rules.intake import OPS_FAMILY
 
 
 class AlertOpsClient:

@@ -1,11 +1,19 @@
 """The rules service: one worker per site. `async with RulesService(...) as rules:`.
 
-It subscribes (QoS 1, persistent session, acknowledged only after the state store has the
-result) to the site's telemetry, statuses, events, commands and command results, display
-acknowledgements and operator actions; runs them through the engine; stores each step in
-one transaction; then publishes alert state changes (through a disk-backed outbox),
-display messages (retained) and broadcasts. A ticker on the injected clock drives timers,
-escalation, shelve expiry and re-sends; a watcher reloads changed rule files.
+Two MQTT connections, both QoS 1 on persistent sessions, each message acknowledged only
+after the state store has what it caused:
+
+- *alerts* (client id `<client_id>`): statuses, events, commands and command results,
+  display acknowledgements and operator actions; it also publishes alert messages
+  (through a disk-backed outbox), display messages (retained), broadcasts and operator
+  results. Nothing bulky shares its queue or its socket.
+- *telemetry* (`<client_id>-telemetry`): readings, taken in batches and handled a chunk
+  at a time, so the alerts connection gets the engine within a chunk's time; a reading
+  that changes an alert is stored and published at once, not at the end of its batch.
+
+Each step is stored in one transaction, then published. A ticker on the injected clock
+drives timers, escalation, shelve expiry and re-sends; a watcher reloads changed rule files.
+Messages that do not fit are counted and dead-lettered or ignored (rules/intake.py).
 """
 
 from __future__ import annotations
@@ -27,6 +35,7 @@ from facility import topics
 from facility.configfile import ConfigError
 from facility.metrics import Metrics
 from facility.mqtt import ManualAck, make_client, run_connected
+from facility.mqttlink import MqttLink, connector
 from facility.outbox import Outbox
 from facility.service import Service
 from facility.settings import Settings
@@ -37,13 +46,19 @@ from rules.clock import NS, Clock, SystemClock
 from rules.config import RuleSet, load_rules, rule_files
 from rules.endpoints import EndpointConfig, load_endpoints
 from rules.engine import Effects, Engine
+from rules.intake import OPS_FAMILY, Intake, Refusal
 from rules.notify import WebhookNotifier, deliver
 from rules.store import AlertStore
 from rules.topology import Topology
 
 log = logging.getLogger(__name__)
 
-OPS_FAMILY = "alert"  # operator actions: command/alert/{target}, results on command-result/alert
+PRIORITY_BATCH = 100  # messages per turn on the alerts connection
+BULK_BATCH = 500  # readings per batch (acknowledged together after their commit)
+BULK_CHUNK = 50  # readings handled per turn of the engine lock (about a millisecond)
+BULK_INFLIGHT = 5000  # unacknowledged readings the broker may send ahead
+BEAT = 10 * NS  # heartbeat: last-seen times and a slice of the windows go to the store
+SERIES_PER_BEAT = 200  # sources whose window samples one heartbeat stores
 
 
 def site_for(site: SiteConfig, site_id: str) -> SiteConfig:
@@ -80,15 +95,19 @@ class RulesService(Service):
         self.endpoints_file = endpoints_file or settings.resolve(settings.rules.endpoints_file)
         self.state_url = state_url or settings.state_url
         self.client_id = client_id or f"{settings.mqtt.client_prefix}-rules-{site_id}"
+        self.bulk_client_id = f"{self.client_id}-telemetry"
         # Validate now: a bad rule file stops the start with file, rule and field.
         self.topology, self.endpoints, self.rules = load_all(settings, self.site, self.rules_dir,
                                                              self.endpoints_file)
+        self.intake = Intake(site_id, frozenset(self.topology.sources))
         self.engine: Engine | None = None
         self.store: AlertStore | None = None
         self.outbox: Outbox | None = None
         self.http: aiohttp.ClientSession | None = None
         self._lock = asyncio.Lock()
-        self._client: aiomqtt.Client | None = None
+        self._client: aiomqtt.Client | None = None  # the alerts connection: publishes too
+        self._bulk: MqttLink | None = None  # the telemetry connection
+        self._links: set[str] = set()  # connections up and subscribed
         self._last_beat = 0
         self.received = 0
         self.taken = 0
@@ -97,8 +116,11 @@ class RulesService(Service):
         self.reloads = 0
         self.reload_error = ""
         self._webhooks: set[asyncio.Task[Any]] = set()
+        self._sends: set[asyncio.Task[Any]] = set()
         self.metrics = Metrics("rules")
         self._m_inputs = self.metrics.counter("inputs_total", "Messages taken in", ("kind",))
+        self._m_refused = self.metrics.counter("refused_total", "Messages refused",
+                                               ("reason",))
         self._m_alerts = self.metrics.counter("alert_transitions_total", "Alert transitions",
                                               ("action",))
         self._m_sent = self.metrics.counter("deliveries_total", "Display/broadcast sends",
@@ -121,12 +143,12 @@ class RulesService(Service):
         self.outbox = Outbox(spool, memory_limit=self.settings.gateway.spool_memory_limit,
                              window=self.settings.gateway.publish_window)
         self.http = aiohttp.ClientSession()
-        await self._commit(self.engine.take(), now)
+        await self._commit(self.engine.take(), now, beat=True)
 
     async def close(self) -> None:
-        for task in list(self._webhooks):
+        for task in list(self._webhooks) + list(self._sends):
             task.cancel()
-        await asyncio.gather(*self._webhooks, return_exceptions=True)
+        await asyncio.gather(*self._webhooks, *self._sends, return_exceptions=True)
         if self.outbox is not None:
             self.outbox.close()
             self.outbox = None
@@ -138,48 +160,91 @@ class RulesService(Service):
             self.store = None
 
     async def run(self) -> None:
+        mqtt = self.settings.mqtt
         async with asyncio.TaskGroup() as tg:
-            tg.create_task(run_connected(self.settings.mqtt, self._make_client, self._session,
-                                         name=self.name, on_disconnect=self._disconnected),
-                           name=f"{self.name} mqtt")
+            tg.create_task(run_connected(mqtt, self._priority_client, self._priority_session,
+                                         name=f"{self.name} alerts",
+                                         on_disconnect=self._priority_lost),
+                           name=f"{self.name} alerts link")
+            tg.create_task(run_connected(mqtt, connector(mqtt, self.bulk_client_id,
+                                                         session_expiry=24 * 3600,
+                                                         receive_maximum=BULK_INFLIGHT),
+                                         self._bulk_session, name=f"{self.name} telemetry",
+                                         on_disconnect=self._bulk_lost),
+                           name=f"{self.name} telemetry link")
             tg.create_task(self._ticker(), name=f"{self.name} ticker")
             tg.create_task(self._watch_files(), name=f"{self.name} reload")
 
-    def _make_client(self) -> aiomqtt.Client:
+    def _priority_client(self) -> aiomqtt.Client:
         return ManualAck.enable(make_client(self.settings.mqtt, self.client_id,
-                                            session_expiry=24 * 3600, receive_maximum=2000,
+                                            session_expiry=24 * 3600, receive_maximum=500,
                                             max_inflight=self.settings.gateway.publish_window))
 
-    def _disconnected(self) -> None:
+    def _link_up(self, link: str) -> None:
+        self._links.add(link)
+        if self._links == {"alerts", "telemetry"}:
+            self.ready.set()
+
+    def _link_down(self, link: str) -> None:
+        self._links.discard(link)
         self.ready.clear()
+
+    def _priority_lost(self) -> None:
+        self._link_down("alerts")
         self._client = None
         if self.outbox is not None:
             self.outbox.disconnected()
 
-    def filters(self) -> list[str]:
+    def _bulk_lost(self) -> None:
+        self._link_down("telemetry")
+        self._bulk = None
+
+    def priority_filters(self) -> list[str]:
         s = self.site_id
-        return [topics.subscription(Kind.TELEMETRY, s), topics.subscription(Kind.STATUS, s),
-                topics.subscription(Kind.EVENT, s), topics.subscription(Kind.COMMAND, s),
+        return [topics.subscription(Kind.STATUS, s), topics.subscription(Kind.EVENT, s),
+                topics.subscription(Kind.COMMAND, s),
                 topics.subscription(Kind.COMMAND_RESULT, s),
                 topics.subscription(Kind.DISPLAY_ACK, s)]
 
-    async def _session(self, client: aiomqtt.Client) -> None:
+    def bulk_filters(self) -> list[str]:
+        return [topics.subscription(Kind.TELEMETRY, self.site_id)]
+
+    def filters(self) -> list[str]:
+        return self.bulk_filters() + self.priority_filters()
+
+    async def _priority_session(self, client: aiomqtt.Client) -> None:
         assert self.outbox is not None
         acker = ManualAck(client)
-        for flt in self.filters():
+        for flt in self.priority_filters():
             await client.subscribe(flt, qos=1)
+        for flt in self.bulk_filters():  # a session from before the split may hold it
+            await client.unsubscribe(flt)
         self._client = client
-        self.ready.set()
+        self._link_up("alerts")
         try:
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(self.outbox.drain(client), name=f"{self.name} outbox")
-                tg.create_task(self._receive(acker), name=f"{self.name} receive")
+                tg.create_task(self._receive(acker), name=f"{self.name} receive alerts")
                 tg.create_task(self._resend_on_connect(), name=f"{self.name} resend")
         except* aiomqtt.MqttError as group:
             raise group.exceptions[0] from None
         finally:
             self._client = None
-            self.ready.clear()
+            self._link_down("alerts")
+
+    async def _bulk_session(self, link: MqttLink) -> None:
+        await link.subscribe(self.bulk_filters(), qos=1)
+        self._bulk = link
+        self._link_up("telemetry")
+        try:
+            while True:
+                batch = await link.next_batch(BULK_BATCH, None)
+                await self._handle_batch([(p.topic, p.payload) for p in batch], BULK_CHUNK,
+                                         bulk=True, caught_up=len(batch) < BULK_BATCH)
+                link.ack(batch)
+        finally:
+            self._bulk = None
+            self._link_down("telemetry")
 
     async def _resend_on_connect(self) -> None:
         # What was sent while the broker was away is due again now, not at its next retry.
@@ -193,52 +258,58 @@ class RulesService(Service):
 
     async def _receive(self, acker: ManualAck) -> None:
         while True:
-            batch = await acker.next_batch(500, None)
-            async with self._lock:
-                now = self.clock.now_ns()
-                results: list[tuple[str, bytes]] = []
-                for message in batch:
-                    result = self._handle(message, now)
-                    if result is not None:
-                        results.append(result)
-                await self._commit_step(now)
-                self.taken += len(batch)  # stored: what these messages did is durable
-                self.taken_topics.update(message.topic.value for message in batch)
-            for topic, payload in results:
-                await self._publish(topic, payload)
+            batch = await acker.next_batch(PRIORITY_BATCH, None)
+            await self._handle_batch([(message.topic.value, _bytes(message.payload))
+                                      for message in batch], PRIORITY_BATCH)
             for message in batch:
                 acker.ack(message)
 
-    def _handle(self, message: aiomqtt.Message, now: int) -> tuple[str, bytes] | None:
+    async def _handle_batch(self, batch: list[tuple[str, bytes]], chunk: int, *,
+                            bulk: bool = False, caught_up: bool = False) -> None:
+        """Take a batch into the engine a chunk at a time; store and publish at once what
+        changes alerts or outputs, the rest (timers) once at the end. The caller
+        acknowledges the batch afterwards: what it caused is stored by then."""
         assert self.engine is not None
-        engine = self.engine
-        payload = message.payload if isinstance(message.payload, bytes) \
-            else str(message.payload).encode()
-        try:
-            parsed = topics.parse(message.topic.value)
-        except topics.TopicError:
-            return None
+        now = 0
+        for start in range(0, len(batch), chunk):
+            if bulk:
+                await asyncio.sleep(0)  # let the alerts connection have the engine
+            async with self._lock:
+                now = self.clock.now_ns()
+                for topic, payload in batch[start:start + chunk]:
+                    self._take(topic, payload, now)
+                    if self.engine.urgent():  # tell the world now, not after the batch
+                        await self._commit_step(now)
+        async with self._lock:
+            now = self.clock.now_ns()
+            await self._commit_step(now)
+            self.taken += len(batch)  # stored: what these messages did is durable
+            self.taken_topics.update(topic for topic, _ in batch)
+            if caught_up:
+                self.engine.caught_up(now)  # what the broker kept for us is in
+
+    def _take(self, topic: str, payload: bytes, now: int) -> None:
+        assert self.engine is not None
         self.received += 1
-        self._m_inputs.labels(parsed.kind.value).inc()
-        try:
-            if parsed.kind is Kind.TELEMETRY:
-                engine.reading(m.decode(payload, m.Reading), now)
-            elif parsed.kind is Kind.EVENT:
-                engine.event(m.decode(payload, m.Event), now)
-            elif parsed.kind is Kind.STATUS:
-                if payload:
-                    engine.status(m.decode(payload, m.DeviceStatus), now)
-            elif parsed.kind is Kind.COMMAND and parsed.family == OPS_FAMILY:
-                return self._operate(m.decode(payload, m.AlertOperation), now)
-            elif parsed.kind is Kind.COMMAND:
-                engine.command(m.decode(payload, m.Command), now)
-            elif parsed.kind is Kind.COMMAND_RESULT and parsed.family != OPS_FAMILY:
-                engine.command_result(m.decode(payload, m.CommandResult), now)
-            elif parsed.kind is Kind.DISPLAY_ACK:
-                engine.display_ack(m.decode(payload, m.DisplayAck), now)
-        except m.ContractError as exc:
-            log.warning("%s: ignored a message on %s: %s", self.name, message.topic.value, exc)
-        return None
+        refusal, op = self.intake.take(self.engine, topic, payload, now)
+        where = self.intake.parse(topic)
+        if where is not None:
+            self._m_inputs.labels(where.kind.value).inc()
+        if refusal is not None:
+            self._m_refused.labels(refusal.reason).inc()
+            if refusal.letter:
+                self._dead_letter(refusal, now)
+            return
+        if op is not None:
+            topic, body = self._operate(op, now)
+            self._send_soon(self._client, topic, body)
+
+    def _dead_letter(self, refusal: Refusal, now: int) -> None:
+        letter = m.DeadLetter.of("rules", now, refusal.topic,
+                                 f"{refusal.reason}: {refusal.detail}", refusal.payload)
+        # On the telemetry connection: letters must not queue before alert messages.
+        self._send_soon(self._bulk or self._client, topics.deadletter(self.site_id, "rules"),
+                        m.encode(letter))
 
     def _operate(self, op: m.AlertOperation, now: int) -> tuple[str, bytes]:
         assert self.engine is not None
@@ -316,17 +387,24 @@ class RulesService(Service):
     async def _commit_step(self, now: int) -> None:
         assert self.engine is not None
         effects = self.engine.take()
-        if effects or now - self._last_beat >= 10 * NS:
-            await self._commit(effects, now)
+        beat = now - self._last_beat >= BEAT
+        if effects or beat:
+            await self._commit(effects, now, beat)
 
-    async def _commit(self, effects: Effects, now: int) -> None:
+    async def _commit(self, effects: Effects, now: int, beat: bool = False) -> None:
         assert self.engine is not None
         assert self.store is not None
         assert self.outbox is not None
-        pending = self.engine.pending_payloads() \
-            if effects.deliveries or effects.acks else None
-        await self.store.apply(self.site_id, effects, now, pending)
-        self._last_beat = now
+        engine = self.engine
+        pending = engine.pending_payloads() if effects.deliveries or effects.acks else None
+        if beat:
+            await self.store.apply(self.site_id, effects, now, pending,
+                                   last_seen=engine.evaluator.last_seen(),
+                                   series=engine.evaluator.series_slice(SERIES_PER_BEAT),
+                                   started=engine.evaluator.started_at)
+            self._last_beat = now
+        else:
+            await self.store.apply(self.site_id, effects, now, pending)
         for alert, action, by, comment in effects.alerts:
             self._m_alerts.labels(action).inc()
             message = alert.message(action, now, by, comment)
@@ -337,18 +415,34 @@ class RulesService(Service):
                 topic, retain = topics.display(self.site_id, delivery.endpoint), True
             else:
                 topic, retain = topics.broadcast(self.site_id, delivery.endpoint), False
-            await self._publish(topic, m.encode(delivery.message), retain=retain)
+            self._send_soon(self._client, topic, m.encode(delivery.message), retain)
         for alert, team in effects.escalations:
             self._escalate(alert.message("escalated", now), team)
 
-    async def _publish(self, topic: str, payload: bytes, retain: bool = False) -> None:
-        """Publish now if connected; if not, the message is re-sent by its retry (displays,
-        broadcasts) or the caller's own retry (operation results)."""
-        client = self._client
+    def _send_soon(self, client: aiomqtt.Client | MqttLink | None, topic: str, payload: bytes,
+                   retain: bool = False) -> None:
+        """Publish without waiting for the broker's acknowledgement: a display message or
+        broadcast not confirmed by its endpoint is re-sent by the router (same id), an
+        operator result by the operator's retry. Tasks start in order, so messages to one
+        topic leave in order."""
         if client is None:
             return
-        with contextlib.suppress(aiomqtt.MqttError):
-            await client.publish(topic, payload, qos=1, retain=retain)
+        if len(self._sends) > 10_000:  # the broker does not keep up: the retries will
+            log.warning("%s: %d publishes outstanding; %s not sent now", self.name,
+                        len(self._sends), topic)
+            return
+        task = asyncio.get_running_loop().create_task(self._publish(client, topic, payload,
+                                                                    retain))
+        self._sends.add(task)
+        task.add_done_callback(self._sends.discard)
+
+    async def _publish(self, client: aiomqtt.Client | MqttLink, topic: str, payload: bytes,
+                       retain: bool) -> None:
+        with contextlib.suppress(aiomqtt.MqttError):  # LinkError is one too
+            if isinstance(client, MqttLink):
+                await client.publish(topic, payload, qos=1)
+            else:
+                await client.publish(topic, payload, qos=1, retain=retain)
 
     def _escalate(self, message: m.AlertMessage, team_id: str) -> None:
         team = self.rules.teams.get(team_id)
@@ -364,6 +458,14 @@ class RulesService(Service):
         self._webhooks.add(task)
         task.add_done_callback(self._webhooks.discard)
 
+
+
+def _bytes(payload: object) -> bytes:
+    if isinstance(payload, bytes):
+        return payload
+    if isinstance(payload, bytearray):
+        return bytes(payload)
+    return b"" if payload is None else str(payload).encode()
 
 
 def _digest(files: list[Path]) -> str:
