@@ -8,7 +8,6 @@ Payloads on the wire are JSON (UTF-8). Times are integer nanoseconds since the U
 from __future__ import annotations
 
 import base64
-import math
 import re
 from enum import StrEnum
 from functools import lru_cache
@@ -85,27 +84,49 @@ def _check_ts(ts: int, what: str = "ts") -> None:
 
 
 def _check_scalar(name: str, value: Scalar) -> None:
-    if isinstance(value, float) and not math.isfinite(value):
-        raise ContractError(f"value {name!r} is {value}, not a finite number")
-    if isinstance(value, str) and len(value) > MAX_STRING_VALUE:
+    if type(value) is float:
+        if value - value != 0.0:  # inf - inf and nan - nan are nan
+            raise ContractError(f"value {name!r} is {value}, not a finite number")
+    elif type(value) is str and len(value) > MAX_STRING_VALUE:
         raise ContractError(f"value {name!r} is longer than {MAX_STRING_VALUE} characters")
 
 
-def _check_values(values: dict[str, Scalar], reserved: frozenset[str]) -> None:
-    for name, value in values.items():
+@lru_cache(maxsize=8192)
+def _check_names(names: tuple[str, ...], reserved: frozenset[str]) -> None:
+    # A device sends the same set of names every time: check each set once.
+    for name in names:
         check_name(name, "value name")
         if name in reserved:
             raise ContractError(f"value name {name!r} is reserved")
+
+
+def _check_values(values: dict[str, Scalar], reserved: frozenset[str]) -> None:
+    _check_names(tuple(values), reserved)
+    for name, value in values.items():
         _check_scalar(name, value)
 
 
-def _check_tags(tags: dict[str, str]) -> None:
-    for key, value in tags.items():
+@lru_cache(maxsize=8192)
+def _check_tag_items(items: tuple[tuple[str, str], ...]) -> None:
+    for key, value in items:
         check_name(key, "tag name")
         if key in RESERVED_TAG_NAMES:
             raise ContractError(f"tag name {key!r} is reserved")
         if not value or len(value) > MAX_TAG_VALUE:
             raise ContractError(f"tag {key!r} must be 1..{MAX_TAG_VALUE} characters")
+
+
+def _check_tags(tags: dict[str, str]) -> None:
+    if tags:
+        _check_tag_items(tuple(tags.items()))
+
+
+@lru_cache(maxsize=65536)
+def _check_source(site: str, device: str, gateway: str) -> None:
+    check_id(site, "site")
+    check_id(device, "device")
+    if gateway:
+        check_id(gateway, "gateway")
 
 
 def _check_version(v: int) -> None:
@@ -130,17 +151,17 @@ class Reading(msgspec.Struct, frozen=True, kw_only=True):
     v: int = SCHEMA_VERSION
 
     def __post_init__(self) -> None:
-        _check_version(self.v)
-        check_id(self.site, "site")
-        check_id(self.device, "device")
-        if self.gateway:
-            check_id(self.gateway, "gateway")
-        _check_ts(self.ts)
+        # The hot path of every service: what repeats per device is checked once (cached).
+        if self.v != SCHEMA_VERSION:
+            _check_version(self.v)
+        _check_source(self.site, self.device, self.gateway)
+        if not MIN_TS <= self.ts <= MAX_TS:
+            _check_ts(self.ts)
         _check_values(self.values, RESERVED_VALUE_NAMES)
         _check_tags(self.tags)
-        for name in self.units:
-            if name not in self.values:
-                raise ContractError(f"unit given for {name!r}, which has no value")
+        if self.units and not self.units.keys() <= self.values.keys():
+            extra = sorted(self.units.keys() - self.values.keys())
+            raise ContractError(f"unit given for {extra[0]!r}, which has no value")
         if not self.values and self.quality is Quality.GOOD:
             raise ContractError("a good reading must carry at least one value")
 

@@ -49,6 +49,10 @@ class MqttLink(asyncio.Protocol):
         self._pong = True
         self._keepalive_task: asyncio.Task[None] | None = None
         self.session_present = False
+        # QoS 0 has no flow control: stop reading the socket when this many messages wait,
+        # so TCP pushes back on the broker and memory stays bounded.
+        self.high_water = 50_000
+        self._paused = False
 
     # --- opening and closing ------------------------------------------------------------
 
@@ -147,6 +151,9 @@ class MqttLink(asyncio.Protocol):
             del buffer[:offset]
         if self.incoming:
             self._arrived.set()
+            if len(self.incoming) > self.high_water and not self._paused and self.transport:
+                self.transport.pause_reading()
+                self._paused = True
 
     def _control(self, packet: object) -> None:
         if isinstance(packet, mqtt5.ConnAckPacket):
@@ -240,7 +247,11 @@ class MqttLink(asyncio.Protocol):
                 self.closed.result()
         incoming = self.incoming
         count = min(limit, len(incoming))
-        return [incoming.popleft() for _ in range(count)]
+        batch = [incoming.popleft() for _ in range(count)]
+        if self._paused and len(incoming) < self.high_water // 2 and self.transport:
+            self.transport.resume_reading()
+            self._paused = False
+        return batch
 
     async def _keepalive(self, interval: int) -> None:
         if interval <= 0:

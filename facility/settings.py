@@ -74,6 +74,7 @@ class IngestSettings(Section):
     shared_group: str = ""  # "$share/<group>/..." subscriptions when set
     batch_size: int = Field(default=5000, ge=1, le=100_000)
     batch_interval: float = Field(default=0.25, gt=0, le=60)
+    pipeline: int = Field(default=2, ge=1, le=16, description="batch writes in flight")
     receive_maximum: int = Field(default=20_000, ge=10, le=65_535)
     # 1: every message acknowledged after InfluxDB took it. 0: telemetry mode, for
     # throughput over certainty (nothing is redelivered after a crash).

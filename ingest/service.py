@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 
@@ -138,8 +139,26 @@ class Ingest(Service):
             self.ready.clear()
 
     async def _batches(self, link: MqttLink) -> None:
-        while True:
-            await self._one_batch(link)
+        """Collect, convert and write batches, a few writes in flight at once (InfluxDB
+        answers while the next batch is read), acknowledging them in arrival order."""
+        loop = asyncio.get_running_loop()
+        inflight: deque[tuple[asyncio.Task[None], list[Message], float]] = deque()
+        try:
+            while True:
+                batch = await self._collect(link)
+                self._m_received.inc(len(batch))
+                inflight.append((asyncio.create_task(self._store(link, batch)), batch,
+                                 loop.time()))
+                while inflight and (len(inflight) > self.options.pipeline
+                                    or inflight[0][0].done()):
+                    task, done, started = inflight.popleft()
+                    await task
+                    link.ack(done)
+                    self._m_batch.observe(loop.time() - started)
+        finally:
+            for task, _, _ in inflight:
+                task.cancel()
+            await asyncio.gather(*(t for t, _, _ in inflight), return_exceptions=True)
 
     async def _replay(self, link: MqttLink) -> None:
         """Write spooled batches back, oldest first, once InfluxDB takes them again."""
@@ -168,8 +187,8 @@ class Ingest(Service):
                 if lost > before.get(gateway, 0):
                     self._m_lost.labels(gateway).inc(lost - before.get(gateway, 0))
 
-    async def _one_batch(self, link: MqttLink) -> None:
-        """Collect up to batch_size messages or batch_interval seconds, write, then ack."""
+    async def _collect(self, link: MqttLink) -> list[Message]:
+        """Up to batch_size messages, or what came within batch_interval of the first."""
         loop = asyncio.get_running_loop()
         size = self.options.batch_size
         batch: list[Message] = []
@@ -182,11 +201,7 @@ class Ingest(Service):
             if deadline is None:
                 deadline = loop.time() + self.options.batch_interval
             batch.extend(got)
-        started = loop.time()
-        self._m_received.inc(len(batch))
-        await self._store(link, batch)
-        link.ack(batch)
-        self._m_batch.observe(loop.time() - started)
+        return batch
 
     async def _store(self, link: MqttLink, batch: list[Message]) -> None:
         assert self.writer is not None
