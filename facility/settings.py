@@ -62,6 +62,8 @@ class InfluxSettings(Section):
 
 
 class GatewaySettings(Section):
+    models_dir: Path = Path("models")  # register maps, one YAML per device model
+    vendors_dir: Path = Path("vendors")  # vendor MQTT mappings, one YAML per vendor
     spool_dir: Path = Path("var/spool")
     spool_memory_limit: int = Field(default=20_000, ge=100, description="messages in RAM")
     publish_window: int = Field(default=200, ge=1, description="unconfirmed QoS 1 publishes")

@@ -15,7 +15,6 @@ import logging
 import time
 from collections import defaultdict
 from collections.abc import Callable
-from pathlib import Path
 
 import aiomqtt
 import msgspec
@@ -37,13 +36,11 @@ from gateway.vendors import MappingError, VendorDecoder, VendorMapping, load_ven
 
 log = logging.getLogger(__name__)
 
-MODELS_DIR = REPO_ROOT / "config" / "models"
-VENDORS_DIR = REPO_ROOT / "config" / "vendors"
+VENDORS_DIR = REPO_ROOT / "config" / "vendors"  # the shipped vendor mappings
 
 
 class Gateway(Service, Sink):
     def __init__(self, settings: Settings, site: SiteConfig, gateway_id: str, *,
-                 models_dir: Path = MODELS_DIR, vendors_dir: Path = VENDORS_DIR,
                  clock_ns: Callable[[], int] = time.time_ns) -> None:
         super().__init__()
         self.name = f"gateway {gateway_id}"
@@ -77,9 +74,9 @@ class Gateway(Service, Sink):
         self.decoders: list[VendorDecoder] = []
         self.last_seen: dict[str, float] = {}
         if self.spec.kind is GatewayKind.MODBUS:
-            self._build_pollers(load_models(models_dir))
+            self._build_pollers(load_models(settings.resolve(settings.gateway.models_dir)))
         else:
-            self._build_decoders(load_vendors(vendors_dir))
+            self._build_decoders(load_vendors(settings.resolve(settings.gateway.vendors_dir)))
         self.outbox: Outbox | None = None
 
     # --- set-up -------------------------------------------------------------------------

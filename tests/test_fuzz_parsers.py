@@ -21,11 +21,12 @@ from facility.messages import ContractError
 from facility.settings import load_settings
 from facility.site import load_site
 from gateway.modbus.registermap import RegisterMap
-from gateway.service import MODELS_DIR, VENDORS_DIR
+from gateway.service import VENDORS_DIR
 from gateway.vendors import MappingError, VendorDecoder, VendorMapping, load_vendors
 from ingest.convert import Converter, Rejected
 from tests.conftest import REPO, SITE_FILE
 
+MODELS_DIR = REPO / "config" / "models"
 SITE = load_site(SITE_FILE)
 VENDORS = load_vendors(VENDORS_DIR)
 FAST = settings(max_examples=150, deadline=None,
