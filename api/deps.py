@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, get_args, get_origin
 
 from fastapi import Depends, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
@@ -90,26 +90,39 @@ async def known_query(request: Request) -> None:
     route = request.scope.get("route")
     if not isinstance(route, APIRoute):
         return
-    declared = _query_names(route.dependant)
+    declared = _query_params(route.dependant)
     errors: list[dict[str, Any]] = []
     ctx: Context | None = getattr(request.app.state, "ctx", None)
+    seen: set[str] = set()
     for name, value in request.query_params.multi_items():
         if name not in declared:
             errors.append({"type": "extra_forbidden", "loc": ("query", name),
                            "msg": "unknown query parameter", "input": value})
+        elif name in seen and not declared[name]:
+            errors.append({"type": "too_long", "loc": ("query", name),
+                           "msg": "given more than once; it takes one value", "input": value})
         elif name in SITE_NAMES and ctx is not None and value not in site_names(ctx.site, name):
             errors.append({"type": "enum", "loc": ("query", name),
                            "msg": f"no such {name} at this site", "input": value})
+        seen.add(name)
     if errors:
         raise RequestValidationError(errors)
 
 
-def _query_names(dependant: Any) -> set[str]:
-    """The query parameter names a route and its dependencies declare."""
-    names = {field.alias for field in dependant.query_params}
+def _query_params(dependant: Any) -> dict[str, bool]:
+    """The query parameters a route and its dependencies declare, and whether each takes
+    several values (a list)."""
+    found = {field.alias: _is_list(field.field_info.annotation)
+             for field in dependant.query_params}
     for sub in dependant.dependencies:
-        names |= _query_names(sub)
-    return names
+        found.update(_query_params(sub))
+    return found
+
+
+def _is_list(annotation: Any) -> bool:
+    if get_origin(annotation) in (list, set, tuple):
+        return True
+    return any(_is_list(arg) for arg in get_args(annotation) if arg is not type(None))
 
 
 def site_names(site: SiteConfig, kind: str) -> list[str]:

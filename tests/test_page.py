@@ -63,12 +63,13 @@ async def test_control_room_page(settings: Settings, tmp_path: Path) -> None:
             await page.evaluate("window.loadedOnce = 'yes'")  # gone if the page reloads
 
             # The plan fills with live data: most devices coloured by their state.
+            # Functions, not expressions: the page's CSP forbids eval, which expressions need.
             await page.wait_for_function(
-                "document.querySelectorAll('#plan .dev:not(.state-unknown)').length >= 50",
+                "() => document.querySelectorAll('#plan .dev:not(.state-unknown)').length >= 50",
                 timeout=60_000)
             await page.wait_for_function(
-                "document.querySelectorAll('#bollards .bollard:not(.b-unknown)').length === 42",
-                timeout=30_000)
+                "() => document.querySelectorAll('#bollards .bollard:not(.b-unknown)').length"
+                " === 42", timeout=30_000)
             await expect(page.locator("#water tr[data-device=wl-west-gate] td.num")) \
                 .to_contain_text("cm")
             await expect(page.locator("#displays tr[data-display=led-south-gate]")) \
