@@ -182,8 +182,8 @@ async function refreshEnergy() {
     const energy = await api("GET", "/api/energy/today");
     const body = $("energy").tBodies[0];
     body.replaceChildren(...energy.buildings.map((b) => el("tr", {},
-      el("td", {}, b.name), el("td", { class: "num" }, fmt(b.kwh, 1)),
-      el("td", { class: "num" }, fmt(b.kgce, 1)))));
+      el("td", {}, b.name), el("td", { class: "num" }, fmt(b.kwh, b.kwh < 10 ? 2 : 1)),
+      el("td", { class: "num" }, fmt(b.kgce, b.kgce < 10 ? 2 : 1)))));
     $("energy-formula").textContent = energy.formula;
   } catch (error) {
     $("energy-formula").textContent = explain(error);
