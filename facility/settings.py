@@ -23,6 +23,13 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG = REPO_ROOT / "config" / "facility.yaml"
 
 
+def http_url(value: str, example: str) -> str:
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"must look like {example}")
+    return value.rstrip("/")
+
+
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -55,10 +62,7 @@ class InfluxSettings(Section):
     @field_validator("url")
     @classmethod
     def _http(cls, value: str) -> str:
-        parts = urlsplit(value)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError("must look like http://host:8086")
-        return value.rstrip("/")
+        return http_url(value, "http://host:8086")
 
 
 class GatewaySettings(Section):
@@ -114,10 +118,7 @@ class GrafanaSettings(Section):
     @field_validator("url")
     @classmethod
     def _http(cls, value: str) -> str:
-        parts = urlsplit(value)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError("must look like http://host:3000")
-        return value.rstrip("/")
+        return http_url(value, "http://host:3000")
 
 
 class ReportSettings(Section):
