@@ -157,6 +157,10 @@ class Evaluator:
         self.tags_of = {s.id: s.tags for s in topology.sources.values()}
         self.scope = Scope(self.local, self.in_schedules)
         self.set_rules(rules)
+        # Every source's state is made now, not on its first reading: it lives as long as
+        # the engine, and made at start it is frozen with the rest (rules/service.py).
+        for source_id in topology.sources:
+            self._source(source_id)
 
     def set_rules(self, rules: RuleSet) -> None:
         old = getattr(self, "rules", None)
@@ -183,7 +187,7 @@ class Evaluator:
                 if compiled.rule.type == "threshold" and \
                         (before is None or before.revision != compiled.revision):
                     self.recheck.update((compiled.id, s) for s in compiled.sources
-                                        if s in self.data)
+                                        if self._reported(s))
 
     # --- instances ------------------------------------------------------------------
 
@@ -203,6 +207,17 @@ class Evaluator:
         self.by_rule.setdefault(inst.rule, {})[inst.source] = inst
         if inst.timing:
             self.timing.add(key)
+
+    def _source(self, source: str) -> SourceData:
+        data = self.data.get(source)
+        if data is None:
+            data = self.data[source] = SourceData()
+            data.fit(self.plans.get(source, Plan()))
+        return data
+
+    def _reported(self, source: str) -> bool:
+        data = self.data.get(source)
+        return data is not None and data.last_reading is not None
 
     def _forget(self, key: tuple[str, str]) -> None:
         self.instances.pop(key, None)
@@ -261,10 +276,7 @@ class Evaluator:
             if source not in self.topology.sources:
                 return []  # not a source of this site: nothing to judge, nothing kept
             plan = Plan()
-        data = self.data.get(source)
-        if data is None:
-            data = self.data[source] = SourceData()
-            data.fit(plan)
+        data = self._source(source)
         data.last_reading = now
         values = data.values
         incoming = reading.values
@@ -352,10 +364,7 @@ class Evaluator:
     def on_status(self, status: DeviceStatus, now: int) -> list[Signal]:
         if status.device not in self.topology.sources:
             return []
-        data = self.data.get(status.device)
-        if data is None:
-            data = self.data[status.device] = SourceData()
-            data.fit(self.plans.get(status.device, Plan()))
+        data = self._source(status.device)
         if data.status is not status.state:
             data.status = status.state
             data.status_since = min(now, status.ts) if status.ts > now - 86400 * NS else now
@@ -446,11 +455,20 @@ class Evaluator:
         ladder = self.ladders[compiled.id]
         key = (compiled.id, source)
         inst = self.instances.get(key)
-        if inst is None or len(inst.on) != len(ladder):
-            inst = self.instance(compiled, source)
         in_schedule = self.in_schedules(rule.schedule, now) if rule.schedule else True
         scope = self.scope.bind(self.data[source], self.tags_of.get(source, {}), rule.params,
                                 now)
+        if inst is None or len(inst.on) != len(ladder):
+            # A rule that has never held for this source has no state: none is made (and
+            # kept, stored, walked by the garbage collector) until one of its levels holds.
+            if not in_schedule:
+                return []
+            for step in ladder:
+                if _test(step.raise_, scope):
+                    break
+            else:
+                return []
+            inst = self.instance(compiled, source)
         on, pending, clearing = inst.on, inst.pending, inst.clearing
         if len(ladder) == 1 and in_schedule and not on[0] and pending[0] is None:
             # The common case, an idle one-level rule whose condition does not hold: no
@@ -590,10 +608,10 @@ class Evaluator:
         self.recheck = set()
         for compiled in self.clocked:
             if self._clock_moves(compiled, now):
-                keys |= {(compiled.id, s) for s in compiled.sources if s in self.data}
+                keys |= {(compiled.id, s) for s in compiled.sources if self._reported(s)}
         for rid, source in sorted(keys):
             found = self.rules.rules.get(rid)
-            if found is not None and found.rule.type == "threshold" and source in self.data:
+            if found is not None and found.rule.type == "threshold" and self._reported(source):
                 out += self._threshold(found, source, now)
         for compiled in self.absence:
             out += self._absence(compiled, now)
@@ -707,10 +725,7 @@ class Evaluator:
         for source in set(last_seen) | set(series):
             if source not in self.topology.sources:
                 continue
-            data = self.data.get(source)
-            if data is None:
-                data = self.data[source] = SourceData()
-                data.fit(self.plans.get(source, Plan()))
+            data = self._source(source)
             if last_seen.get(source):
                 data.last_reading = max(data.last_reading or 0, int(last_seen[source]))
             for name, samples in (series.get(source) or {}).items():

@@ -81,6 +81,13 @@ class Intake:
         self.dropped = 0  # dead letters the rate limit held back
         self._topics: dict[str, ParsedTopic | None] = {}
 
+    def warm(self, families: dict[str, str]) -> None:
+        """Parse the topics of the site's sources (id -> family) now, at start: their
+        entries then live as long as the service (and are frozen with it)."""
+        for source, family in families.items():
+            for kind in (Kind.TELEMETRY, Kind.STATUS, Kind.EVENT):
+                self.parse(f"{topics.PREFIX}/{self.site_id}/{kind.value}/{family}/{source}")
+
     def parse(self, topic: str) -> ParsedTopic | None:
         try:
             return self._topics[topic]
@@ -100,7 +107,8 @@ class Intake:
     def take(self, engine: Engine, topic: str, payload: bytes,
              now: int) -> tuple[Refusal | None, m.AlertOperation | None]:
         """Give the message to the engine. Returns a refusal (counted already), or an
-        operator action for the service to carry out, or neither."""
+        operator action for the service to carry out, or neither. `taken` counts what
+        was given, by kind."""
         where = self.parse(topic)
         if where is None:
             return self._refuse(topic, "topic", "not a canonical topic of this site", payload,

@@ -3,42 +3,61 @@ min_of(): each new sample updates running sums and monotonic queues, so a query 
 the same whether the window holds 3 samples or 2,000 (recomputing over every sample on
 every reading was a large share of the engine's time at high rates).
 
+Samples live in `array` buffers, not in deques of tuples: the garbage collector walks
+every element of a deque on each full collection, and a few thousand windows of a
+thousand samples made those pauses 20-90 ms under load. Arrays hold plain numbers it
+does not look into.
+
 A window holds the samples whose time is within `seconds` of the newest sample (the
 readings' own times, not the clock), at most MAX_SAMPLES of them.
 """
 
 from __future__ import annotations
 
+from array import array
 from collections import deque
 
 from rules.clock import NS
 
 MAX_SAMPLES = 2000  # per window: a bound on memory whatever the reporting rate
 MIN_SPAN = 60.0  # rate() needs samples spanning a quarter of min(window, this), s
+_MINUTE = 60 * NS
 
 
 class Window:
     """Samples of one value within `seconds` of the newest, with running aggregates."""
 
+    __slots__ = ("_first", "_highs", "_lows", "_n", "_next", "_origin", "_start", "_sx",
+                 "_sxx", "_sxy", "_sy", "_times", "_values", "seconds", "span_ns")
+
     def __init__(self, seconds: float) -> None:
         self.seconds = seconds
         self.span_ns = round(seconds * NS)
-        self.samples: deque[tuple[int, float]] = deque()
-        # (sequence number, value) of candidates: decreasing values, max first; increasing
-        # values, min first. Sequence numbers, not times: two samples may share a time.
-        self._highs: deque[tuple[int, float]] = deque()
-        self._lows: deque[tuple[int, float]] = deque()
-        self._first = 0  # sequence number of samples[0]
+        self._times = array("q")  # ns; live samples are [_start:]
+        self._values = array("d")
+        self._start = 0
+        # Sequence numbers of candidates for the maximum (values decreasing) and the
+        # minimum (increasing); numbers, not times: two samples may share a time.
+        self._highs: deque[int] = deque()
+        self._lows: deque[int] = deque()
+        self._first = 0  # sequence number of the oldest live sample
         self._next = 0  # sequence number of the next sample
         self._origin = 0  # ns; x of the sums is minutes since here (kept near the data)
         self._n = 0
         self._sx = self._sy = self._sxx = self._sxy = 0.0
 
+    def __len__(self) -> int:
+        return self._n
+
+    def _value(self, seq: int) -> float:
+        return self._values[self._start + seq - self._first]
+
     def add(self, ts: int, value: float) -> None:
-        if not self.samples or ts - self._origin > 4 * self.span_ns + 60 * NS:
+        if not self._n or ts - self._origin > 4 * self.span_ns + _MINUTE:
             self._rebase(ts)
-        self.samples.append((ts, value))
-        x = (ts - self._origin) / (60 * NS)
+        self._times.append(ts)
+        self._values.append(value)
+        x = (ts - self._origin) / _MINUTE
         self._n += 1
         self._sx += x
         self._sy += value
@@ -47,51 +66,56 @@ class Window:
         seq = self._next
         self._next += 1
         highs, lows = self._highs, self._lows
-        while highs and highs[-1][1] <= value:
+        while highs and self._value(highs[-1]) <= value:
             highs.pop()
-        highs.append((seq, value))
-        while lows and lows[-1][1] >= value:
+        highs.append(seq)
+        while lows and self._value(lows[-1]) >= value:
             lows.pop()
-        lows.append((seq, value))
+        lows.append(seq)
         oldest = ts - self.span_ns
-        samples = self.samples
-        while samples[0][0] < oldest or len(samples) > MAX_SAMPLES:
+        while self._times[self._start] < oldest or self._n > MAX_SAMPLES:
             self._drop()
+        if self._start > 1024 and self._start * 2 > len(self._times):
+            del self._times[:self._start]  # compact now and then: amortised O(1)
+            del self._values[:self._start]
+            self._start = 0
 
     def _drop(self) -> None:
-        ts, value = self.samples.popleft()
-        x = (ts - self._origin) / (60 * NS)
+        ts, value = self._times[self._start], self._values[self._start]
+        self._start += 1
+        x = (ts - self._origin) / _MINUTE
         self._n -= 1
         self._sx -= x
         self._sy -= value
         self._sxx -= x * x
         self._sxy -= x * value
-        if self._highs and self._highs[0][0] == self._first:
+        if self._highs and self._highs[0] == self._first:
             self._highs.popleft()
-        if self._lows and self._lows[0][0] == self._first:
+        if self._lows and self._lows[0] == self._first:
             self._lows.popleft()
         self._first += 1
 
     def _rebase(self, ts: int) -> None:
         """Move the origin of the sums to `ts` and recompute them (rounding stays small)."""
         self._origin = ts
-        self._n = 0
         self._sx = self._sy = self._sxx = self._sxy = 0.0
-        for t, v in self.samples:
-            x = (t - ts) / (60 * NS)
-            self._n += 1
+        for t, v in self.samples():
+            x = (t - ts) / _MINUTE
             self._sx += x
             self._sy += v
             self._sxx += x * x
             self._sxy += x * v
+
+    def samples(self) -> list[tuple[int, float]]:
+        start = self._start
+        return list(zip(self._times[start:], self._values[start:], strict=True))
 
     def rate(self) -> float | None:
         """Change per minute: the least-squares slope over the window's samples."""
         n = self._n
         if n < 2:
             return None
-        samples = self.samples
-        if samples[-1][0] - samples[0][0] < min(self.seconds, MIN_SPAN) * NS / 4:
+        if self._times[-1] - self._times[self._start] < min(self.seconds, MIN_SPAN) * NS / 4:
             return None
         var = self._sxx - self._sx * self._sx / n
         if var <= 1e-12:
@@ -99,20 +123,22 @@ class Window:
         return (self._sxy - self._sx * self._sy / n) / var
 
     def delta(self) -> float | None:
-        return self.samples[-1][1] - self.samples[0][1] if len(self.samples) >= 2 else None
+        return self._values[-1] - self._values[self._start] if self._n >= 2 else None
 
     def avg(self) -> float | None:
         return self._sy / self._n if self._n else None
 
     def max_of(self) -> float | None:
-        return self._highs[0][1] if self._highs else None
+        return self._value(self._highs[0]) if self._highs else None
 
     def min_of(self) -> float | None:
-        return self._lows[0][1] if self._lows else None
+        return self._value(self._lows[0]) if self._lows else None
 
 
 class Series:
     """One value of one source: the windows its rules ask for (a sample goes to each)."""
+
+    __slots__ = ("newest", "windows")
 
     def __init__(self) -> None:
         self.windows: dict[float, Window] = {}
@@ -123,7 +149,7 @@ class Series:
         if found is None:
             found = self.windows[seconds] = Window(seconds)
             longest = max(self.windows.values(), key=lambda w: w.seconds)
-            for ts, value in longest.samples:  # a new window starts from what is known
+            for ts, value in longest.samples():  # a new window starts from what is known
                 found.add(ts, value)
         return found
 
@@ -141,4 +167,4 @@ class Series:
         """The samples of the longest window (every shorter one is a tail of it)."""
         if not self.windows:
             return []
-        return list(max(self.windows.values(), key=lambda w: w.seconds).samples)
+        return max(self.windows.values(), key=lambda w: w.seconds).samples()
