@@ -3,20 +3,34 @@
 A DisplayPlayer subscribes to the site's display/{id} (retained) and broadcast/{zone}
 topics for its endpoints, "shows" or "announces" what arrives, and confirms on
 display-ack/{id}. It is idempotent by message id: a re-sent message is confirmed again
-(status `duplicate`) but never shown or announced twice. A small aiohttp page per screen
-renders what it shows (UTF-8), for the demo: http://host:port/ lists the screens.
-Endpoints can be made silent (no confirmation) to exercise retries and the silent alert.
+(status `duplicate`) but never shown or announced twice. With a journal file it stays so
+across its own restarts (a PA zone that reboots must not announce an evacuation again):
+every message taken is appended to the journal, which is read back at start. Its MQTT
+session is persistent, so what is published while it is away waits at the broker.
+A small aiohttp page per screen renders what it shows (UTF-8), for the demo:
+http://host:port/ lists the screens. Endpoints can be made silent (no confirmation) to
+exercise retries and the silent alert.
+
+As a process of its own (the outage tests and the benchmarks stop and kill it):
+
+    python -m simulators.display_player --config config/facility.yaml --journal var/screens.jsonl
 """
 
 from __future__ import annotations
 
+import argparse
+import asyncio
+import contextlib
 import html
+import json
 import logging
+import signal
 import time
-import uuid
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TextIO
 
 import aiomqtt
 from aiohttp import web
@@ -27,6 +41,7 @@ from facility.mqtt import make_client, run_connected
 from facility.service import Service
 from facility.settings import MqttSettings
 from facility.topics import Kind
+from rules.nodelay import no_delay
 
 log = logging.getLogger(__name__)
 SEEN_LIMIT = 2000  # message ids remembered per endpoint
@@ -48,8 +63,10 @@ class Screen:
 class DisplayPlayer(Service):
     def __init__(self, mqtt: MqttSettings, site_id: str, endpoints: list[tuple[str, str, str]],
                  *, http_host: str | None = None, http_port: int = 0,
-                 clock_ns: Callable[[], int] = time.time_ns) -> None:
-        """`endpoints`: (id, name, kind) of each endpoint to play; kind 'pa_zone' announces."""
+                 clock_ns: Callable[[], int] = time.time_ns, journal: Path | None = None,
+                 client_id: str | None = None) -> None:
+        """`endpoints`: (id, name, kind) of each endpoint to play; kind 'pa_zone' announces.
+        `journal`: a file that keeps what was shown across restarts."""
         super().__init__()
         self.name = f"display player {site_id}"
         self.mqtt = mqtt
@@ -61,6 +78,10 @@ class DisplayPlayer(Service):
         self.http_port = http_port
         self._runner: web.AppRunner | None = None
         self.url = ""
+        self.journal_path = journal
+        self._journal: TextIO | None = None
+        self.client_id = client_id or f"{mqtt.client_prefix}-displays-{site_id}"
+        self._acks: set[asyncio.Task[None]] = set()
 
     @classmethod
     def from_config(cls, mqtt: MqttSettings, site_id: str, config: object,
@@ -69,6 +90,9 @@ class DisplayPlayer(Service):
         return cls(mqtt, site_id, endpoints, **kwargs)  # type: ignore[arg-type]
 
     async def open(self) -> None:
+        if self.journal_path is not None:
+            self._read_journal(self.journal_path)
+            self._journal = self.journal_path.open("a", encoding="utf-8")
         if self.http_host is None:
             return
         app = web.Application()
@@ -84,16 +108,49 @@ class DisplayPlayer(Service):
         log.info("%s: screens at %s/", self.name, self.url)
 
     async def close(self) -> None:
+        for task in list(self._acks):
+            task.cancel()
+        await asyncio.gather(*self._acks, return_exceptions=True)
+        if self._journal is not None:
+            self._journal.close()
+            self._journal = None
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
 
+    def _read_journal(self, path: Path) -> None:
+        """What was taken before a restart: those ids are not shown or announced again."""
+        if not path.exists():
+            return
+        with path.open(encoding="utf-8") as lines:
+            for line in lines:
+                try:
+                    item = json.loads(line)
+                    screen = self.screens.get(item["endpoint"])
+                except (ValueError, KeyError, TypeError):
+                    continue  # a line cut short by a kill
+                if screen is not None:
+                    screen.seen[str(item["id"])] = None
+                    while len(screen.seen) > SEEN_LIMIT:
+                        screen.seen.popitem(last=False)
+
+    def _write_journal(self, endpoint_id: str, msg: m.DisplayMessage | m.Broadcast,
+                       new: bool) -> None:
+        if self._journal is None:
+            return
+        kind = "display" if isinstance(msg, m.DisplayMessage) else "broadcast"
+        self._journal.write(json.dumps({"endpoint": endpoint_id, "id": msg.id, "kind": kind,
+                                        "new": new, "ts": self.clock_ns()}) + "\n")
+        self._journal.flush()  # in the kernel's hands: a killed process loses nothing
+
     async def run(self) -> None:
-        client_id = f"{self.mqtt.client_prefix}-displays-{self.site_id}-{uuid.uuid4().hex[:6]}"
-        await run_connected(self.mqtt, lambda: make_client(self.mqtt, client_id),
+        # A persistent session: what is published while the player is away is kept for it.
+        await run_connected(self.mqtt, lambda: make_client(self.mqtt, self.client_id,
+                                                           session_expiry=3600),
                             self._session, name=self.name, on_disconnect=self.ready.clear)
 
     async def _session(self, client: aiomqtt.Client) -> None:
+        no_delay(client)
         await client.subscribe(topics.subscription(Kind.DISPLAY, self.site_id), qos=1)
         await client.subscribe(topics.subscription(Kind.BROADCAST, self.site_id), qos=1)
         self.ready.set()
@@ -112,9 +169,15 @@ class DisplayPlayer(Service):
                 log.warning("%s: ignored %s: %s", self.name, message.topic.value, exc)
                 continue
             ack = self.take(parsed.name, msg)
-            if ack is not None:
-                await client.publish(topics.display_ack(self.site_id, parsed.name),
-                                     m.encode(ack), qos=1)
+            if ack is not None:  # each screen confirms on its own: no waiting in line
+                task = asyncio.get_running_loop().create_task(self._confirm(
+                    client, topics.display_ack(self.site_id, parsed.name), m.encode(ack)))
+                self._acks.add(task)
+                task.add_done_callback(self._acks.discard)
+
+    async def _confirm(self, client: aiomqtt.Client, topic: str, payload: bytes) -> None:
+        with contextlib.suppress(aiomqtt.MqttError):  # unconfirmed: the engine re-sends
+            await client.publish(topic, payload, qos=1)
 
     def take(self, endpoint_id: str, msg: m.DisplayMessage | m.Broadcast) -> m.DisplayAck | None:
         """Show or announce once per message id; the confirmation to send, if any."""
@@ -124,6 +187,12 @@ class DisplayPlayer(Service):
         if msg.id in screen.seen:
             screen.duplicates += 1
             status = m.AckStatus.DUPLICATE
+            # A screen back from a restart shows its current content again (not a new
+            # showing); an older message re-sent late does not replace a newer one.
+            if isinstance(msg, m.DisplayMessage) and \
+                    (screen.current is None or msg.ts >= screen.current.ts):
+                screen.current = msg
+            self._write_journal(endpoint_id, msg, new=False)
         else:
             screen.seen[msg.id] = None
             while len(screen.seen) > SEEN_LIMIT:
@@ -134,6 +203,7 @@ class DisplayPlayer(Service):
             else:
                 screen.announced.append(msg)
                 log.info("%s: PA %s announces: %s", self.name, endpoint_id, msg.text)
+            self._write_journal(endpoint_id, msg, new=True)
             status = m.AckStatus.SHOWN
         if endpoint_id in self.silent:
             return None
@@ -194,3 +264,43 @@ def _html(title: str, body: str, refresh: int) -> web.Response:
     return web.Response(text=page, content_type="text/html", charset="utf-8")
 
 
+
+
+# --- as a process of its own ------------------------------------------------------------------
+
+async def _serve(args: argparse.Namespace) -> None:
+    from facility.settings import load_settings
+    from facility.site import load_site
+    from rules.endpoints import load_endpoints
+
+    settings = load_settings(args.config)
+    site = load_site(settings.site_path)
+    site_id = args.site or settings.rules.site or site.site.id
+    endpoints = load_endpoints(settings.resolve(settings.rules.endpoints_file), site)
+    player = DisplayPlayer.from_config(settings.mqtt, site_id, endpoints, journal=args.journal,
+                                       http_host=args.http_host, http_port=args.http_port)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    async with player:
+        await player.wait_ready()
+        print(f"screens of {site_id} ready", flush=True)
+        await stop.wait()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m simulators.display_player",
+                                     description="The simulated screens and PA zones")
+    parser.add_argument("--config", type=Path, default=None, help="settings file")
+    parser.add_argument("--site", default="", help="site id (default: the settings' site)")
+    parser.add_argument("--journal", type=Path, default=None,
+                        help="file that keeps what was shown across restarts")
+    parser.add_argument("--http-host", default=None, help="serve the screens' pages here")
+    parser.add_argument("--http-port", type=int, default=0)
+    logging.basicConfig(level=logging.WARNING)
+    asyncio.run(_serve(parser.parse_args(argv)))
+
+
+if __name__ == "__main__":
+    main()
