@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import logging
 import secrets
+import time
 from collections.abc import AsyncIterator, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,12 +28,15 @@ from facility.metrics import Metrics
 from facility.settings import Settings
 from facility.site import SiteConfig
 from facility.topics import Kind, ParsedTopic
+from rules.alerts import Alert
 from rules.endpoints import EndpointConfig, load_endpoints
 from rules.service import site_for
 from rules.store import AlertStore
 from rules.topology import Topology
 
 log = logging.getLogger(__name__)
+
+OPEN_ALERTS_SECONDS = 0.5
 
 
 class ApiMetrics:
@@ -75,6 +79,18 @@ class Context:
     workers: list[asyncio.Task[None]] = field(default_factory=list)
     acks: asyncio.Queue[tuple[str, m.DisplayAck]] = field(
         default_factory=lambda: asyncio.Queue(10_000))
+    plans: dict[str, Any] = field(default_factory=dict)  # device -> plan point, never changes
+    device_json: dict[str, tuple[Any, ...]] = field(default_factory=dict)  # see routes.campus
+    _open: tuple[float, list[Alert]] | None = None
+
+    async def open_alerts(self) -> list[Alert]:
+        """Open alerts from the store. An alert message from the rules engine makes the
+        next call read again; meanwhile one read serves a burst of requests (<= 0.5 s)."""
+        now = time.monotonic()
+        if self._open is None or now - self._open[0] > OPEN_ALERTS_SECONDS:
+            self._open = (now, await self.alerts.alerts(self.site_id, open_only=True,
+                                                        limit=5000))
+        return self._open[1]
 
     # --- from the broker -------------------------------------------------------------
 
@@ -102,6 +118,7 @@ class Context:
                        event.family.value)
         elif kind is Kind.ALERT:
             alert = m.decode(payload, m.AlertMessage)
+            self._open = None
             self._live("alert", m.to_builtins(alert), [alert.zone], alert.family)
         elif kind is Kind.DISPLAY:
             message = m.decode(payload, m.DisplayMessage)

@@ -121,9 +121,13 @@ def _user(r: Any) -> User:
                 password_version=r.password_version)
 
 
+USER_CACHE_SECONDS = 1.0
+
+
 class ApiStore:
     def __init__(self, engine: AsyncEngine) -> None:
         self.db = engine
+        self._users: dict[str, tuple[float, User | None]] = {}
 
     @classmethod
     async def open(cls, url: str) -> ApiStore:
@@ -149,8 +153,18 @@ class ApiStore:
     # --- users ----------------------------------------------------------------------
 
     async def user(self, username: str) -> User | None:
+        """The user as stored. Every request asks; a second-old copy serves a burst of
+        requests, and a change made through this store is seen at once."""
+        now = time.monotonic()
+        cached = self._users.get(username)
+        if cached is not None and now - cached[0] < USER_CACHE_SECONDS:
+            return cached[1]
         row = await self._user_row(username)
-        return _user(row) if row else None
+        user = _user(row) if row else None
+        if len(self._users) > 10_000:
+            self._users.clear()
+        self._users[username] = (now, user)
+        return user
 
     async def password_hash(self, username: str) -> str | None:
         row = await self._user_row(username)
@@ -202,9 +216,11 @@ class ApiStore:
             values["password_hash"] = password_hash
             # Tokens name the password version: a new password ends every old login.
             values["password_version"] = users_t.c.password_version + 1
+        self._users.pop(username, None)
         async with self.db.begin() as conn:
             done = await conn.execute(users_t.update().where(
                 users_t.c.username == username).values(**values))
+        self._users.pop(username, None)
         if done.rowcount == 0:
             return None
         return await self.user(username)

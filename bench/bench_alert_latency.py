@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import mqtt5
 import msgspec
 
@@ -44,6 +45,7 @@ from bench.campus_load import (
 from bench.common import Figure, figure, servers
 from facility import messages as m
 from facility import topics
+from facility.localservers import free_port
 from facility.mqtt import make_client
 from facility.mqttlink import MqttLink
 from facility.settings import MqttSettings, load_settings
@@ -286,6 +288,28 @@ async def fire_trials(probe: Probe, mqtt: MqttSettings, readings: Readings,
     return done
 
 
+async def step_buckets(url: str) -> dict[float, float]:
+    """The engine's own histogram of urgent steps on the telemetry link: bound -> count."""
+    async with aiohttp.ClientSession() as http, http.get(url) as reply:
+        text = await reply.text()
+    out: dict[float, float] = {}
+    for line in text.splitlines():
+        if line.startswith("facility_rules_urgent_step_seconds_bucket") and \
+                'link="telemetry"' in line:
+            bound = line.split('le="')[1].split('"')[0]
+            out[float(bound)] = float(line.rsplit(" ", 1)[1])
+    return out
+
+
+def bucket_quantile(buckets: dict[float, float], q: float) -> float:
+    """The smallest bucket bound (ms) below which a share q of the observations lies."""
+    total = buckets.get(float("inf"), 0.0)
+    for bound in sorted(buckets):
+        if total and buckets[bound] >= q * total:
+            return bound * 1000
+    return float("nan")
+
+
 def percentiles(values: list[float]) -> tuple[float, float, float]:
     ordered = sorted(values)
     p99 = ordered[min(len(ordered) - 1, round(0.99 * (len(ordered) - 1)))]
@@ -335,13 +359,16 @@ async def run(quick: bool) -> list[Figure]:
             player = await start(folder, "player", "-m", "simulators.display_player",
                                  "--config", str(config))
             processes.append(player)
+            metrics_url = f"http://127.0.0.1:{free_port()}/metrics"
             rules = await start(folder, "rules", "-m", "facility", "--config", str(config),
-                                "--log-level", "WARNING", "rules", "run")
+                                "--log-level", "WARNING", "rules", "run", "--metrics",
+                                metrics_url.split("//")[1].split("/")[0])
             processes.append(rules)
             await probe.until("the rules engine's normal content on every screen",
                               lambda: all(probe.shown.get(s) == "normal" for s in screens),
                               timeout=120)
             idle = await fire_trials(probe, settings.mqtt, readings, detectors, idle_trials)
+            steps_idle = await step_buckets(metrics_url)
 
             status = folder / "load.status"
             load = await start(folder, "load", "-m", "bench.bench_alert_latency", "load",
@@ -355,6 +382,7 @@ async def run(quick: bool) -> list[Figure]:
             t0 = time.monotonic()
             loaded = await fire_trials(probe, settings.mqtt, readings, detectors, load_trials)
             seconds = time.monotonic() - t0
+            steps_loaded = await step_buckets(metrics_url)
             load_end = status.read_text().split()
             cpu = {pid: (cpu_seconds(pid) - before[pid]) / seconds * 100 for pid in before}
             if load.returncode is not None:
@@ -381,7 +409,14 @@ async def run(quick: bool) -> list[Figure]:
                  f"{cpu[load.pid]:.0f}%, screens {cpu[player.pid]:.0f}% of one core")
     trials = idle + loaded
     complete = sum(1 for t in trials if t.confirmed and t.alert)
+    loaded_steps = {le: n - steps_idle.get(le, 0) for le, n in steps_loaded.items()}
     return [
+        figure("inside the engine, idle: batch taken -> stored and handed to MQTT, p99 <=",
+               bucket_quantile(steps_idle, 0.99), "ms",
+               note="histogram bucket bound (facility_rules_urgent_step_seconds)"),
+        figure("inside the engine, loaded: batch taken -> stored and handed to MQTT, p99 <=",
+               bucket_quantile(loaded_steps, 0.99), "ms",
+               note="histogram bucket bound (facility_rules_urgent_step_seconds)"),
         *trial_figures(f"idle ({len(idle)} fires)", idle, "no background load", False),
         *trial_figures(f"loaded ({len(loaded)} fires)", loaded, load_note, True),
         figure("background readings per second during the loaded trials", rate, "/s",

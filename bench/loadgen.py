@@ -94,7 +94,8 @@ def main() -> int:
     parser.add_argument("--devices", type=int, default=1000)
     parser.add_argument("--qos", type=int, default=1)
     parser.add_argument("--window", type=int, default=20000)
-    parser.add_argument("--rate", type=float, default=0.0, help="messages/s; 0 = as fast as possible")
+    parser.add_argument("--rate", type=float, default=0.0,
+                        help="messages/s; 0 = as fast as possible")
     parser.add_argument("--first-seq", type=int, default=1)
     parser.add_argument("--start-ns", type=int, default=0)
     args = parser.parse_args()

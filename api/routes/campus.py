@@ -6,6 +6,7 @@ import time
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, HTTPException, Query
+from fastapi.responses import Response
 
 from api.deps import Ctx, CurrentUser, IsoTime, problems, to_ns
 from api.devices import Latest
@@ -56,13 +57,17 @@ async def site(_: CurrentUser, ctx: Ctx) -> SiteView:
 
 
 def _plan(ctx: Ctx, source: Source) -> PlanPoint | None:
+    if source.id in ctx.plans:
+        cached: PlanPoint | None = ctx.plans[source.id]
+        return cached
     device_id = source.parent if source.tags.get("controller") else source.id
     device = next((d for d in ctx.site.devices if d.id == device_id), None)
     point = device.plan if device and device.plan else None
     if point is None:
         place = ctx.topology.places.get(source.place)
         point = place.plan if place else None
-    return PlanPoint(x=point.x, y=point.y) if point else None
+    ctx.plans[source.id] = plan = PlanPoint(x=point.x, y=point.y) if point else None
+    return plan
 
 
 def _latest(latest: Latest | None) -> LatestValues | None:
@@ -92,7 +97,7 @@ def device_view(ctx: Ctx, source: Source, alerts: list[Alert]) -> DeviceView:
 
 async def _open_alerts(ctx: Ctx) -> dict[str, list[Alert]]:
     by_source: dict[str, list[Alert]] = {}
-    for alert in await ctx.alerts.alerts(ctx.site_id, open_only=True, limit=5000):
+    for alert in await ctx.open_alerts():
         by_source.setdefault(alert.source, []).append(alert)
     return by_source
 
@@ -103,11 +108,29 @@ async def _open_alerts(ctx: Ctx) -> dict[str, list[Alert]]:
 async def devices(_: CurrentUser, ctx: Ctx,
                   family: Annotated[list[str] | None, Query()] = None,
                   zone: Annotated[list[str] | None, Query()] = None,
-                  place: Annotated[list[str] | None, Query()] = None) -> list[DeviceView]:
+                  place: Annotated[list[str] | None, Query()] = None) -> Response:
+    # The wall screen asks every few seconds from many desks: each device's JSON is kept
+    # until its reading, status or alerts change, and the list is joined from those.
     alerts = await _open_alerts(ctx)
-    return [device_view(ctx, s, alerts.get(s.id, [])) for s in ctx.devices.devices()
-            if (not family or s.family in family) and (not zone or s.zone in zone)
-            and (not place or s.place in place)]
+    parts = [_device_json(ctx, s, alerts.get(s.id, [])) for s in ctx.devices.devices()
+             if (not family or s.family in family) and (not zone or s.zone in zone)
+             and (not place or s.place in place)]
+    return Response(b"[" + b",".join(parts) + b"]", media_type="application/json")
+
+
+def _device_json(ctx: Ctx, source: Source, alerts: list[Alert]) -> bytes:
+    latest = ctx.devices.latest.get(source.id)
+    status = ctx.devices.status.get(source.id)
+    online = ctx.devices.online(source)
+    marks = tuple((a.id, a.state, a.annunciated, a.severity) for a in alerts)
+    cached = ctx.device_json.get(source.id)
+    if cached is not None and cached[0] is latest and cached[1] is status \
+            and cached[2] == (online, marks):
+        kept: bytes = cached[3]
+        return kept
+    body = device_view(ctx, source, alerts).model_dump_json().encode()
+    ctx.device_json[source.id] = (latest, status, (online, marks), body)
+    return body
 
 
 def _source(ctx: Ctx, device_id: str) -> Source:
