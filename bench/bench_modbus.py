@@ -72,7 +72,7 @@ def lateness(times: dict[str, list[int]]) -> list[float]:
 
 async def run(quick: bool = False) -> list[Figure]:
     seconds = 15 if quick else 60
-    farm = subprocess.Popen(  # noqa: ASYNC220 (started once, killed at the end)
+    farm = subprocess.Popen(
         [sys.executable, "-m", "bench.modbus_farm", "--hosts", str(HOSTS), "--units",
          str(UNITS)], cwd=REPO, stdout=subprocess.PIPE, text=True)
     try:
