@@ -136,6 +136,17 @@ async def running(campus: Campus) -> AsyncIterator[Campus]:
             campus.rules = None
 
 
+@contextlib.asynccontextmanager
+async def rules_only(campus: Campus) -> AsyncIterator[Campus]:
+    """The rules service alone (the screens are elsewhere: another process, or none)."""
+    rules = campus.service()
+    async with rules:
+        campus.rules = rules
+        await rules.wait_ready()
+        yield campus
+        campus.rules = None
+
+
 async def until(what: str, check: Any, timeout: float = 30) -> None:
     async def probe() -> bool:
         return bool(check())
