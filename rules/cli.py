@@ -29,6 +29,8 @@ def register(sub: Any) -> None:
     r = rs.add_parser("run", help="run the rules engine for the site")
     r.add_argument("--displays", action="store_true",
                    help="also run the simulated screens and PA zones (pages on display_port)")
+    r.add_argument("--metrics", metavar="HOST:PORT", default="",
+                   help="serve Prometheus metrics (/metrics, /healthz) here, e.g. 127.0.0.1:9108")
     r.set_defaults(func=cmd_run)
     r = rs.add_parser("check", help="validate rule files and endpoints; list the rules")
     r.set_defaults(func=cmd_check)
@@ -90,6 +92,13 @@ async def cmd_run(args: argparse.Namespace, settings: Settings, site: SiteConfig
             await stack.enter_async_context(svc)
         from facility.settings import redact_url
 
+        if args.metrics:
+            from facility.metrics import serve_metrics
+
+            host, _, port = args.metrics.rpartition(":")
+            runner = await serve_metrics([rules.metrics], host or "127.0.0.1", int(port),
+                                         healthy=lambda: rules.failed is None)
+            stack.push_async_callback(runner.cleanup)
         print(f"rules engine for {rules.site_id}: {len(rules.rules.rules)} rules, "
               f"{len(rules.endpoints.endpoints)} endpoints, state in "
               f"{redact_url(rules.state_url)}", flush=True)

@@ -9,8 +9,10 @@ and the service share the same code path and a restart restores it from the stor
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
+
+import msgspec
 
 from facility.messages import (
     AckStatus,
@@ -99,6 +101,12 @@ def with_builtin_rules(rules: RuleSet, endpoints: EndpointConfig) -> RuleSet:
                    rules.teams, rules.inhibit, rules.files, rules.digest)
 
 
+def urgent_sources(rules: RuleSet) -> frozenset[str]:
+    """Sources whose readings can put something on a screen or the PA: the service takes
+    their readings before the others of a batch."""
+    return frozenset(s for c in rules.rules.values() if c.rule.notify for s in c.sources)
+
+
 class Engine:
     def __init__(self, topology: Topology, rules: RuleSet, endpoints: EndpointConfig, *,
                  now: int, chatter: ChatterPolicy | None = None, incident_hold: float = 30.0,
@@ -110,6 +118,7 @@ class Engine:
         self.evaluator = Evaluator(self.rules, topology, now)
         self.book = AlertBook(self.site, topology, self.rules, chatter, incident_hold)
         self.router = Router(self.site, endpoints, self.rules)
+        self.urgent_sources = urgent_sources(self.rules)
         self.cap_sender = cap_sender or f"facility-rules@{self.site}"
         self.cap_status = cap_status
         self.caps: list[tuple[str, str, int, str]] = []
@@ -164,6 +173,7 @@ class Engine:
         self.evaluator.set_rules(self.rules)
         self.book.rules = self.rules
         self.router.rules = self.rules
+        self.urgent_sources = urgent_sources(self.rules)
 
     # --- inputs ---------------------------------------------------------------------
 
@@ -370,7 +380,7 @@ class Engine:
                     or self.caps or self.book.escalations)
 
     def pending_payloads(self) -> list[dict[str, Any]]:
-        return [asdict(p) for p in self.router.pending.values()]
+        return [msgspec.to_builtins(p) for p in self.router.pending.values()]
 
     def annunciated(self) -> list[Alert]:
         return [a for a in self.book.open.values() if a.annunciated]

@@ -709,15 +709,17 @@ class Evaluator:
         return {s: d.last_reading for s, d in self.data.items() if d.last_reading}
 
     def series_slice(self, limit: int) -> dict[str, dict[str, list[tuple[int, float]]]]:
-        """Window samples of up to `limit` sources that took samples since they were last
-        given out: the store gets them a slice at a time (every source every few
-        heartbeats), so no heartbeat writes megabytes while alerts wait."""
+        """Window samples of sources that took samples since they were last given out, up
+        to `limit` samples in all: the store gets them a slice at a time (every source
+        every few heartbeats), so no heartbeat writes megabytes while alerts wait."""
         out: dict[str, dict[str, list[tuple[int, float]]]] = {}
-        while self.series_dirty and len(out) < limit:
+        taken = 0
+        while self.series_dirty and taken < limit:
             source = self.series_dirty.pop()
             data = self.data.get(source)
             if data is not None and data.series:
                 out[source] = {name: series.samples() for name, series in data.series.items()}
+                taken += sum(len(samples) for samples in out[source].values())
         return out
 
     def restore_seen(self, last_seen: dict[str, int],
