@@ -16,6 +16,8 @@ import hashlib
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import msgspec
+
 from facility.messages import SEVERITY_RANK, AlertMessage, AlertState, Scalar, Severity
 from rules.clock import NS
 from rules.config import RuleSet, render
@@ -95,7 +97,7 @@ class Alert:
             category=self.category)
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        return msgspec.to_builtins(self)  # type: ignore[no-any-return]
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Alert:
@@ -151,7 +153,7 @@ class Incident:
     updated_at: int = 0
 
     def to_json(self) -> dict[str, Any]:
-        data = asdict(self)
+        data: dict[str, Any] = msgspec.to_builtins(self)
         data.pop("cap_xml")
         return data
 
