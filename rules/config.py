@@ -408,12 +408,26 @@ def _describe(path: Path, data: Any, error: pydantic.ValidationError) -> str:
             if rest and rest[0] in {"threshold", "event", "absence", "command", "correlation"}:
                 rest = rest[1:]  # the discriminator's tag, not a field
             rest = [("raise" if p == "raise_" else "for" if p == "for_" else p) for p in rest]
-            fld = ".".join(str(p) for p in rest)
-            lines.append(f"{where}: field '{fld}': {msg}" if fld else f"{where}: {msg}")
+            fld = ".".join(_part(p) for p in rest)
+            lines.append(f"{where}: field '{fld}': {_line(msg)}" if fld
+                         else f"{where}: {_line(msg)}")
         else:
-            fld = ".".join(str(p) for p in loc)
-            lines.append(f"{path}: field '{fld}': {msg}" if fld else f"{path}: {msg}")
+            fld = ".".join(_part(p) for p in loc)
+            lines.append(f"{path}: field '{fld}': {_line(msg)}" if fld
+                         else f"{path}: {_line(msg)}")
     return "\n".join(lines)
+
+
+def _part(part: Any) -> str:
+    """A field path element as written, or quoted when it holds odd characters (a key
+    with a line break must not break the one-line-per-error message)."""
+    text = str(part)
+    return text if text.isprintable() and text.strip() == text and text else repr(text)
+
+
+def _line(text: str) -> str:
+    """One error, one line: YAML parser messages span several."""
+    return " | ".join(line.strip() for line in text.splitlines() if line.strip())
 
 
 def read_rule_file(path: Path) -> tuple[RuleFile, Any]:
@@ -442,7 +456,7 @@ def load_rules(paths: Iterable[Path], topology: Topology, endpoints: EndpointCon
         try:
             parsed, raw = read_rule_file(path)
         except ConfigError as exc:
-            errors.append(str(exc))
+            errors.append(_line(str(exc)))
             continue
         digest.update(path.read_bytes())
         files.append((path, parsed, raw))
