@@ -138,6 +138,7 @@ async def run_load(config: Path, rate: float, skip: set[str], status: Path) -> N
                   "tags": d.tags, "gateway": "gw-load", "v": 1} for d in devices]
     encode = msgspec.json.Encoder().encode
     link = await CountingLink.open(settings.mqtt, f"bench-load-{uuid.uuid4().hex[:6]}")
+    assert isinstance(link, CountingLink)
     assert link.transport is not None
     sent = 0
     started = time.monotonic()
