@@ -340,9 +340,6 @@ class RulesService(Service):
         assert self.engine is not None
         self.received += 1
         refusal, op = self.intake.take(self.engine, topic, payload, now)
-        where = self.intake.parse(topic)
-        if where is not None:
-            self._m_inputs.labels(where.kind.value).inc()
         if refusal is not None:
             self._m_refused.labels(refusal.reason).inc()
             if refusal.letter:
