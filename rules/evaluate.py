@@ -708,18 +708,19 @@ class Evaluator:
         reset no-data timers."""
         return {s: d.last_reading for s, d in self.data.items() if d.last_reading}
 
-    def series_slice(self, limit: int) -> dict[str, dict[str, list[tuple[int, float]]]]:
-        """Window samples of sources that took samples since they were last given out, up
-        to `limit` samples in all: the store gets them a slice at a time (every source
-        every few heartbeats), so no heartbeat writes megabytes while alerts wait."""
-        out: dict[str, dict[str, list[tuple[int, float]]]] = {}
+    def series_slice(self, limit: int) -> dict[str, dict[str, dict[str, str]]]:
+        """Window samples (Series.dump) of sources that took samples since they were last
+        given out, up to about `limit` samples in all: the store gets them a slice at a
+        time, so no heartbeat writes megabytes while alerts wait."""
+        out: dict[str, dict[str, dict[str, str]]] = {}
         taken = 0
         while self.series_dirty and taken < limit:
             source = self.series_dirty.pop()
             data = self.data.get(source)
             if data is not None and data.series:
-                out[source] = {name: series.samples() for name, series in data.series.items()}
-                taken += sum(len(samples) for samples in out[source].values())
+                out[source] = {name: series.dump() for name, series in data.series.items()}
+                taken += sum(len(s.windows[max(s.windows)]) for s in data.series.values()
+                             if s.windows)
         return out
 
     def restore_seen(self, last_seen: dict[str, int],
@@ -730,8 +731,7 @@ class Evaluator:
             data = self._source(source)
             if last_seen.get(source):
                 data.last_reading = max(data.last_reading or 0, int(last_seen[source]))
-            for name, samples in (series.get(source) or {}).items():
+            for name, dumped in (series.get(source) or {}).items():
                 kept = data.series.get(name)
-                if kept is not None and not kept.newest:
-                    for ts, value in samples:
-                        kept.add(int(ts), float(value))
+                if kept is not None and not kept.newest and isinstance(dumped, dict):
+                    kept.load(dumped)
