@@ -19,7 +19,6 @@ Messages that do not fit are counted and dead-lettered or ignored (rules/intake.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import gc
 import logging
 import time
@@ -37,8 +36,7 @@ from facility import messages as m
 from facility import topics
 from facility.configfile import ConfigError
 from facility.metrics import Metrics
-from facility.mqtt import ManualAck, make_client, run_connected
-from facility.mqttlink import MqttLink, connector
+from facility.mqtt import run_connected
 from facility.outbox import Outbox
 from facility.service import Service
 from facility.settings import Settings
@@ -50,7 +48,7 @@ from rules.config import RuleSet, load_rules, rule_files
 from rules.endpoints import EndpointConfig, load_endpoints
 from rules.engine import Effects, Engine
 from rules.intake import OPS_FAMILY, Intake, Refusal
-from rules.nodelay import no_delay
+from rules.link import Link, connector
 from rules.notify import WebhookNotifier, deliver
 from rules.store import AlertStore
 from rules.topology import Topology
@@ -58,9 +56,11 @@ from rules.topology import Topology
 log = logging.getLogger(__name__)
 
 PRIORITY_BATCH = 100  # messages per turn on the alerts connection
+PRIORITY_INFLIGHT = 500  # unacknowledged messages the broker may send ahead on it
 BULK_BATCH = 500  # readings per batch (acknowledged together after their commit)
 BULK_CHUNK = 50  # readings handled per turn of the engine lock (about a millisecond)
 BULK_INFLIGHT = 5000  # unacknowledged readings the broker may send ahead
+COALESCE = 0.002  # s a batch of readings that cannot move a screen waits for more
 BEAT = 10 * NS  # heartbeat: last-seen times and a slice of the windows go to the store
 SERIES_PER_BEAT = 100_000  # window samples one heartbeat stores (1.6 MB, copied as arrays)
 CHECKPOINT_EVERY = 5.0  # s between SQLite checkpoints (off the loop; a no-op elsewhere)
@@ -111,8 +111,8 @@ class RulesService(Service):
         self.outbox: Outbox | None = None
         self.http: aiohttp.ClientSession | None = None
         self._lock = asyncio.Lock()
-        self._client: aiomqtt.Client | None = None  # the alerts connection: publishes too
-        self._bulk: MqttLink | None = None  # the telemetry connection
+        self._client: Link | None = None  # the alerts connection: publishes too
+        self._bulk: Link | None = None  # the telemetry connection
         self._links: set[str] = set()  # connections up and subscribed
         self._last_beat = 0
         self.received = 0
@@ -122,7 +122,6 @@ class RulesService(Service):
         self.reloads = 0
         self.reload_error = ""
         self._webhooks: set[asyncio.Task[Any]] = set()
-        self._sends: set[asyncio.Task[Any]] = set()
         self.metrics = Metrics("rules")
         self._m_inputs = self.metrics.counter("inputs_total", "Messages taken in", ("kind",))
         self._m_inputs_seen: dict[str, int] = {}  # what the intake counted at the last beat
@@ -164,9 +163,9 @@ class RulesService(Service):
 
     async def close(self) -> None:
         gc.unfreeze()
-        for task in list(self._webhooks) + list(self._sends):
+        for task in list(self._webhooks):
             task.cancel()
-        await asyncio.gather(*self._webhooks, *self._sends, return_exceptions=True)
+        await asyncio.gather(*self._webhooks, return_exceptions=True)
         if self.engine is not None and self.store is not None and self.outbox is not None:
             # The last heartbeat: last-seen times (and windows) as of now, so a restart
             # goes on from here. Alert messages go to the outbox's spool, sends wait for
@@ -188,8 +187,10 @@ class RulesService(Service):
     async def run(self) -> None:
         mqtt = self.settings.mqtt
         async with asyncio.TaskGroup() as tg:
-            tg.create_task(run_connected(mqtt, self._priority_client, self._priority_session,
-                                         name=f"{self.name} alerts",
+            tg.create_task(run_connected(mqtt, connector(mqtt, self.client_id,
+                                                         session_expiry=24 * 3600,
+                                                         receive_maximum=PRIORITY_INFLIGHT),
+                                         self._priority_session, name=f"{self.name} alerts",
                                          on_disconnect=self._priority_lost),
                            name=f"{self.name} alerts link")
             tg.create_task(run_connected(mqtt, connector(mqtt, self.bulk_client_id,
@@ -201,11 +202,6 @@ class RulesService(Service):
             tg.create_task(self._ticker(), name=f"{self.name} ticker")
             tg.create_task(self._checkpoints(), name=f"{self.name} checkpoints")
             tg.create_task(self._watch_files(), name=f"{self.name} reload")
-
-    def _priority_client(self) -> aiomqtt.Client:
-        return ManualAck.enable(make_client(self.settings.mqtt, self.client_id,
-                                            session_expiry=24 * 3600, receive_maximum=500,
-                                            max_inflight=self.settings.gateway.publish_window))
 
     def _link_up(self, link: str) -> None:
         self._links.add(link)
@@ -239,46 +235,59 @@ class RulesService(Service):
     def filters(self) -> list[str]:
         return self.bulk_filters() + self.priority_filters()
 
-    async def _priority_session(self, client: aiomqtt.Client) -> None:
+    async def _priority_session(self, link: Link) -> None:
         assert self.outbox is not None
-        no_delay(client)
-        acker = ManualAck(client)
-        for flt in self.priority_filters():
-            await client.subscribe(flt, qos=1)
-        for flt in self.bulk_filters():  # a session from before the split may hold it
-            await client.unsubscribe(flt)
-        self._client = client
+        await link.subscribe(self.priority_filters(), qos=1)
+        await link.unsubscribe(self.bulk_filters())  # a session from before the split
+        self._client = link
         self._link_up("alerts")
         try:
             async with asyncio.TaskGroup() as tg:
-                tg.create_task(self.outbox.drain(client), name=f"{self.name} outbox")
-                tg.create_task(self._receive(acker), name=f"{self.name} receive alerts")
+                # The outbox only calls publish(topic, payload, qos=...), which Link has.
+                tg.create_task(self.outbox.drain(link),  # type: ignore[arg-type]
+                               name=f"{self.name} outbox")
+                tg.create_task(self._receive(link), name=f"{self.name} receive alerts")
                 tg.create_task(self._resend_on_connect(), name=f"{self.name} resend")
-        except* aiomqtt.MqttError as group:
+        except* aiomqtt.MqttError as group:  # LinkError is one
             raise group.exceptions[0] from None
         finally:
             self._client = None
             self._link_down("alerts")
 
-    async def _bulk_session(self, link: MqttLink) -> None:
+    async def _bulk_session(self, link: Link) -> None:
         await link.subscribe(self.bulk_filters(), qos=1)
         self._bulk = link
         self._link_up("telemetry")
         try:
             while True:
                 batch = await link.next_batch(BULK_BATCH, None)
-                await self._handle_batch(self._urgent_first(batch), BULK_CHUNK, bulk=True,
-                                         caught_up=len(batch) < BULK_BATCH,
-                                         taken_at=time.perf_counter())
+                taken_at = time.perf_counter()
+                ordered, urgent = self._urgent_first(batch)
+                if not urgent:
+                    # Readings that can move nothing on a screen wait up to COALESCE for
+                    # company: one pass of the engine, one commit check and one write of
+                    # acknowledgements per few dozen readings, not per one or two.
+                    deadline = taken_at + COALESCE
+                    while len(batch) < BULK_CHUNK and not urgent:
+                        left = deadline - time.perf_counter()
+                        more = await link.next_batch(BULK_BATCH - len(batch), left) \
+                            if left > 0 else []
+                        if not more:
+                            break
+                        batch += more
+                        ordered, urgent = self._urgent_first(batch)
+                await self._handle_batch(ordered, BULK_CHUNK, bulk=True,
+                                         caught_up=len(batch) < BULK_BATCH, taken_at=taken_at)
                 link.ack(batch)
         finally:
             self._bulk = None
             self._link_down("telemetry")
 
-    def _urgent_first(self, batch: list[Any]) -> list[tuple[str, bytes]]:
+    def _urgent_first(self, batch: list[Any]) -> tuple[list[tuple[str, bytes]], int]:
         """Readings of sources that can move screens or the PA (a detector, a water level)
         before the others of the batch, each device's readings in their order: a fire
-        does not wait behind hundreds of meter readings. Acknowledged in arrival order."""
+        does not wait behind hundreds of meter readings. Acknowledged in arrival order.
+        Returns the batch in that order and how many are urgent."""
         assert self.engine is not None
         urgent_sources = self.engine.urgent_sources
         parse = self.intake.parse
@@ -288,7 +297,7 @@ class RulesService(Service):
             where = parse(packet.topic)
             (urgent if where is not None and where.name in urgent_sources else rest).append(
                 (packet.topic, packet.payload))
-        return urgent + rest
+        return urgent + rest, len(urgent)
 
     async def _resend_on_connect(self) -> None:
         # What was sent while the broker was away is due again now, not at its next retry.
@@ -300,14 +309,12 @@ class RulesService(Service):
             self.engine.router.retry(now)
             await self._commit_step(now)
 
-    async def _receive(self, acker: ManualAck) -> None:
+    async def _receive(self, link: Link) -> None:
         while True:
-            batch = await acker.next_batch(PRIORITY_BATCH, None)
-            await self._handle_batch([(message.topic.value, _bytes(message.payload))
-                                      for message in batch], PRIORITY_BATCH,
+            batch = await link.next_batch(PRIORITY_BATCH, None)
+            await self._handle_batch([(p.topic, p.payload) for p in batch], PRIORITY_BATCH,
                                      taken_at=time.perf_counter())
-            for message in batch:
-                acker.ack(message)
+            link.ack(batch)
 
     async def _handle_batch(self, batch: list[tuple[str, bytes]], chunk: int, *,
                             bulk: bool = False, caught_up: bool = False,
@@ -487,30 +494,13 @@ class RulesService(Service):
             self._m_inputs.labels(kind).inc(count - self._m_inputs_seen.get(kind, 0))
             self._m_inputs_seen[kind] = count
 
-    def _send_soon(self, client: aiomqtt.Client | MqttLink | None, topic: str, payload: bytes,
+    def _send_soon(self, client: Link | None, topic: str, payload: bytes,
                    retain: bool = False) -> None:
         """Publish without waiting for the broker's acknowledgement: a display message or
         broadcast not confirmed by its endpoint is re-sent by the router (same id), an
-        operator result by the operator's retry. Tasks start in order, so messages to one
-        topic leave in order."""
-        if client is None:
-            return
-        if len(self._sends) > 10_000:  # the broker does not keep up: the retries will
-            log.warning("%s: %d publishes outstanding; %s not sent now", self.name,
-                        len(self._sends), topic)
-            return
-        task = asyncio.get_running_loop().create_task(self._publish(client, topic, payload,
-                                                                    retain))
-        self._sends.add(task)
-        task.add_done_callback(self._sends.discard)
-
-    async def _publish(self, client: aiomqtt.Client | MqttLink, topic: str, payload: bytes,
-                       retain: bool) -> None:
-        with contextlib.suppress(aiomqtt.MqttError):  # LinkError is one too
-            if isinstance(client, MqttLink):
-                await client.publish(topic, payload, qos=1)
-            else:
-                await client.publish(topic, payload, qos=1, retain=retain)
+        operator result by the operator's retry, a dead letter is not worth a wait."""
+        if client is not None:
+            client.send(topic, payload, retain=retain)
 
     def _escalate(self, message: m.AlertMessage, team_id: str) -> None:
         team = self.rules.teams.get(team_id)
@@ -526,14 +516,6 @@ class RulesService(Service):
         self._webhooks.add(task)
         task.add_done_callback(self._webhooks.discard)
 
-
-
-def _bytes(payload: object) -> bytes:
-    if isinstance(payload, bytes):
-        return payload
-    if isinstance(payload, bytearray):
-        return bytes(payload)
-    return b"" if payload is None else str(payload).encode()
 
 
 def _digest(files: list[Path]) -> str:
