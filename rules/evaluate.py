@@ -276,13 +276,12 @@ class Evaluator:
             if source not in self.topology.sources:
                 return []  # not a source of this site: nothing to judge, nothing kept
             plan = Plan()
-        data = self._source(source)
+        data = self.data.get(source) or self._source(source)
         data.last_reading = now
         values = data.values
         incoming = reading.values
-        reads = plan.reads
-        changed = {name for name, value in incoming.items()
-                   if name in reads and values.get(name, _MISSING) != value}
+        changed = {name for name in plan.reads.intersection(incoming)
+                   if values.get(name, _MISSING) != incoming[name]}
         values.update(incoming)
         if reading.units:
             data.units.update(reading.units)
@@ -296,11 +295,13 @@ class Evaluator:
                 changed.add(name)
                 self.series_dirty.add(source)
         out: list[Signal] = []
-        for compiled, names in plan.thresholds:
-            if not names.isdisjoint(changed):
-                signals = self._threshold(compiled, source, now)
-                if signals:
-                    out += signals
+        if plan.thresholds and changed:
+            self.scope.bind(data, self.tags_of.get(source, {}), {}, now)
+            for compiled, names in plan.thresholds:
+                if not names.isdisjoint(changed):
+                    signals = self._threshold(compiled, source, now, bound=True)
+                    if signals:
+                        out += signals
         for watch in plan.on_reading:
             kind = watch.kind
             compiled = watch.compiled
@@ -450,14 +451,19 @@ class Evaluator:
         return Signal(rule=inst.rule, source=inst.source, active=level >= 0, ts=now,
                       severity=severity, value=value, unit=unit, text=text, detail=detail)
 
-    def _threshold(self, compiled: CompiledRule, source: str, now: int) -> list[Signal]:
+    def _threshold(self, compiled: CompiledRule, source: str, now: int,
+                   bound: bool = False) -> list[Signal]:
+        """`bound`: the scope is already bound to this source and time (on_reading)."""
         rule = compiled.rule
         ladder = self.ladders[compiled.id]
         key = (compiled.id, source)
         inst = self.instances.get(key)
         in_schedule = self.in_schedules(rule.schedule, now) if rule.schedule else True
-        scope = self.scope.bind(self.data[source], self.tags_of.get(source, {}), rule.params,
-                                now)
+        scope = self.scope
+        if bound:
+            scope.params = rule.params
+        else:
+            scope.bind(self.data[source], self.tags_of.get(source, {}), rule.params, now)
         if inst is None or len(inst.on) != len(ladder):
             # A rule that has never held for this source has no state: none is made (and
             # kept, stored, walked by the garbage collector) until one of its levels holds.

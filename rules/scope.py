@@ -45,7 +45,8 @@ class Plan:
     thresholds: list[tuple[CompiledRule, frozenset[str]]] = field(default_factory=list)
     on_reading: list[Watch] = field(default_factory=list)
     reads: frozenset[str] = frozenset()  # union of the watches' reads
-    windows: dict[str, set[float]] = field(default_factory=dict)  # name -> window seconds
+    # name -> window seconds -> whether max_of/min_of read it (else no extremes are kept)
+    windows: dict[str, dict[float, bool]] = field(default_factory=dict)
     aged: frozenset[str] = frozenset()  # names read through age()
 
 
@@ -57,13 +58,14 @@ def plans(rules: Mapping[str, CompiledRule]) -> dict[str, Plan]:
         if rule.type == "absence":
             kind = OFFLINE if rule.status else NO_DATA
         reads: set[str] = set()
-        windows: list[tuple[str, float]] = []
+        windows: list[tuple[str, float, bool]] = []
         aged: set[str] = set()
         for fld, expression in compiled.expressions.items():
             if fld == "where":  # reads the event's attributes, not the device's values
                 continue
             reads |= expression.names | expression.sampled
-            windows += [(name, seconds) for _, name, seconds in expression.windows]
+            windows += [(name, seconds, function in ("max_of", "min_of"))
+                        for function, name, seconds in expression.windows]
             aged |= expression.aged
         watch = Watch(compiled, kind if kind is not None else THRESHOLD, frozenset(reads))
         readable = kind in (NO_DATA, COMMAND) \
@@ -77,8 +79,9 @@ def plans(rules: Mapping[str, CompiledRule]) -> dict[str, Plan]:
             elif readable:
                 plan.on_reading.append(watch)
             plan.reads = plan.reads | watch.reads
-            for name, seconds in windows:
-                plan.windows.setdefault(name, set()).add(seconds)
+            for name, seconds, extremes in windows:
+                lengths = plan.windows.setdefault(name, {})
+                lengths[seconds] = lengths.get(seconds, False) or extremes
             plan.aged = plan.aged | aged
     return out
 
@@ -99,8 +102,8 @@ class SourceData:
             series = self.series.get(name)
             if series is None:
                 series = self.series[name] = Series()
-            for seconds in lengths:
-                series.window(seconds)
+            for seconds, extremes in lengths.items():
+                series.window(seconds, extremes)
         for name in [n for n in self.series if n not in plan.windows]:
             del self.series[name]
 

@@ -30,10 +30,11 @@ class Window:
     """Samples of one value within `seconds` of the newest, with running aggregates."""
 
     __slots__ = ("_first", "_highs", "_lows", "_n", "_next", "_origin", "_start", "_sx",
-                 "_sxx", "_sxy", "_sy", "_times", "_values", "seconds", "span_ns")
+                 "_sxx", "_sxy", "_sy", "_times", "_values", "extremes", "seconds", "span_ns")
 
-    def __init__(self, seconds: float) -> None:
+    def __init__(self, seconds: float, extremes: bool = True) -> None:
         self.seconds = seconds
+        self.extremes = extremes  # keep the max/min queues (only max_of/min_of need them)
         self.span_ns = round(seconds * NS)
         self._times = array("q")  # ns; live samples are [_start:]
         self._values = array("d")
@@ -67,13 +68,14 @@ class Window:
         self._sxy += x * value
         seq = self._next
         self._next += 1
-        highs, lows = self._highs, self._lows
-        while highs and self._value(highs[-1]) <= value:
-            highs.pop()
-        highs.append(seq)
-        while lows and self._value(lows[-1]) >= value:
-            lows.pop()
-        lows.append(seq)
+        if self.extremes:
+            highs, lows = self._highs, self._lows
+            while highs and self._value(highs[-1]) <= value:
+                highs.pop()
+            highs.append(seq)
+            while lows and self._value(lows[-1]) >= value:
+                lows.pop()
+            lows.append(seq)
         oldest = ts - self.span_ns
         while self._times[self._start] < oldest or self._n > MAX_SAMPLES:
             self._drop()
@@ -135,9 +137,13 @@ class Window:
         return self._sy / self._n if self._n else None
 
     def max_of(self) -> float | None:
+        if not self.extremes:
+            return max(self._values[self._start:]) if self._n else None
         return self._value(self._highs[0]) if self._highs else None
 
     def min_of(self) -> float | None:
+        if not self.extremes:
+            return min(self._values[self._start:]) if self._n else None
         return self._value(self._lows[0]) if self._lows else None
 
 
@@ -150,14 +156,17 @@ class Series:
         self.windows: dict[float, Window] = {}
         self.newest = 0  # ns of the newest sample taken
 
-    def window(self, seconds: float) -> Window:
+    def window(self, seconds: float, extremes: bool = True) -> Window:
         found = self.windows.get(seconds)
-        if found is None:
-            found = self.windows[seconds] = Window(seconds)
-            longest = max(self.windows.values(), key=lambda w: w.seconds)
-            for ts, value in longest.samples():  # a new window starts from what is known
-                found.add(ts, value)
-        return found
+        if found is not None and (found.extremes or not extremes):
+            return found
+        # New, or now read by max_of/min_of too (a reload): it starts from what is known.
+        known = found or max(self.windows.values(), key=lambda w: w.seconds, default=None)
+        window = self.windows[seconds] = Window(seconds, extremes)
+        if known is not None:
+            for ts, value in known.samples():
+                window.add(ts, value)
+        return window
 
     def add(self, ts: int, value: float) -> bool:
         """Take a sample; False for one older than the newest (a buffered uplink's late
