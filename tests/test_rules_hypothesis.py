@@ -15,7 +15,7 @@ import ast
 import builtins
 import contextlib
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -193,9 +193,10 @@ def no_eval() -> Iterator[list[str]]:
 def test_expressions_never_escape(source: str, values: dict[str, Any], tags: dict[str, Any],
                                   params: dict[str, Any]) -> None:
     names = {**values, "tags": tags, "params": params, "hour": 3, "minute": 0}
-    functions = {"rate": lambda n, s: 1.5, "avg": lambda n, s: None, "delta": lambda n, s: 0,
-                 "max_of": lambda n, s: math.inf, "min_of": lambda n, s: -1.0,
-                 "age": lambda n: 12.0, "in_schedule": lambda n: True}
+    functions: dict[str, Callable[..., Any]] = {
+        "rate": lambda n, s: 1.5, "avg": lambda n, s: None, "delta": lambda n, s: 0,
+        "max_of": lambda n, s: math.inf, "min_of": lambda n, s: -1.0,
+        "age": lambda n: 12.0, "in_schedule": lambda n: True}
     refused = ""
     result: Any = None
     with no_eval() as calls:
