@@ -50,7 +50,7 @@ def acl(site: SiteConfig, vendor_topics: dict[str, list[str]]) -> str:
     out += _service("ingest", read=["telemetry/+/+", "status/+/+", "event/+/+",
                                     "deadletter/+"], write=["deadletter/ingest"], site=s)
     out += _service("rules", read=["telemetry/+/+", "status/+/+", "event/+/+",
-                                   "command-result/+/+", "command/alert/+", "display-ack/+"],
+                                   "command-result/+/+", "command/+/+", "display-ack/+"],
                     write=["alert/+", "display/+", "broadcast/+", "command-result/alert/+",
                            "deadletter/rules"], site=s)
     out += _service("api", read=["telemetry/+/+", "status/+/+", "event/+/+", "alert/+",

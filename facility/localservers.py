@@ -213,6 +213,7 @@ class MosquittoServer(_Process):
             # Started as root, Mosquitto would switch to user 'mosquitto', which cannot
             # write this folder: no log, and no persistence across a restart.
             + f"""user {getpass.getuser()}
+set_tcp_nodelay true
 persistence true
 persistence_location {d}/
 log_dest file {d}/mosquitto.log

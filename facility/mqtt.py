@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import ssl
 from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
@@ -87,6 +88,8 @@ def make_client(
         max_inflight_messages=max_inflight,
         tls_context=tls_context,
         timeout=10,
+        # paho leaves Nagle on: small QoS 1 messages and their acks would wait for ACKs.
+        socket_options=((socket.IPPROTO_TCP, socket.TCP_NODELAY, 1),),
     )
     # aiomqtt warns above 10 unconfirmed publishes; windows of QoS 1 publishes are normal here.
     client.pending_calls_threshold = max(10, max_inflight * 2)

@@ -115,6 +115,7 @@ class RulesService(Service):
         self._bulk: Link | None = None  # the telemetry connection
         self._links: set[str] = set()  # connections up and subscribed
         self._last_beat = 0
+        self._answers: list[tuple[str, bytes]] = []  # operator results, sent after the commit
         self.received = 0
         self.taken = 0
         self.taken_topics: Counter[str] = Counter()  # per topic, after the commit
@@ -353,8 +354,9 @@ class RulesService(Service):
                 self._dead_letter(refusal, now)
             return
         if op is not None:
-            topic, body = self._operate(op, now)
-            self._send_soon(self._client, topic, body)
+            # The operator hears back only after the step is stored: an API that reads the
+            # alert on our answer must find the acknowledgement there.
+            self._answers.append(self._operate(op, now))
 
     def _dead_letter(self, refusal: Refusal, now: int) -> None:
         letter = m.DeadLetter.of("rules", now, refusal.topic,
@@ -455,8 +457,11 @@ class RulesService(Service):
         assert self.engine is not None
         effects = self.engine.take()
         beat = now - self._last_beat >= BEAT
-        if effects or beat:
+        if effects or beat or self._answers:
             await self._commit(effects, now, beat)
+        answers, self._answers = self._answers, []
+        for topic, body in answers:
+            self._send_soon(self._client, topic, body)
 
     async def _commit(self, effects: Effects, now: int, beat: bool = False) -> None:
         assert self.engine is not None

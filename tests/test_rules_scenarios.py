@@ -342,6 +342,35 @@ async def test_bollard_stuck_down_after_raise(settings: Settings, tmp_path: Path
         assert alert.state is AlertState.RTN_UNACK
 
 
+async def test_bollard_stuck_up_after_lower(settings: Settings, tmp_path: Path) -> None:
+    """Lowering all (after two supervisors agreed) and one bollard stays up: its own alert."""
+    clock = ManualClock(START)
+    campus = Campus(settings, tmp_path, clock)
+    units = [f"bollard-s{n:02d}" for n in range(1, 43)]
+    async with running(campus):
+        def poll(stuck: str, state: str) -> list[Reading]:
+            return [campus.reading(Family.BOLLARD, u, state=state if u != stuck else "up",
+                                   hydraulic_pressure=2.5, fault_code="none") for u in units]
+
+        await campus.send(*poll("", "up"))
+        command = Command(id=f"cmd-{uuid.uuid4().hex[:8]}", site=campus.site_id,
+                          family=Family.BOLLARD, device="bollard-plc-south", action="lower_all",
+                          issued_at=campus.now(), expires_at=campus.now() + 30 * NS,
+                          issued_by="值班主管李四", reason="大型活动车辆通行",
+                          approved_by="值班主管王五")
+        await campus.send(command)
+        for _ in range(2):
+            await campus.advance(5)
+            await campus.send(*poll("bollard-s12", "down"))
+            assert not campus.open_alerts("bollard-not-down")
+        await campus.advance(5)
+        await until("the stuck bollard's alert", lambda: campus.open_alerts("bollard-not-down"))
+        [alert] = campus.open_alerts("bollard-not-down")
+        assert alert.source == "bollard-s12" and alert.value == "up"
+        assert alert.severity.value == "major" and "南门升降柱12号" in alert.text
+        assert not campus.open_alerts("bollard-not-up")
+
+
 # --- a gateway going offline --------------------------------------------------------------
 
 async def test_gateway_offline_is_one_alert(settings: Settings, tmp_path: Path) -> None:
