@@ -129,12 +129,13 @@ class MqttLink(Service):
             raise LinkDown(f"the broker did not take the message: {exc}") from None
 
     async def operate(self, action: m.AlertAction, target: str, by: str, *, comment: str = "",
-                      until: int = 0, text: str = "",
+                      until: int = 0, text: str = "", priority: int = 0,
                       timeout: float = 10.0) -> m.AlertOperationResult:
         """An operator action through the rules engine (its MQTT interface, rules/ops.py's
         protocol), answered on command-result/alert/{target}."""
         op = m.AlertOperation(id=f"op-{uuid.uuid4().hex[:16]}", site=self.site_id,
                               action=action, target=target, by=by, ts=time.time_ns(),
+                              priority=priority,
                               comment=comment, until=until, text=text)
         waiter: asyncio.Future[m.AlertOperationResult] = \
             asyncio.get_running_loop().create_future()

@@ -339,6 +339,10 @@ class DisplayView(BaseModel):
 
 class DisplayMessageRequest(Request):
     text: str = Field(min_length=1, max_length=500)
+    priority: int = Field(default=9, ge=1, le=9,
+                          description="1 most urgent; 1-2 are emergencies (supervisor). It "
+                                      "pre-empts what ranks below it and yields to what ranks "
+                                      "above, like automatic messages; 9 = normal content")
 
 
 class BroadcastRequest(Request):

@@ -1,11 +1,11 @@
 """LED screens, information terminals and PA zones: what they show, and manual messages.
 
 Screens have one writer, the rules engine: it decides what each screen shows from the
-priority of the incidents routed to it and the screen's normal content. A manual screen
-message is therefore the rules engine's `set_content` operation: it becomes the screen's
-normal content (priority 9), so any alert or emergency pre-empts it exactly as it
-pre-empts automatic content, and the screen returns to it afterwards. Withdrawing it
-restores the screen's configured default content.
+priority of the incidents routed to it, an operator's manual message and the screen's
+normal content. A manual message is the rules engine's `show_message` operation with a
+priority (1-2, emergencies, need a supervisor): it pre-empts whatever ranks below it and
+yields to what ranks above, exactly as automatic messages do; withdrawing it lets the
+screen show what ranks next.
 
 PA announcements are one-off: a manual announcement is a Broadcast published to the PA
 zones chosen, with the priority given. It is refused where an active incident of higher
@@ -95,18 +95,22 @@ class OutputDesk:
 
     # --- screens ----------------------------------------------------------------------
 
-    async def set_message(self, user: User, endpoint_id: str, text: str | None) -> str:
+    async def set_message(self, user: User, endpoint_id: str, text: str | None,
+                          priority: int = 9) -> str:
         """A manual message on a screen (None: withdraw it). Returns the rules engine's
         state after the operation."""
         endpoint = self.endpoint(endpoint_id, pa=False)
-        self._may(user, endpoint.zones, Role.OPERATOR)
-        content = endpoint.default_content if text is None else text
+        need = Role.SUPERVISOR if text is not None and priority <= EMERGENCY_PRIORITY \
+            else Role.OPERATOR
+        self._may(user, endpoint.zones, need)
         event = "display_withdrawn" if text is None else "display_message"
         op_id = f"dm-{uuid.uuid4().hex[:20]}"
-        await self._audit(user, op_id, event, [endpoint.id], content)
+        await self._audit(user, op_id, event, [endpoint.id], text or "",
+                          data={"priority": priority} if text is not None else None)
+        action = m.AlertAction.WITHDRAW_MESSAGE if text is None else m.AlertAction.SHOW_MESSAGE
         try:
-            result = await self.link.operate(m.AlertAction.SET_CONTENT, endpoint.id,
-                                             user.username, text=content,
+            result = await self.link.operate(action, endpoint.id, user.username,
+                                             text=text or "", priority=priority,
                                              comment="withdrawn" if text is None else "manual")
         except LinkDown as exc:
             raise CommandError(503, str(exc)) from None

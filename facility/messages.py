@@ -529,6 +529,8 @@ class AlertAction(StrEnum):
     MAINTENANCE = "maintenance"  # a device in maintenance: its alerts suppressed by design
     END_MAINTENANCE = "end_maintenance"
     SET_CONTENT = "set_content"  # a screen's normal content
+    SHOW_MESSAGE = "show_message"  # a manual message on a screen, with a priority
+    WITHDRAW_MESSAGE = "withdraw_message"  # the manual message goes; the screen moves on
     RELOAD = "reload"  # re-read the rule files
 
 
@@ -544,7 +546,8 @@ class AlertOperation(msgspec.Struct, frozen=True, kw_only=True):
     ts: int
     comment: str = ""
     until: int = 0  # shelve and maintenance expiry (ns)
-    text: str = ""  # set_content
+    text: str = ""  # set_content, show_message
+    priority: int = 0  # show_message: 1 most urgent .. 9, like automatic messages
     v: int = SCHEMA_VERSION
 
     def __post_init__(self) -> None:
@@ -555,6 +558,9 @@ class AlertOperation(msgspec.Struct, frozen=True, kw_only=True):
         _check_ts(self.ts)
         if not self.by.strip():
             raise ContractError("an operation must say who did it")
+        if self.action is AlertAction.SHOW_MESSAGE and (
+                not 1 <= self.priority <= 9 or not self.text.strip()):
+            raise ContractError("a manual message needs text and a priority 1..9")
         if self.until:
             _check_ts(self.until, "until")
 

@@ -348,12 +348,18 @@ class Engine:
         if action is AlertAction.END_MAINTENANCE:
             book.end_maintenance(op.target, now)
             return "in_service"
-        if action is AlertAction.SET_CONTENT:
-            try:
+        try:
+            if action is AlertAction.SET_CONTENT:
                 self.router.set_content(op.target, op.text, now)
-            except ValueError as exc:
-                raise OperationError(str(exc)) from None
-            return "content_set"
+                return "content_set"
+            if action is AlertAction.SHOW_MESSAGE:
+                self.router.show_manual(op.target, op.text, op.priority, now)
+                return "message_shown"
+            if action is AlertAction.WITHDRAW_MESSAGE:
+                self.router.withdraw_manual(op.target, now)
+                return "message_withdrawn"
+        except ValueError as exc:
+            raise OperationError(str(exc)) from None
         raise OperationError(f"{action} is handled by the service, not the engine")
 
     # --- output ---------------------------------------------------------------------

@@ -79,6 +79,7 @@ class EndpointState:
     shown: dict[str, Any] | None = None  # the last DisplayMessage sent, as a dict
     silent: bool = False
     announced: dict[str, str] = field(default_factory=dict)  # PA: incident -> text said
+    manual: Content | None = None  # an operator's message, ranked by priority like the rest
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -87,6 +88,8 @@ class EndpointState:
     def from_json(cls, data: dict[str, Any]) -> EndpointState:
         data = dict(data)
         data["layers"] = {k: Content(**v) for k, v in data.get("layers", {}).items()}
+        if data.get("manual"):
+            data["manual"] = Content(**data["manual"])
         return cls(**data)
 
 
@@ -158,7 +161,11 @@ class Router:
     def _refresh(self, endpoint: Endpoint, state: EndpointState, now: int,
                  force: bool = False) -> None:
         """Send what the screen must show, if that is not what it was last sent."""
-        top = min(state.layers.values(), key=lambda c: c.priority, default=None)
+        # An incident wins a tie with a manual message: the automatic one is the event.
+        ranked = [(c.priority, 0, c) for c in state.layers.values()]
+        if state.manual is not None:
+            ranked.append((state.manual.priority, 1, state.manual))
+        top = min(ranked, key=lambda r: r[:2])[2] if ranked else None
         if top is None:
             body = {"kind": DisplayKind.NORMAL.value, "priority": NORMAL_PRIORITY,
                     "text": state.base, "short_text": "", "title": "", "colour": "",
@@ -226,6 +233,32 @@ class Router:
         state.base = text
         self.dirty.add(endpoint_id)
         self._refresh(endpoint, state, now)
+
+    def show_manual(self, endpoint_id: str, text: str, priority: int, now: int) -> None:
+        """An operator's message on a screen: it pre-empts what ranks below it (normal
+        content, less urgent alerts) and is pre-empted by what ranks above."""
+        endpoint = self._screen(endpoint_id)
+        kind = DisplayKind.EMERGENCY if priority <= 2 else \
+            DisplayKind.NORMAL if priority >= NORMAL_PRIORITY else DisplayKind.ALERT
+        short = text if len(text) <= endpoint.max_chars else text[:endpoint.max_chars]
+        state = self.state[endpoint_id]
+        state.manual = Content(priority=priority, kind=kind.value, title="", text=text,
+                               short=short, colour="red" if priority <= 2 else "")
+        self.dirty.add(endpoint_id)
+        self._refresh(endpoint, state, now)
+
+    def withdraw_manual(self, endpoint_id: str, now: int) -> None:
+        endpoint = self._screen(endpoint_id)
+        state = self.state[endpoint_id]
+        state.manual = None
+        self.dirty.add(endpoint_id)
+        self._refresh(endpoint, state, now)
+
+    def _screen(self, endpoint_id: str) -> Endpoint:
+        endpoint = self.endpoints.get(endpoint_id)
+        if endpoint is None or endpoint.is_pa:
+            raise ValueError(f"no screen {endpoint_id!r}")
+        return endpoint
 
     # --- stage 6: confirmations and retries -----------------------------------------
 

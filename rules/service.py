@@ -378,15 +378,17 @@ class RulesService(Service):
     # --- the Python API for operator actions (the API service, in the same process) --
 
     async def operate(self, action: m.AlertAction, target: str, by: str, *,
-                      comment: str = "", until: int = 0, text: str = "") -> m.AlertOperationResult:
+                      comment: str = "", until: int = 0, text: str = "",
+                      priority: int = 0) -> m.AlertOperationResult:
         """Acknowledge, comment, shelve (until), unshelve, out of service, return to service,
-        maintenance (until), end maintenance, set content, reload: recorded with who/when."""
+        maintenance (until), end maintenance, set content, show and withdraw a manual
+        message (priority), reload: recorded with who/when."""
         assert self.engine is not None
         async with self._lock:
             now = self.clock.now_ns()
             op = m.AlertOperation(id=f"op-{uuid.uuid4().hex[:16]}", site=self.site_id,
                                   action=action, target=target, by=by, ts=now,
-                                  comment=comment, until=until, text=text)
+                                  comment=comment, until=until, text=text, priority=priority)
             _, payload = self._operate(op, now)
             await self._commit_step(now)
         return m.decode(payload, m.AlertOperationResult)

@@ -306,6 +306,32 @@ async def test_rainstorm_reaches_screens_and_pa(settings: Settings, tmp_path: Pa
         await until("the PA in the west zone", lambda: campus.player.screens["pa-west"].announced)  # type: ignore[union-attr]
 
 
+async def test_manual_message_ranks_like_automatic_ones(settings: Settings,
+                                                        tmp_path: Path) -> None:
+    """An operator's message at priority 3: a warning (4) waits behind it, a critical
+    alert (1) pre-empts it; withdrawn, the screen shows what ranks next."""
+    clock = ManualClock(START)
+    campus = Campus(settings, tmp_path, clock)
+    async with running(campus):
+        assert campus.rules is not None
+        result = await campus.rules.operate(AlertAction.SHOW_MESSAGE, "led-west-gate", "值班长",
+                                            text="西门道路施工 请绕行北门", priority=3)
+        assert result.ok, result.detail
+        await until("the manual message", lambda: "施工" in campus.screen("led-west-gate"))
+        for level in (24.0, 26.0):
+            await campus.send(campus.reading(Family.DRAINAGE, "wl-west-gate", water_level=level))
+            await campus.advance(60)
+        await until("the warning raised", lambda: bool(campus.open_alerts("waterlogging")))
+        assert "施工" in campus.screen("led-west-gate")  # the warning ranks below
+        await campus.send(campus.reading(Family.DRAINAGE, "wl-west-gate", water_level=45.0))
+        await until("the critical message", lambda: "紧急" in campus.screen("led-west-gate"))
+        result = await campus.rules.operate(AlertAction.WITHDRAW_MESSAGE, "led-west-gate",
+                                            "值班长")
+        assert result.ok, result.detail
+        await campus.advance(1)
+        assert "紧急" in campus.screen("led-west-gate")  # still the critical alert
+
+
 # --- a bollard stuck down after a raise command -------------------------------------------
 
 async def test_bollard_stuck_down_after_raise(settings: Settings, tmp_path: Path) -> None:

@@ -34,12 +34,12 @@ async def _display(ctx: Ctx, display_id: str) -> DisplayView:
 
 @router.put("/displays/{display_id}/message", response_model=DisplayView,
             responses=problems(401, 403, 404, 409, 503, 504),
-            summary="Show a manual message as the screen's normal content (alerts still "
-                    "pre-empt it)")
+            summary="Show a manual message with a priority (1-2: supervisor); more urgent "
+                    "messages pre-empt it, less urgent ones wait")
 async def set_message(display_id: str, body: DisplayMessageRequest, user: Operator,
                       ctx: Ctx) -> DisplayView:
     try:
-        await ctx.outputs.set_message(user, display_id, body.text)
+        await ctx.outputs.set_message(user, display_id, body.text, body.priority)
     except CommandError as exc:
         raise _http(exc) from None
     return await _display(ctx, display_id)
@@ -47,7 +47,7 @@ async def set_message(display_id: str, body: DisplayMessageRequest, user: Operat
 
 @router.delete("/displays/{display_id}/message", response_model=DisplayView,
                responses=problems(401, 403, 404, 409, 503, 504),
-               summary="Withdraw the manual message: the screen's default content returns")
+               summary="Withdraw the manual message: the screen shows what ranks next")
 async def withdraw_message(display_id: str, user: Operator, ctx: Ctx) -> DisplayView:
     try:
         await ctx.outputs.set_message(user, display_id, None)
