@@ -55,6 +55,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                     "history imported or replayed after the fact.")
     p.add_argument("--from", dest="from_", metavar="DATE", help="first day to rebuild")
     p.add_argument("--to", metavar="DATE", help="last day to rebuild (inclusive)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_rollup)
 
 
@@ -139,7 +140,7 @@ async def cmd_shift(args: argparse.Namespace, settings: Settings, site: SiteConf
 
 async def cmd_rollup(args: argparse.Namespace, settings: Settings, site: SiteConfig) -> int:
     from reports import periods
-    from reports.downsample import ROLLUPS, ensure_downsampling, rebuild
+    from reports.downsample import DAY_NS, ROLLUPS, ensure_downsampling, rebuild
 
     async with InfluxClient(settings.influx) as influx:
         await influx.ensure_database()
@@ -154,7 +155,13 @@ async def cmd_rollup(args: argparse.Namespace, settings: Settings, site: SiteCon
                 print(f"facility report rollup: {exc}", file=sys.stderr)
                 return 2
             start, end = period.ns()
-            for rollup in ROLLUPS:
-                await rebuild(influx, rollup, start, end, settings.reports)
+            # A day per query: a month in one SELECT ... INTO outlasts any sane timeout.
+            days = range(start, end, DAY_NS)
+            with progress(len(days) * len(ROLLUPS), "rollups", not args.no_progress) as step:
+                for rollup in ROLLUPS:
+                    for day in days:
+                        await rebuild(influx, rollup, day, min(day + DAY_NS, end),
+                                      settings.reports)
+                        step(rollup.name)
             print(f"rebuilt {', '.join(r.name for r in ROLLUPS)} for {period.label}")
     return 0
