@@ -386,7 +386,8 @@ class CommandDesk:
                 return view
             async with self._changed:
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._changed.wait(), min(left, 1.0))
+                    async with asyncio.timeout(min(left, 1.0)):
+                        await self._changed.wait()
 
     async def sweep(self) -> None:
         """Expire approvals that ran out; record targets that never got a result."""

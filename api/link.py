@@ -142,7 +142,8 @@ class MqttLink(Service):
         self._ops[op.id] = waiter
         try:
             await self.publish(topics.command(self.site_id, OPS_FAMILY, target), m.encode(op))
-            return await asyncio.wait_for(waiter, timeout)
+            async with asyncio.timeout(timeout):
+                return await waiter
         except TimeoutError:
             raise NoAnswer(f"the rules engine did not answer within {timeout:g}s") from None
         finally:

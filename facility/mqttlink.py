@@ -66,8 +66,9 @@ class MqttLink(asyncio.Protocol):
                 cafile=str(settings.tls_ca) if settings.tls_ca else None)
         loop = asyncio.get_running_loop()
         try:
-            _, link = await asyncio.wait_for(loop.create_connection(
-                cls, address.host, address.port, ssl=context), timeout)
+            async with asyncio.timeout(timeout):
+                _, link = await loop.create_connection(cls, address.host, address.port,
+                                                       ssl=context)
         except (TimeoutError, OSError) as exc:
             raise LinkError(f"cannot connect: {exc!r}") from None
         connect = mqtt5.ConnectPacket(
@@ -77,7 +78,8 @@ class MqttLink(asyncio.Protocol):
             session_expiry_interval=session_expiry, receive_max=receive_maximum)
         link._write(connect.write())
         try:
-            connack = await asyncio.wait_for(asyncio.shield(link._connack), timeout)
+            async with asyncio.timeout(timeout):
+                connack = await asyncio.shield(link._connack)
         except TimeoutError:
             link.close()
             raise LinkError("no CONNACK from the broker") from None
@@ -187,7 +189,8 @@ class MqttLink(asyncio.Protocol):
         self._waiting[(reply, packet_id)] = future
         self._write(packet.write())  # type: ignore[attr-defined]
         try:
-            return await asyncio.wait_for(future, timeout)
+            async with asyncio.timeout(timeout):
+                return await future
         except TimeoutError:
             self._waiting.pop((reply, packet_id), None)
             raise LinkError(f"no {reply.__name__} in {timeout}s") from None
@@ -240,7 +243,8 @@ class MqttLink(asyncio.Protocol):
                 await self._arrived.wait()
             else:
                 try:
-                    await asyncio.wait_for(self._arrived.wait(), timeout)
+                    async with asyncio.timeout(timeout):
+                        await self._arrived.wait()
                 except TimeoutError:
                     return []
             if self.closed.done() and not self.incoming:

@@ -69,3 +69,15 @@ class Service:
         if self._task is not None and self._task.done() and not self._task.cancelled():
             return self._task.exception()
         return None
+
+
+def check_cancelled() -> None:
+    """Raise CancelledError if this task was cancelled and an await swallowed it.
+
+    Python 3.11's asyncio.wait_for returns a result that raced with a cancel (gh-86296,
+    fixed in 3.12), and libraries still use it (pymodbus, for every request). A loop
+    around such calls checks after each one, or it outlives its cancel and stop hangs.
+    """
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError

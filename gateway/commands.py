@@ -131,9 +131,8 @@ class CommandExecutor:
                 return CommandStatus.FAILED, f"controller did not answer: {exc}"
             seq = before[0] % 65535 + 1  # 1..65535, never the one it acted on last
             try:
-                reply = await asyncio.wait_for(client.write_registers(
-                    regs.code, [action.code, unit, seq], device_id=unit_id),
-                    self._timeout)
+                reply = await self.poller.call(client.write_registers(
+                    regs.code, [action.code, unit, seq], device_id=unit_id), self._timeout)
                 if reply.isError():
                     return CommandStatus.FAILED, f"write refused: exception " \
                                                  f"{getattr(reply, 'exception_code', '?')}"
@@ -156,7 +155,7 @@ class CommandExecutor:
 
     async def _read_words(self, address: int, count: int, unit_id: int) -> list[int]:
         try:
-            reply = await asyncio.wait_for(self.poller.client.read_holding_registers(
+            reply = await self.poller.call(self.poller.client.read_holding_registers(
                 address, count=count, device_id=unit_id), self._timeout)
         except (TimeoutError, ModbusException, OSError) as exc:
             raise _NoAnswer(type(exc).__name__) from None

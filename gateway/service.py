@@ -57,6 +57,7 @@ class Gateway(Service, Sink):
         self.clock_ns = clock_ns
         self.devices = site.devices_of(gateway_id)
         self._seq = itertools.count(1)
+        self.last_seq = 0  # the last sequence number given to a message
         self.metrics = Metrics("gateway")
         self._m_readings = self.metrics.counter("readings_total", "Readings published",
                                                 ("family", "quality"))
@@ -121,7 +122,8 @@ class Gateway(Service, Sink):
         return str(self.settings.site_path)
 
     def _next_seq(self) -> int:
-        return next(self._seq)
+        self.last_seq = next(self._seq)
+        return self.last_seq
 
     # --- running ------------------------------------------------------------------------
 
@@ -215,10 +217,11 @@ class Gateway(Service, Sink):
         except asyncio.CancelledError:
             # A clean stop sends no will: say so ourselves, briefly, then stop.
             with contextlib.suppress(aiomqtt.MqttError, asyncio.TimeoutError):
-                await asyncio.wait_for(client.publish(
-                    topics.status(self.site_id, Family.GATEWAY, self.id),
-                    m.encode(self._gateway_status(Availability.OFFLINE, "stopped")),
-                    qos=1, retain=True), 2.0)
+                async with asyncio.timeout(2.0):
+                    await client.publish(
+                        topics.status(self.site_id, Family.GATEWAY, self.id),
+                        m.encode(self._gateway_status(Availability.OFFLINE, "stopped")),
+                        qos=1, retain=True)
             raise
         finally:
             self.ready.clear()

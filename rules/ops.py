@@ -74,6 +74,7 @@ class AlertOpsClient:
         await self._client.publish(topics.command(self.site, OPS_FAMILY, target), m.encode(op),
                                    qos=1)
         try:
-            return await asyncio.wait_for(waiter, self.timeout)
+            async with asyncio.timeout(self.timeout):
+                return await waiter
         finally:
             self._waiters.pop(op.id, None)

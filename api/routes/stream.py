@@ -77,7 +77,8 @@ async def _events(ctx: Ctx, sub: Subscription, replay: list[LiveEvent] | None,
                 yield missed.sse()
         while True:
             try:
-                event: LiveEvent | None = await asyncio.wait_for(sub.queue.get(), HEARTBEAT)
+                async with asyncio.timeout(HEARTBEAT):
+                    event: LiveEvent | None = await sub.queue.get()
             except TimeoutError:
                 yield b": ping\n\n"
                 continue

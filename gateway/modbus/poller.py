@@ -17,8 +17,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from pymodbus.client import AsyncModbusTcpClient
 from pymodbus.constants import ExcCodes
@@ -26,11 +27,13 @@ from pymodbus.exceptions import ModbusException
 
 from facility.backoff import Backoff
 from facility.messages import Availability, Quality, Scalar
+from facility.service import check_cancelled
 from facility.site import Device
 from gateway.modbus.decode import decode_block
 from gateway.modbus.registermap import Block, Plan
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # Exception replies from an RS485-to-TCP converter meaning "the unit behind me is silent".
 GATEWAY_NO_ANSWER = frozenset({ExcCodes.GATEWAY_PATH_UNAVIABLE, ExcCodes.GATEWAY_NO_RESPONSE})
@@ -162,9 +165,7 @@ class HostPoller:
             return result
         for index, block in enumerate(polled.plan.blocks):
             try:
-                response = await asyncio.wait_for(
-                    self._read(block, endpoint.unit), endpoint.timeout
-                )
+                response = await self.call(self._read(block, endpoint.unit), endpoint.timeout)
             except (TimeoutError, ModbusException, ConnectionError, OSError) as exc:
                 # No answer: the rest of this device's blocks would time out too.
                 result.reason = f"no answer to {block.table} {block.start}+{block.count}: " \
@@ -194,6 +195,13 @@ class HostPoller:
         if not result.answered:
             result.quality[0] = Quality.COMM_FAILURE
         return result
+
+    async def call(self, request: Awaitable[T], timeout: float) -> T:
+        """One Modbus request (polls and commands alike), bounded by `timeout`."""
+        async with asyncio.timeout(timeout):
+            reply = await request
+            check_cancelled()  # pymodbus awaits with wait_for, which may swallow a cancel
+        return reply
 
     def _read(self, block: Block, unit: int):  # type: ignore[no-untyped-def]
         if block.table == "holding":
