@@ -112,7 +112,14 @@ async def no_leaked_tasks() -> AsyncIterator[None]:
     while pending and asyncio.get_running_loop().time() < deadline:
         await asyncio.sleep(0.01)
         pending = [t for t in pending if not t.done()]
-    assert not pending, f"test leaked tasks: {[t.get_name() for t in pending]}"
+    assert not pending, "test leaked tasks:\n" + "\n".join(_where(t) for t in pending)
+
+
+def _where(task: asyncio.Task[object]) -> str:
+    """A leaked task's name and where it waits, so a leak seen once in CI can be found."""
+    frames = task.get_stack(limit=3)
+    at = " <- ".join(f"{f.f_code.co_filename.rsplit('/', 2)[-1]}:{f.f_lineno}" for f in frames)
+    return f"{task.get_name()} {task.get_coro()!r} at {at}"
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
