@@ -46,7 +46,8 @@ class MqttLink(asyncio.Protocol):
             asyncio.get_running_loop().create_future()
         self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._next_id = 0
-        self._pong = True
+        self._last_in = 0.0  # loop time of the last bytes from the broker
+        self.pings = 0
         self._keepalive_task: asyncio.Task[None] | None = None
         self.session_present = False
         # QoS 0 has no flow control: stop reading the socket when this many messages wait,
@@ -129,6 +130,7 @@ class MqttLink(asyncio.Protocol):
             self._keepalive_task.cancel()
 
     def data_received(self, data: bytes) -> None:
+        self._last_in = asyncio.get_running_loop().time()
         buffer = self._buffer
         buffer += data
         view = memoryview(buffer)
@@ -162,7 +164,7 @@ class MqttLink(asyncio.Protocol):
             if not self._connack.done():
                 self._connack.set_result(packet)
         elif isinstance(packet, mqtt5.PingRespPacket):
-            self._pong = True
+            pass  # any bytes from the broker show the link is alive (data_received)
         elif isinstance(packet, mqtt5.DisconnectPacket):
             log.warning("broker disconnected us: %s", packet.reason_code.name)
         else:
@@ -255,20 +257,27 @@ class MqttLink(asyncio.Protocol):
         if self._paused and len(incoming) < self.high_water // 2 and self.transport:
             self.transport.resume_reading()
             self._paused = False
+            self._last_in = asyncio.get_running_loop().time()  # not read while paused
         return batch
 
     async def _keepalive(self, interval: int) -> None:
+        """Ping every interval/2; drop the link if nothing came back in that time. While
+        reading is paused (our own backpressure), the PINGRESP waits behind messages not
+        yet read: that is no sign of a dead broker, so the link is not judged then."""
         if interval <= 0:
             return
+        loop = asyncio.get_running_loop()
         while True:
+            pinged = loop.time()
+            self._write(mqtt5.PingReqPacket().write())
+            self.pings += 1
             await asyncio.sleep(interval / 2)
-            if not self._pong:
-                log.warning("no PINGRESP within %ss; dropping the connection", interval / 2)
+            if not self._paused and self._last_in < pinged:
+                log.warning("nothing from the broker within %ss of a PINGREQ; dropping the "
+                            "connection", interval / 2)
                 if self.transport is not None:
                     self.transport.abort()
                 return
-            self._pong = False
-            self._write(mqtt5.PingReqPacket().write())
 
 
 def connector(settings: MqttSettings, client_id: str, *, session_expiry: int = 0,

@@ -6,14 +6,18 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import time
 import uuid
+from pathlib import Path
 
 import mqtt5
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from facility.localservers import MosquittoServer
 from facility.mqttlink import MqttLink
 from facility.settings import MqttSettings, Settings
+from tests.conftest import make_settings
 from tests.helpers import Collector, eventually, publish_all
 
 topics_ = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00+#"),
@@ -80,3 +84,49 @@ async def test_unacknowledged_messages_come_again(settings: Settings, unique: st
         again.ack(redelivered)
     assert [p.payload for p in redelivered] == [b"two"]
     assert redelivered[0].duplicate
+
+
+async def test_a_stalled_broker_is_noticed(own_mosquitto: MosquittoServer, tmp_path: Path,
+                                           unique: str) -> None:
+    """A broker that stops answering (SIGSTOP) costs the link one keepalive window."""
+    mqtt = make_settings(tmp_path, own_mosquitto.url, "http://127.0.0.1:1", unique).mqtt
+    mqtt = mqtt.model_copy(update={"keepalive": 5})
+    async with await MqttLink.open(mqtt, f"link-{unique}") as link:
+        own_mosquitto.pause()
+        try:
+            stalled = time.monotonic()
+            done, _ = await asyncio.wait({link.closed}, timeout=10)
+            assert done, "the link never noticed"
+            took = time.monotonic() - stalled
+        finally:
+            own_mosquitto.resume()
+    assert took <= 5.5, took  # at most two half-keepalive windows
+
+
+async def test_backpressure_does_not_drop_the_link(settings: Settings, unique: str) -> None:
+    """Reading paused because the consumer is behind: the PINGRESP waits behind unread
+    messages, which is no sign of a dead broker; the link stays and nothing is lost."""
+    topic = f"test/{unique}/flood"
+    mqtt = settings.mqtt.model_copy(update={"keepalive": 5})
+    async with await MqttLink.open(mqtt, f"link-{unique}") as link:
+        link.high_water = 20
+        await link.subscribe([topic], qos=0)
+        sent = 3000
+        await publish_all(mqtt, [(topic, b"x" * 200)] * sent, qos=0)
+
+        async def state() -> tuple[bool, int]:
+            return link._paused, link.pings
+
+        paused = await eventually(state, lambda s: s[0], 10, "reading paused")
+        # Two keepalive windows judged while paused.
+        await eventually(state, lambda s: s[1] >= paused[1] + 3, 10, "three pings")
+        assert link._paused and not link.closed.done()
+        got = 0
+
+        async def receive() -> int:
+            nonlocal got
+            got += len(await link.next_batch(1000, 0.1))
+            return got
+
+        await eventually(receive, lambda n: n >= sent, 20, "every message")
+    assert got == sent
