@@ -174,7 +174,25 @@ async def run_load(config: Path, rate: float, skip: set[str], status: Path) -> N
 
 
 def report(status: Path, line: str) -> None:
-    status.write_text(line)
+    partial = status.with_suffix(".partial")
+    partial.write_text(line)
+    partial.replace(status)  # a reader never sees half a line
+
+
+def _load_seconds(status: Path) -> float:
+    return float(status.read_text().split()[2]) if status.exists() else 0.0
+
+
+async def load_running(status: Path, load: asyncio.subprocess.Process, folder: Path,
+                       settle: float, timeout: float = 120.0) -> None:
+    """Wait until the load generator has published for `settle` s (the engine has then
+    seen every device); it takes a while to start on a slow machine."""
+    deadline = time.monotonic() + timeout
+    while _load_seconds(status) < settle:
+        if load.returncode is not None or time.monotonic() > deadline:
+            raise RuntimeError("the load generator did not start: "
+                               + (folder / "load.log").read_text()[-2000:])
+        await asyncio.sleep(0.1)
 
 
 # --- the probe: the fire, and what it causes -------------------------------------------------
@@ -390,7 +408,7 @@ async def run(quick: bool) -> list[Figure]:
             load = await start(folder, "load", "-m", "bench.bench_alert_latency", "load",
                                str(config), str(RATE), ",".join(detectors), str(status))
             processes.append(load)
-            await asyncio.sleep(5)  # the load settles (the engine has seen every device)
+            await load_running(status, load, folder, settle=5.0)
             steps_start = await step_buckets(metrics_url)  # not the load's own start
             broker_pid = broker.pid
             before = {p.pid: cpu_seconds(p.pid) for p in (rules, load, player)}
