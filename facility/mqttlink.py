@@ -1,12 +1,14 @@
-"""A lean MQTT v5 connection for high-rate subscribers (ingest), on asyncio.Protocol.
+"""A lean MQTT v5 connection for high-rate services (ingest, rules), on asyncio.Protocol.
 
 paho-mqtt reads one packet per socket event and builds a Properties object for every
 v5 PUBLISH; profiled, that was most of ingest's CPU. Here the framing is the mqtt5
 library (the sans-I/O codec by aiomqtt's maintainer, in Rust): every chunk the socket
 delivers is parsed in one loop, and the acknowledgements of a whole batch go out in one
-write. It does what ingest needs and no more: CONNECT with a persistent session and a
-Receive Maximum, SUBSCRIBE, QoS 0/1 PUBLISH in both directions, PUBACK on request,
-keep-alive. Other services use aiomqtt.
+write. It does what ingest and rules need and no more: CONNECT with a persistent session
+and a Receive Maximum, SUBSCRIBE/UNSUBSCRIBE, QoS 0/1 PUBLISH in both directions (`send`
+writes a QoS 1 publish without waiting for its PUBACK: rules' display messages are
+confirmed end to end by their endpoints, so 14 for one fire go out in 14 writes, not 14
+round trips), PUBACK on request, keep-alive. Other services use aiomqtt.
 """
 
 from __future__ import annotations
@@ -207,6 +209,22 @@ class MqttLink(asyncio.Protocol):
                    if code.value >= 0x80]
         if refused:
             raise LinkError(f"subscription refused: {[c.name for c in refused]}")
+
+    async def unsubscribe(self, filters: Iterable[str], timeout: float = 10.0) -> None:
+        packet_id = self._packet_id()
+        await self._request(mqtt5.UnsubscribePacket(packet_id, list(filters)),
+                            mqtt5.UnsubAckPacket, packet_id, timeout)
+
+    def send(self, topic: str, payload: bytes, *, retain: bool = False) -> bool:
+        """Publish QoS 1 now, without waiting for the PUBACK; False if the connection is
+        gone (the caller re-sends)."""
+        packet = mqtt5.PublishPacket(topic=topic, payload=payload, retain=retain,
+                                     qos=mqtt5.QoS.AT_LEAST_ONCE, packet_id=self._packet_id())
+        try:
+            self._write(packet.write())
+        except LinkError:
+            return False
+        return True
 
     async def publish(self, topic: str, payload: bytes, qos: int = 1,
                       timeout: float = 10.0) -> None:

@@ -37,6 +37,7 @@ from facility import topics
 from facility.configfile import ConfigError
 from facility.metrics import Metrics
 from facility.mqtt import run_connected
+from facility.mqttlink import MqttLink, connector
 from facility.outbox import Outbox
 from facility.service import Service
 from facility.settings import Settings
@@ -48,7 +49,6 @@ from rules.config import RuleSet, load_rules, rule_files
 from rules.endpoints import EndpointConfig, load_endpoints
 from rules.engine import Effects, Engine
 from rules.intake import OPS_FAMILY, Intake, Refusal
-from rules.link import Link, connector
 from rules.notify import WebhookNotifier, deliver
 from rules.store import AlertStore
 from rules.topology import Topology
@@ -111,8 +111,8 @@ class RulesService(Service):
         self.outbox: Outbox | None = None
         self.http: aiohttp.ClientSession | None = None
         self._lock = asyncio.Lock()
-        self._client: Link | None = None  # the alerts connection: publishes too
-        self._bulk: Link | None = None  # the telemetry connection
+        self._client: MqttLink | None = None  # the alerts connection: publishes too
+        self._bulk: MqttLink | None = None  # the telemetry connection
         self._links: set[str] = set()  # connections up and subscribed
         self._last_beat = 0
         self._answers: list[tuple[str, bytes]] = []  # operator results, sent after the commit
@@ -236,7 +236,7 @@ class RulesService(Service):
     def filters(self) -> list[str]:
         return self.bulk_filters() + self.priority_filters()
 
-    async def _priority_session(self, link: Link) -> None:
+    async def _priority_session(self, link: MqttLink) -> None:
         assert self.outbox is not None
         await link.subscribe(self.priority_filters(), qos=1)
         await link.unsubscribe(self.bulk_filters())  # a session from before the split
@@ -244,7 +244,7 @@ class RulesService(Service):
         self._link_up("alerts")
         try:
             async with asyncio.TaskGroup() as tg:
-                # The outbox only calls publish(topic, payload, qos=...), which Link has.
+                # The outbox only calls publish(topic, payload, qos=...), which MqttLink has.
                 tg.create_task(self.outbox.drain(link),  # type: ignore[arg-type]
                                name=f"{self.name} outbox")
                 tg.create_task(self._receive(link), name=f"{self.name} receive alerts")
@@ -255,7 +255,7 @@ class RulesService(Service):
             self._client = None
             self._link_down("alerts")
 
-    async def _bulk_session(self, link: Link) -> None:
+    async def _bulk_session(self, link: MqttLink) -> None:
         await link.subscribe(self.bulk_filters(), qos=1)
         self._bulk = link
         self._link_up("telemetry")
@@ -310,7 +310,7 @@ class RulesService(Service):
             self.engine.router.retry(now)
             await self._commit_step(now)
 
-    async def _receive(self, link: Link) -> None:
+    async def _receive(self, link: MqttLink) -> None:
         while True:
             batch = await link.next_batch(PRIORITY_BATCH, None)
             await self._handle_batch([(p.topic, p.payload) for p in batch], PRIORITY_BATCH,
@@ -501,7 +501,7 @@ class RulesService(Service):
             self._m_inputs.labels(kind).inc(count - self._m_inputs_seen.get(kind, 0))
             self._m_inputs_seen[kind] = count
 
-    def _send_soon(self, client: Link | None, topic: str, payload: bytes,
+    def _send_soon(self, client: MqttLink | None, topic: str, payload: bytes,
                    retain: bool = False) -> None:
         """Publish without waiting for the broker's acknowledgement: a display message or
         broadcast not confirmed by its endpoint is re-sent by the router (same id), an
