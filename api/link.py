@@ -10,15 +10,18 @@ persistent session, so command results that arrive during a restart are not lost
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 import uuid
 from collections.abc import Callable
+from functools import partial
 
 import aiomqtt
 
 from facility import messages as m
 from facility import topics
+from facility.deadletters import DeadLetters, Letter
 from facility.mqtt import make_client, run_connected
 from facility.service import Service
 from facility.settings import MqttSettings
@@ -50,6 +53,8 @@ class MqttLink(Service):
         self.client_id = client_id
         self.dispatch = dispatch
         self.received = 0
+        self.letters = DeadLetters("api", site_id)
+        self._sending: set[asyncio.Task[None]] = set()
         self._client: aiomqtt.Client | None = None
         self._ops: dict[str, asyncio.Future[m.AlertOperationResult]] = {}
 
@@ -92,23 +97,26 @@ class MqttLink(Service):
     def _take(self, message: aiomqtt.Message) -> None:
         raw = message.payload
         payload = raw if isinstance(raw, bytes) else str(raw).encode() if raw else b""
-        try:
-            parsed = topics.parse(message.topic.value)
-        except topics.TopicError:
-            return
+        topic = message.topic.value
+        out = self.letters.run(partial(self._handle, topic, payload), topic, payload)
+        if isinstance(out, Letter) and self.letters.needs_letter(out):
+            task = asyncio.get_running_loop().create_task(self._send_letter(out))
+            self._sending.add(task)
+            task.add_done_callback(self._sending.discard)
+
+    async def _send_letter(self, letter: Letter) -> None:
+        with contextlib.suppress(LinkDown):  # counted already; the broker is away
+            await self.publish(letter.topic, letter.payload)
+
+    def _handle(self, topic: str, payload: bytes) -> None:
+        parsed = topics.parse(topic)
         if parsed.kind is Kind.COMMAND_RESULT and parsed.family == OPS_FAMILY:
             self._op_result(payload)
             return
-        try:
-            self.dispatch(parsed, payload)
-        except m.ContractError as exc:
-            log.warning("%s: ignored a message on %s: %s", self.name, message.topic.value, exc)
+        self.dispatch(parsed, payload)
 
     def _op_result(self, payload: bytes) -> None:
-        try:
-            result = m.decode(payload, m.AlertOperationResult)
-        except m.ContractError:
-            return
+        result = m.decode(payload, m.AlertOperationResult)
         waiter = self._ops.pop(result.id, None)
         if waiter is not None and not waiter.done():
             waiter.set_result(result)

@@ -13,10 +13,23 @@ import math
 import re
 from collections.abc import Mapping
 
+from facility.errors import Refused
+
 Scalar = bool | int | float | str
 
+# Numbers are stored as float fields: an integer a double cannot hold would be altered.
+MAX_EXACT_INT = 2**53
 
-class LineProtocolError(ValueError):
+
+def exact_as_float(value: int) -> bool:
+    """Whether float(value) is value (2**60 is; 2**53 + 1 is not; 10**400 overflows)."""
+    try:
+        return int(float(value)) == value
+    except OverflowError:
+        return False
+
+
+class LineProtocolError(Refused):
     """A value that line protocol cannot carry unchanged."""
 
 
@@ -65,8 +78,11 @@ def field_value(value: Scalar) -> str:
         return "false"
     if isinstance(value, int):
         # No 'i' suffix: every number is a float field, so a device that sends 3 then
-        # 3.5 never causes a type conflict. Integers beyond 2**53 lose precision.
-        return str(value)
+        # 3.5 never causes a type conflict. An integer a double cannot hold is refused,
+        # not rounded.
+        if -MAX_EXACT_INT <= value <= MAX_EXACT_INT or exact_as_float(value):
+            return str(value)
+        raise LineProtocolError(f"integer {value} cannot be stored exactly as a float field")
     if isinstance(value, float):
         if not math.isfinite(value):
             raise LineProtocolError(f"{value} is not a finite number")

@@ -15,6 +15,8 @@ from typing import Any, TypeVar
 
 import msgspec
 
+from facility.errors import Refused
+from facility.lineprotocol import MAX_EXACT_INT, exact_as_float
 from facility.topics import check_id
 
 SCHEMA_VERSION = 1
@@ -67,7 +69,7 @@ class CommandStatus(StrEnum):
     DUPLICATE = "duplicate"  # this command id was already executed
 
 
-class ContractError(ValueError):
+class ContractError(Refused):
     """A message that breaks the contract."""
 
 
@@ -89,6 +91,10 @@ def _check_scalar(name: str, value: Scalar) -> None:
             raise ContractError(f"value {name!r} is {value}, not a finite number")
     elif type(value) is str and len(value) > MAX_STRING_VALUE:
         raise ContractError(f"value {name!r} is longer than {MAX_STRING_VALUE} characters")
+    elif type(value) is int and not -MAX_EXACT_INT <= value <= MAX_EXACT_INT \
+            and not exact_as_float(value):
+        raise ContractError(f"value {name!r} is {value}, which a float field cannot hold "
+                            "exactly")
 
 
 @lru_cache(maxsize=8192)

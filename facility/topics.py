@@ -19,6 +19,8 @@ import re
 from dataclasses import dataclass
 from enum import StrEnum
 
+from facility.errors import Refused
+
 ROOT = "facility"
 VERSION = "v1"
 PREFIX = f"{ROOT}/{VERSION}"
@@ -28,7 +30,7 @@ PREFIX = f"{ROOT}/{VERSION}"
 ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 
 
-class TopicError(ValueError):
+class TopicError(Refused):
     """A topic or topic segment that the contract does not allow."""
 
 

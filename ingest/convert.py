@@ -20,6 +20,7 @@ import msgspec
 from facility import lineprotocol as lp
 from facility import messages as m
 from facility import topics
+from facility.errors import Refused
 from facility.topics import Kind
 from ingest.sequence import SequenceTracker
 
@@ -31,7 +32,7 @@ DEAD_LETTER_MEASUREMENT = "dead_letter"
 MAX_PAYLOAD = 64 * 1024  # canonical messages are small; a bigger one is not a reading
 
 
-class Rejected(ValueError):
+class Rejected(Refused):
     """The message cannot be stored; the text is the reason for the dead letter."""
 
 

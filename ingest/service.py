@@ -17,10 +17,11 @@ import time
 from collections import deque
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
+from functools import partial
 
-from facility import messages as m
 from facility import topics
 from facility.backoff import Backoff
+from facility.deadletters import DeadLetters, Letter
 from facility.influx import InfluxClient, InfluxError
 from facility.metrics import Metrics
 from facility.mqtt import run_connected
@@ -28,7 +29,7 @@ from facility.mqttlink import LinkError, Message, MqttLink, connector
 from facility.service import Service
 from facility.settings import Settings
 from facility.topics import Kind
-from ingest.convert import Converter, Rejected
+from ingest.convert import Converter
 from ingest.sequence import SequenceTracker
 from ingest.spool import Spool
 from ingest.writer import BatchWriter, Unavailable
@@ -57,8 +58,8 @@ class Ingest(Service):
         self.metrics = Metrics("ingest")
         self._m_received = self.metrics.counter("messages_total", "Messages received")
         self._m_written = self.metrics.counter("points_written_total", "Points InfluxDB accepted")
-        self._m_dead = self.metrics.counter("dead_letters_total",
-                                            "Messages refused, with a dead letter", ("stage",))
+        self.letters = DeadLetters("ingest", self.options.site, metrics=self.metrics,
+                                   clock_ns=clock_ns)
         self._m_batch = self.metrics.histogram(
             "batch_seconds", "Time to write a batch and acknowledge it",
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60))
@@ -69,8 +70,11 @@ class Ingest(Service):
         # Plain counters too, for `facility up` and the tests.
         self.received = 0
         self.written = 0
-        self.dead_letters = 0
         self.spooled = 0
+
+    @property
+    def dead_letters(self) -> int:
+        return self.letters.total
 
     def subscriptions(self) -> list[str]:
         filters = [topics.subscription(kind, site=self.options.site) for kind in KINDS]
@@ -171,9 +175,9 @@ class Ingest(Service):
             self.written += written
             self._m_written.inc(written)
             for index, reason in refused:
-                await self._dead_letter(link, "(spooled line)", "influxdb",
-                                        f"InfluxDB refused it on replay: {reason}",
-                                        lines[index])
+                await self._send_letter(link, self.letters.letter(
+                    "(spooled line)", lines[index], "influxdb",
+                    f"InfluxDB refused it on replay: {reason}"))
             self.spool.remove(batch_id, len(lines))
             self._m_spooled.set(self.spool.lines)
 
@@ -207,23 +211,30 @@ class Ingest(Service):
         assert self.writer is not None
         lines: list[bytes] = []
         origin: list[int] = []
-        refused: list[tuple[int, str, str]] = []  # (index, stage, reason)
+        letters: list[Letter] = []
         to_line = self.converter.to_line
+        guard = self.letters.run
         for index, message in enumerate(batch):
-            try:
-                lines.append(to_line(message.topic, message.payload))
+            out = guard(partial(to_line, message.topic, message.payload), message.topic,
+                        message.payload)
+            if type(out) is bytes:
+                lines.append(out)
                 origin.append(index)
-            except Rejected as exc:
-                refused.append((index, "convert", str(exc)))
+            else:
+                assert isinstance(out, Letter)
+                letters.append(out)
         self.received += len(batch)
         assert self.spool is not None
         if self.spool.batches == 0:
             try:
-                for line_index, reason in await self.writer.write(
-                        lines, give_up_after=self.options.spool_after):
-                    refused.append((origin[line_index], "influxdb",
-                                    f"InfluxDB refused it: {reason}"))
-                written = len(lines) - sum(1 for _, stage, _ in refused if stage == "influxdb")
+                not_written = await self.writer.write(lines,
+                                                      give_up_after=self.options.spool_after)
+                for line_index, reason in not_written:
+                    message = batch[origin[line_index]]
+                    letters.append(self.letters.letter(
+                        message.topic, message.payload, "influxdb",
+                        f"InfluxDB refused it: {reason}"))
+                written = len(lines) - len(not_written)
                 self.written += written
                 self._m_written.inc(written)
                 lines = []
@@ -234,26 +245,15 @@ class Ingest(Service):
             self.spool.append(lines)
             self.spooled += len(lines)
             self._m_spooled.set(self.spool.lines)
-        if refused:
-            await self._dead_letters(link, batch, refused)
+        if letters:
+            # The originals are acknowledged only after their dead letters are at the broker.
+            await asyncio.gather(*(self._send_letter(link, letter) for letter in letters))
 
-    async def _dead_letters(self, link: MqttLink, batch: list[Message],
-                            refused: list[tuple[int, str, str]]) -> None:
-        # The originals are acknowledged only after their dead letters are at the broker.
-        await asyncio.gather(*(self._dead_letter(link, batch[index].topic, stage, reason,
-                                                 batch[index].payload)
-                               for index, stage, reason in refused))
-
-    async def _dead_letter(self, link: MqttLink, topic: str, stage: str, reason: str,
-                           payload: bytes) -> None:
-        if topic.startswith(topics.PREFIX) and f"/{Kind.DEADLETTER}/" in topic:
+    async def _send_letter(self, link: MqttLink, letter: Letter) -> None:
+        if f"/{Kind.DEADLETTER}/" in letter.origin:
             # A dead letter that cannot be stored is only logged: no loop of letters.
-            log.error("dead letter on %s cannot be stored: %s", topic, reason)
+            log.error("a dead letter cannot be stored: %s", letter.text)
             return
-        self.dead_letters += 1
-        self._m_dead.labels(stage).inc()
-        letter = m.DeadLetter.of("ingest", self.clock_ns(), topic, reason, payload)
-        site = self.converter.site_of(topic) or self.options.site.replace("+", "unknown")
-        await link.publish(topics.deadletter(site, "ingest"), m.encode(letter))
+        await link.publish(letter.topic, letter.payload)
 
 

@@ -29,6 +29,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import TextIO
 
@@ -37,6 +38,7 @@ from aiohttp import web
 
 from facility import messages as m
 from facility import topics
+from facility.deadletters import DeadLetters, Letter
 from facility.mqtt import make_client, run_connected
 from facility.service import Service
 from facility.settings import MqttSettings
@@ -82,6 +84,7 @@ class DisplayPlayer(Service):
         self._journal: TextIO | None = None
         self.client_id = client_id or f"{mqtt.client_prefix}-displays-{site_id}"
         self._acks: set[asyncio.Task[None]] = set()
+        self.letters = DeadLetters("screens", site_id, clock_ns=clock_ns)
 
     @classmethod
     def from_config(cls, mqtt: MqttSettings, site_id: str, config: object,
@@ -159,21 +162,28 @@ class DisplayPlayer(Service):
                 else str(message.payload).encode()
             if not payload:
                 continue
-            try:
-                parsed = topics.parse(message.topic.value)
-                if parsed.kind is Kind.DISPLAY:
-                    msg: m.DisplayMessage | m.Broadcast = m.decode(payload, m.DisplayMessage)
-                else:
-                    msg = m.decode(payload, m.Broadcast)
-            except (m.ContractError, topics.TopicError) as exc:
-                log.warning("%s: ignored %s: %s", self.name, message.topic.value, exc)
-                continue
-            ack = self.take(parsed.name, msg)
-            if ack is not None:  # each screen confirms on its own: no waiting in line
-                task = asyncio.get_running_loop().create_task(self._confirm(
-                    client, topics.display_ack(self.site_id, parsed.name), m.encode(ack)))
-                self._acks.add(task)
-                task.add_done_callback(self._acks.discard)
+            topic = message.topic.value
+            out = self.letters.run(partial(self._take, topic, payload), topic, payload)
+            if isinstance(out, Letter):  # a screen cannot show it: kept for a person
+                self._send(client, out.topic, out.payload)
+            elif out is not None:  # each screen confirms on its own: no waiting in line
+                self._send(client, *out)
+
+    def _take(self, topic: str, payload: bytes) -> tuple[str, bytes] | None:
+        parsed = topics.parse(topic)
+        if parsed.kind is Kind.DISPLAY:
+            msg: m.DisplayMessage | m.Broadcast = m.decode(payload, m.DisplayMessage)
+        else:
+            msg = m.decode(payload, m.Broadcast)
+        ack = self.take(parsed.name, msg)
+        if ack is None:
+            return None
+        return topics.display_ack(self.site_id, parsed.name), m.encode(ack)
+
+    def _send(self, client: aiomqtt.Client, topic: str, payload: bytes) -> None:
+        task = asyncio.get_running_loop().create_task(self._confirm(client, topic, payload))
+        self._acks.add(task)
+        task.add_done_callback(self._acks.discard)
 
     async def _confirm(self, client: aiomqtt.Client, topic: str, payload: bytes) -> None:
         with contextlib.suppress(aiomqtt.MqttError):  # unconfirmed: the engine re-sends
