@@ -368,7 +368,13 @@ class Evaluator:
         data = self._source(status.device)
         if data.status is not status.state:
             data.status = status.state
-            data.status_since = min(now, status.ts) if status.ts > now - 86400 * NS else now
+            # A status's own time is when its state began, unless it is older than the
+            # state it ends: a last will carries the time its connection was made, and the
+            # state changed when the broker noticed, i.e. now (then the hold applies).
+            began = status.ts
+            if began > now or began < now - 86400 * NS or began <= data.status_since:
+                began = now
+            data.status_since = began
         out: list[Signal] = []
         for watch in self.plans.get(status.device, Plan()).watches:
             compiled = watch.compiled
