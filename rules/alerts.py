@@ -203,6 +203,9 @@ class AlertBook:
         self.open: dict[tuple[str, str], Alert] = {}  # (rule, source) -> open occurrence
         self.points: dict[tuple[str, str], Point] = {}
         self.incidents: dict[str, Incident] = {}  # open incidents
+        # Alerts closed (acknowledged and clear) while their incident is in its anti-flap
+        # hold: the incident's outputs stay up with them until the hold is over.
+        self.held: dict[str, list[Alert]] = {}
         # What changed since the last take(): alerts to store and publish, history.
         self.changed: dict[str, tuple[Alert, str, str, str]] = {}
         self.transitions: list[Transition] = []
@@ -357,6 +360,8 @@ class AlertBook:
             before = alert.state
             alert.closed_at = now
             self.open.pop((alert.rule, alert.source), None)
+            if alert.incident in self.incidents:
+                self.held.setdefault(alert.incident, []).append(alert)
             self._record(alert, "closed", before, now)
 
     # --- operator actions -----------------------------------------------------------
@@ -540,11 +545,14 @@ class AlertBook:
     # --- stage 4: incidents ---------------------------------------------------------
 
     def members(self) -> dict[str, list[Alert]]:
-        """Open alerts by incident, in one pass (not one pass per incident)."""
+        """Open alerts by incident, in one pass (not one pass per incident), and those
+        held with their incident."""
         out: dict[str, list[Alert]] = {}
         for alert in self.open.values():
             if alert.incident:
                 out.setdefault(alert.incident, []).append(alert)
+        for incident_id, held in self.held.items():
+            out.setdefault(incident_id, []).extend(held)
         return out
 
     def group(self, now: int) -> None:
@@ -601,6 +609,11 @@ class AlertBook:
         return None
 
     def _incident_states(self, now: int) -> None:
+        hold = self.incident_hold * NS
+        for incident_id in list(self.held):
+            incident = self.incidents.get(incident_id)
+            if incident is None or (not incident.active and now - incident.cleared_at >= hold):
+                del self.held[incident_id]
         by_incident = self.members()
         for incident in list(self.incidents.values()):
             members = by_incident.get(incident.id, [])

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from facility.messages import Availability, DeviceStatus, Family
+from facility.messages import AlertAction, AlertState, Availability, DeviceStatus, Family
 from facility.settings import Settings
 from rules.clock import NS, ManualClock
 from tests.test_rules_scenarios import START, Campus, running, until
@@ -43,3 +43,35 @@ async def test_a_last_will_waits_for_the_offline_hold(settings: Settings,
         assert campus.open_alerts("gateway-offline") == []
         await campus.advance(2)
         await until("the gateway alert", lambda: campus.open_alerts("gateway-offline"))
+
+
+async def test_the_anti_flap_hold_applies_when_acknowledged(settings: Settings,
+                                                            tmp_path: Path) -> None:
+    """The operator acknowledged the fire; when it clears, the screens still hold the
+    evacuation for incident_hold (30 s), as they do when nobody acknowledged."""
+    clock = ManualClock(START)
+    campus = Campus(settings, tmp_path, clock)
+    async with running(campus):
+        assert campus.rules is not None and campus.rules.engine is not None
+        await campus.send(
+            campus.event("fp-ebike", "fire_alarm", "火警 西门车棚"),
+            campus.reading(Family.FIRE, "fp-ebike", state="alarm", alarm_count=1))
+        await until("the evacuation on the west gate screen",
+                    lambda: "疏散" in campus.screen("led-west-gate"))
+        for alert in campus.open_alerts():
+            if alert.state is AlertState.ACTIVE_UNACK:
+                result = await campus.rules.operate(AlertAction.ACKNOWLEDGE, alert.id, "guard-1")
+                assert result.ok, result
+        await campus.send(
+            campus.event("fp-ebike", "restore"),
+            campus.reading(Family.FIRE, "fp-ebike", state="normal", alarm_count=0))
+        await campus.advance(1)
+        assert not any(a.active for a in campus.open_alerts())
+        assert "疏散" in campus.screen("led-west-gate")  # held, acknowledged or not
+        await campus.advance(20)
+        assert "疏散" in campus.screen("led-west-gate")
+        await campus.advance(11)  # past the hold
+        await until("the west gate screen back to normal",
+                    lambda: "疏散" not in campus.screen("led-west-gate"))
+        assert [i for i in campus.rules.engine.book.incidents.values()
+                if i.category == "fire"] == []  # closed after its hold
