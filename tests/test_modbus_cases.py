@@ -5,7 +5,6 @@ must produce the expected values, qualities and errors."""
 from __future__ import annotations
 
 import asyncio
-import math
 from pathlib import Path
 from typing import Any
 
@@ -94,12 +93,8 @@ async def poll_once(regmap: RegisterMap, units: int,
 
 
 def same(actual: Any, expected: Any) -> bool:
-    if isinstance(expected, float) and isinstance(actual, int | float) \
-            and not isinstance(actual, bool):
-        return math.isclose(actual, expected, rel_tol=1e-9, abs_tol=1e-12)
-    return (type(actual) is type(expected) and actual == expected) or \
-        (isinstance(expected, int) and not isinstance(expected, bool)
-         and isinstance(actual, int) and not isinstance(actual, bool) and actual == expected)
+    """Exactly the expected value and type: a float32's shortest decimal, an exact integer."""
+    return type(actual) is type(expected) and actual == expected
 
 
 @pytest.mark.parametrize("case", sorted(p.name for p in CASES.iterdir() if p.is_dir()))

@@ -10,7 +10,8 @@ spec) and the hole between them is at most `max_gap` registers and never crosses
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from decimal import Decimal
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -32,6 +33,8 @@ TYPES: dict[str, tuple[str, int]] = {
     "int64": ("q", 4), "uint64": ("Q", 4), "float32": ("f", 2), "float64": ("d", 4),
     "bool": ("?", 1),
 }
+# significant decimal digits a raw value can have (a float32's shortest decimal: 9)
+RAW_DIGITS = {"h": 5, "H": 5, "i": 10, "I": 10, "q": 19, "Q": 20, "f": 9, "d": 17, "?": 1}
 BIT_TABLES = ("coil", "discrete")
 MAX_READ = {"holding": 125, "input": 125, "coil": 2000, "discrete": 2000}
 
@@ -170,6 +173,22 @@ class Slot:
     bit: int | None
     enum: dict[int, str] | None
     valid: tuple[float, float] | None
+    # Derived for decode: scale and offset as the decimals written in the map (0.1 is
+    # 1/10, not the double nearest it), and whether every scaled value has at most 15
+    # significant digits, so that its nearest double surely reads back as it.
+    scaled: bool = field(init=False)
+    dec_scale: Decimal = field(init=False)
+    dec_add: Decimal | None = field(init=False)
+    fits_double: bool = field(init=False)
+
+    def __post_init__(self) -> None:
+        scale = Decimal(repr(self.scale))
+        set_ = object.__setattr__
+        set_(self, "scaled", self.scale != 1.0 or self.add != 0.0)
+        set_(self, "dec_scale", scale)
+        set_(self, "dec_add", Decimal(repr(self.add)) if self.add else None)
+        digits = RAW_DIGITS.get(self.struct_code, 17) + len(scale.normalize().as_tuple().digits)
+        set_(self, "fits_double", not self.add and digits <= 15)
 
 
 @dataclass(frozen=True, slots=True)
