@@ -112,9 +112,11 @@ class Router:
     def route(self, book: AlertBook, now: int) -> None:
         wanted: dict[str, dict[str, Content]] = {e: {} for e in self.endpoints}
         by_incident = book.members()
+        showing: set[str] = set()
         for incident in book.incidents.values():
             if not book.showing(incident, now):
                 continue
+            showing.add(incident.id)
             members = by_incident.get(incident.id, [])
             live = [a for a in members if a.annunciated and (a.active or not incident.active)]
             live.sort(key=lambda a: (a.priority, a.raised_at))
@@ -150,7 +152,7 @@ class Router:
             state = self.state[endpoint_id]
             endpoint = self.endpoints[endpoint_id]
             if endpoint.is_pa:
-                self._announce(endpoint, state, layers, now)
+                self._announce(endpoint, state, layers, showing, now)
             else:
                 if {k: (v.priority, v.text, v.title) for k, v in state.layers.items()} != \
                         {k: (v.priority, v.text, v.title) for k, v in layers.items()}:
@@ -190,7 +192,7 @@ class Router:
         self._send(endpoint, "display", message, now, message.incident)
 
     def _announce(self, endpoint: Endpoint, state: EndpointState, layers: dict[str, Content],
-                  now: int) -> None:
+                  showing: set[str], now: int) -> None:
         for incident_id, content in layers.items():
             if state.announced.get(incident_id) == content.speech:
                 continue
@@ -200,7 +202,10 @@ class Router:
             kind = DisplayKind(content.kind)
             self._broadcast(endpoint, kind, content.priority, content.speech, content.repeat,
                             incident_id, content.alert, now)
-        for incident_id in [i for i in state.layers if i not in layers]:
+        # An all-clear only when the incident is over: one that fell below this zone's
+        # level (a flood from critical to warning) still holds its screens, and the PA
+        # says nothing until it ends.
+        for incident_id in [i for i in state.layers if i not in layers and i not in showing]:
             gone = state.layers.pop(incident_id)
             state.announced.pop(incident_id, None)
             self.dirty.add(endpoint.id)

@@ -75,3 +75,32 @@ async def test_the_anti_flap_hold_applies_when_acknowledged(settings: Settings,
                     lambda: "疏散" not in campus.screen("led-west-gate"))
         assert [i for i in campus.rules.engine.book.incidents.values()
                 if i.category == "fire"] == []  # closed after its hold
+
+
+async def test_no_all_clear_while_the_flood_goes_on(settings: Settings, tmp_path: Path) -> None:
+    """The flood falls from critical to warning: the west PA says no all-clear while the
+    screen still warns; it says it once, when the incident has ended."""
+    clock = ManualClock(START)
+    campus = Campus(settings, tmp_path, clock)
+    async with running(campus):
+        assert campus.player is not None
+        pa = campus.player.screens["pa-west"]
+        for level in (26.0, 46.0):
+            await campus.send(campus.reading(Family.DRAINAGE, "wl-west-gate", water_level=level))
+            await campus.advance(60)
+        await until("the PA in the west zone", lambda: pa.announced)
+        assert "紧急" in campus.screen("led-west-gate")
+        for level in [28.0] * 12:  # below the critical clear level, above the warning's
+            await campus.send(campus.reading(Family.DRAINAGE, "wl-west-gate", water_level=level))
+            await campus.advance(60)
+        [alert] = campus.open_alerts("waterlogging")
+        assert alert.active and alert.severity.value == "warning"
+        await until("the warning on the west-gate screen",
+                    lambda: "预警" in campus.screen("led-west-gate"))
+        assert [b.kind.value for b in pa.announced] == ["emergency"]  # no all-clear yet
+        for level in [10.0] * 12:  # the flood is over: 10 quiet minutes and the hold
+            await campus.send(campus.reading(Family.DRAINAGE, "wl-west-gate", water_level=level))
+            await campus.advance(60)
+        await until("the all-clear in the west PA zone", lambda: len(pa.announced) == 2)
+        assert pa.announced[-1].kind.value == "all_clear" and "恢复" in pa.announced[-1].text
+        assert "积水" not in campus.screen("led-west-gate")
