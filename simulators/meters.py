@@ -16,12 +16,17 @@ Chint DTSU666 (three-phase), holding registers (FC03), float32, high word first 
     (0.1 var); 0x202A PFt, 0x202C/2E/30 PFa PFb PFc (0.001); 0x2044 Freq (0.01 Hz);
     0x401E ImpEp, 0x4028 ExpEp (kWh). Config words 0x0006 IrAt = 1, 0x0007 UrAt = 10
     (CT and VT ratio 1: the values are primary values).
+  Some editions of the manual list the energy block at 1000H instead (ImpEp 0x101E, ExpEp
+  0x1028): model `chint-dtsu666.energy-101e` is a meter of such an edition, answering
+  there and not at 0x401E.
 Chint DDSU666 (single-phase), holding registers (FC03), float32 ABCD, engineering units.
   Source: Chint DDSU666 manuals ZTY0.464.922 / ZTY0.464.1036 appendix A (as listed in the
   mbmap library, maps/chint/ddsu666.mbmap.json), cross-checked against Tasmota's
   xnrg_11_ddsu666.ino and a DDSU666 bridge register table.
     0x2000 U (V), 0x2002 I (A), 0x2004 P (kW), 0x2006 Q (kvar), 0x2008 S (kVA),
     0x200A PF, 0x200E Freq (Hz); 0x4000 Ep import (kWh), 0x400A reverse Ep (kWh).
+  The meter answers function 04 with the same registers as 03: Tasmota's driver, among
+  common tools, reads it with 04 (model `chint-ddsu666.fc04` names that way of reading).
 Eastron SDM630 (three-phase), input registers (FC04), float32 ABCD, engineering units.
   Source: Eastron "SDM630 Modbus Protocol" (input register table), as in reaper7's
   SDM_Energy_Meter SDM.h and merlokk/SmartHome eastron.h.
@@ -31,9 +36,13 @@ Eastron SDM630 (three-phase), input registers (FC04), float32 ABCD, engineering 
     0x003E total PF; 0x0042 total phase angle; 0x0046 Hz; 0x0048 import kWh;
     0x004A export kWh; 0x004C import kvarh; 0x004E export kvarh; 0x00C8/CA/CC V L1-L2,
     L2-L3, L3-L1; 0x00CE avg L-L V; 0x00E0 neutral I; 0x0156 total kWh; 0x0158 total kvarh.
+  Setup parameters are holding registers (FC03), float32: 0x0002 demand period (min),
+  0x000A system type (3 = three-phase four-wire), 0x001C baud rate (2 = 9600); model
+  `eastron-sdm630.setup` reads two of them.
 
 Undocumented words inside a served block read as 0, so block reads work; addresses outside
-the blocks answer exception 02. Other function codes than the model's answer 02 as well.
+the blocks answer exception 02. Other function codes than those the meter answers
+(`MeterMap.tables`, and FC03 for setup registers) answer 02 as well.
 
 Physics: power is constant per simulated minute (profiles.Load), split over the phases
 with a small seeded imbalance; reactive power from a per-minute power factor; voltages
@@ -46,14 +55,15 @@ from __future__ import annotations
 import cmath
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from decimal import Decimal
 
 from pymodbus.constants import ExcCodes
 
 from simulators.clock import SimClock
 from simulators.noise import Noise
 from simulators.profiles import Load
-from simulators.registers import Layout, Span, Table, f32_words, words_f32
+from simulators.registers import Layout, Span, Table, f32_decimal, f32_words, words_f32
 
 VOLTAGE_BUCKET_S = 10.0
 NOMINAL_V = 229.0
@@ -71,17 +81,29 @@ class Field:
 
 
 @dataclass(frozen=True)
+class Setup:
+    """A float32 setup parameter in the holding registers (FC03)."""
+
+    address: int
+    name: str
+    value: float
+
+
+@dataclass(frozen=True)
 class MeterMap:
     model: str
     phases: int
-    table: Table
+    tables: tuple[Table, ...]  # the tables (function codes) that answer the measurements
     fields: tuple[Field, ...]
     spans: tuple[Span, ...]
     static_words: tuple[tuple[int, int], ...] = ()  # (address, uint16) configuration words
+    setup: tuple[Setup, ...] = ()
 
     def layout(self) -> Layout:
-        return Layout(holding=self.spans) if self.table is Table.HOLDING \
-            else Layout(input=self.spans)
+        setup = tuple(Span(s.address, 2) for s in self.setup)
+        holding = self.spans if Table.HOLDING in self.tables else ()
+        return Layout(holding=holding + setup,
+                      input=self.spans if Table.INPUT in self.tables else ())
 
 
 def _abc(base: int, step: int, source: str, per_unit: float, name: str | None) -> list[Field]:
@@ -90,7 +112,7 @@ def _abc(base: int, step: int, source: str, per_unit: float, name: str | None) -
 
 
 DTSU666 = MeterMap(
-    model="chint-dtsu666", phases=3, table=Table.HOLDING,
+    model="chint-dtsu666", phases=3, tables=(Table.HOLDING,),
     fields=(
         Field(0x2000, "u_ab", 10), Field(0x2002, "u_bc", 10), Field(0x2004, "u_ca", 10),
         *_abc(0x2006, 2, "u", 10, "voltage"),
@@ -111,7 +133,7 @@ DTSU666 = MeterMap(
 )
 
 DDSU666 = MeterMap(
-    model="chint-ddsu666", phases=1, table=Table.HOLDING,
+    model="chint-ddsu666", phases=1, tables=(Table.HOLDING, Table.INPUT),
     fields=(
         Field(0x2000, "u", 1, "voltage"),
         Field(0x2002, "i", 1, "current"),
@@ -127,7 +149,7 @@ DDSU666 = MeterMap(
 )
 
 SDM630 = MeterMap(
-    model="eastron-sdm630", phases=3, table=Table.INPUT,
+    model="eastron-sdm630", phases=3, tables=(Table.INPUT,),
     fields=(
         *_abc(0x0000, 2, "u", 1, "voltage"),
         *_abc(0x0006, 2, "i", 1, "current"),
@@ -152,9 +174,22 @@ SDM630 = MeterMap(
         Field(0x0156, "energy_total", 1), Field(0x0158, "reactive_total", 1),
     ),
     spans=(Span(0x0000, 0x50), Span(0x00C8, 8), Span(0x00E0, 2), Span(0x0156, 4)),
+    setup=(Setup(0x0002, "demand_period", 60.0), Setup(0x000A, "system_type", 3.0),
+           Setup(0x001C, "baud_rate", 2.0)),
 )
 
-METER_MAPS = {m.model: m for m in (DTSU666, DDSU666, SDM630)}
+# A DTSU666 of the manual editions with the energy block at 1000H.
+DTSU666_ENERGY_101E = replace(
+    DTSU666, model="chint-dtsu666.energy-101e",
+    fields=tuple(replace(f, address=f.address - 0x3000) if f.address >= 0x4000 else f
+                 for f in DTSU666.fields),
+    spans=tuple(Span(0x101E, s.count) if s.start == 0x401E else s for s in DTSU666.spans),
+)
+
+# Model ids as the site file names them (`<model>.<edition>` for editions and other ways
+# of reading), each with the meter that answers them.
+METER_MAPS = {m.model: m for m in (DTSU666, DDSU666, SDM630, DTSU666_ENERGY_101E)} | {
+    "chint-ddsu666.fc04": DDSU666, "eastron-sdm630.setup": SDM630}
 
 
 class EnergyCounter:
@@ -306,11 +341,18 @@ class Meter:
             words[field.address + 1] = lo
         return words
 
+    def setup_words(self) -> dict[int, int]:
+        words: dict[int, int] = {}
+        for setup in self.map.setup:
+            words[setup.address], words[setup.address + 1] = f32_words(setup.value)
+        return words
+
     def snapshot(self) -> dict[str, float]:
         """The canonical quantities exactly as the registers encode them.
 
-        A scaled value is the float32 register value divided by its scale (10, 1000, ...),
-        e.g. a DTSU666 Ua register of 2301.5 gives voltage_a 230.15; powers are in kW.
+        A register's value is the shortest decimal that reads back as its float32; a scaled
+        one is that decimal divided exactly by its scale (10, 1000, ...), then the nearest
+        double: a DTSU666 Ua register of 2301.5 gives voltage_a 230.15; powers are in kW.
         """
         words = self.words()
         snapshot: dict[str, float] = {}
@@ -318,14 +360,18 @@ class Meter:
             if field.name is None:
                 continue
             raw = words_f32([words[field.address], words[field.address + 1]])
-            snapshot[field.name] = raw / field.per_unit if field.per_unit != 1 else raw
+            snapshot[field.name] = float(f32_decimal(raw) / Decimal(field.per_unit))
         return snapshot
+
+    def setup_snapshot(self) -> dict[str, float]:
+        """The setup parameters (holding registers), exactly as the registers encode them."""
+        return {s.name: float(f32_decimal(s.value)) for s in self.map.setup}
 
     # The Modbus unit.
     def read_registers(self, table: Table, address: int, count: int) -> list[int]:
-        if table is not self.map.table:
-            return [0] * count
-        words = self.words()
+        words = self.words() if table in self.map.tables else {}
+        if table is Table.HOLDING:
+            words.update(self.setup_words())
         return [words.get(a, 0) for a in range(address, address + count)]
 
     def read_bits(self, table: Table, address: int, count: int) -> list[bool]:

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
+from decimal import Decimal
 from enum import IntEnum
 from typing import Protocol
 
+import numpy as np
 from pymodbus.constants import ExcCodes
 
 
@@ -89,6 +91,12 @@ def f32(value: float) -> float:
     """The float32 nearest to value, as a Python float."""
     result: float = struct.unpack(">f", struct.pack(">f", value))[0]
     return result
+
+
+def f32_decimal(value: float) -> Decimal:
+    """The shortest decimal that reads back as the float32 nearest to value (numpy's
+    Dragon4): what a float32 register says, digit for digit."""
+    return Decimal(np.format_float_scientific(np.float32(value), unique=True))
 
 
 def f32_words(value: float, *, low_word_first: bool = False) -> list[int]:

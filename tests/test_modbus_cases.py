@@ -13,6 +13,7 @@ import yaml
 from pymodbus.server import ModbusTcpServer
 from pymodbus.simulator import DataType, SimData, SimDevice
 
+from facility.configfile import ConfigError
 from facility.messages import Availability
 from facility.site import Device, ModbusEndpoint
 from gateway.modbus.poller import HostPoller, PolledDevice, PollResult, Sink
@@ -144,3 +145,47 @@ async def test_a_cancel_that_pymodbus_swallowed_still_stops_the_poller() -> None
     call.cancel()  # in the same turn of the loop as the reply
     with pytest.raises(asyncio.CancelledError):
         await call
+
+
+def test_editions_are_models_of_their_own() -> None:
+    """`<model>.<edition>`: the base map with the edition's tables and addresses."""
+    base, moved = MODELS["chint-dtsu666"], MODELS["chint-dtsu666.energy-101e"]
+    assert [p.name for p in base.points] == [p.name for p in moved.points]
+    energy = {"energy_import": 0x101E, "energy_export": 0x1028}
+    assert {p.name: p.address for p in moved.points} == \
+        {p.name: energy.get(p.name, p.address) for p in base.points}
+    fc04 = compile_plan(MODELS["chint-ddsu666.fc04"])
+    assert {b.table for b in fc04.blocks} == {"input"}
+    setup = compile_plan(MODELS["eastron-sdm630.setup"])
+    assert {(b.table, b.start) for b in setup.blocks if b.table == "holding"} == \
+        {("holding", 0x0002), ("holding", 0x000A)}
+    assert not moved.editions
+
+
+BASE = """\
+model: m
+vendor: v
+description: d
+reference: r
+points:
+  - {name: a, address: 0, type: float32}
+  - {name: b, address: 2, type: uint16}
+"""
+
+
+@pytest.mark.parametrize(("edition", "why"), [
+    ("e1: {description: x, reference: y, points: {c: {address: 5}}}", "no point 'c'"),
+    ("e1: {description: x, reference: y, points: {b: {address: 1}}}", "overlaps"),
+    ("E1: {description: x, reference: y}", "E1"),
+    ("e1: {description: x, reference: y, add: [{name: a, address: 9, type: uint16}]}",
+     "used twice"),
+    ("e1: {description: x, reference: y, table: coil}", "bool"),
+    ("e1: {description: x}", "reference"),
+])
+def test_an_edition_that_does_not_fit_names_the_file_and_the_field(
+        tmp_path: Path, edition: str, why: str) -> None:
+    (tmp_path / "m.yaml").write_text(f"{BASE}editions:\n  {edition}\n", encoding="utf-8")
+    with pytest.raises(ConfigError) as info:
+        load_models(tmp_path)
+    assert str(tmp_path / "m.yaml") in str(info.value)
+    assert why in str(info.value)

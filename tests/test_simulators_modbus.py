@@ -14,15 +14,19 @@ import shutil
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import datetime
+from decimal import Decimal
 from zoneinfo import ZoneInfo
 
+import numpy as np
 import pytest
 from pymodbus.client import AsyncModbusTcpClient
 from pymodbus.exceptions import ModbusException
 
-from facility.messages import Family
+from facility.messages import Availability, Family
 from facility.settings import MqttSettings
-from facility.site import load_site
+from facility.site import SiteConfig, load_site
+from gateway.modbus.poller import HostPoller, PolledDevice, PollResult, Sink
+from gateway.modbus.registermap import compile_plan, load_models
 from simulators.bollards import Mode
 from simulators.campus import Campus
 from simulators.clock import SimClock
@@ -30,6 +34,7 @@ from simulators.registers import Table
 from tests.conftest import SITE_FILE
 
 SITE = load_site(SITE_FILE)
+MODELS_DIR = SITE_FILE.parent / "models"
 TZ = ZoneInfo("Asia/Shanghai")
 NIGHT = datetime(2026, 11, 24, 3, 0, tzinfo=TZ).timestamp()  # a Tuesday, 03:00
 FLOAT32 = AsyncModbusTcpClient.DATATYPE.FLOAT32
@@ -93,6 +98,13 @@ async def connect(campus: Campus) -> AsyncIterator[Connect]:
         client.close()
 
 
+def exact(raw: float, per_unit: int) -> float:
+    """A float32 register as measured: its shortest decimal (numpy's Dragon4), divided
+    exactly by the raw units per unit, then the nearest double."""
+    return float(Decimal(np.format_float_positional(np.float32(raw), unique=True))
+                 / per_unit)
+
+
 async def read_float(client: AsyncModbusTcpClient, table: str, address: int, unit: int) -> float:
     read = client.read_holding_registers if table == "holding" else client.read_input_registers
     rr = await read(address, count=2, device_id=unit)
@@ -116,7 +128,7 @@ async def test_every_meter_reads_its_snapshot_at_the_documented_addresses(
         assert set(snapshot) == {name for name, _ in doc.values()}
         for address, (name, per_unit) in doc.items():
             raw = await read_float(client, table, address, device.modbus.unit)
-            assert raw / per_unit == snapshot[name], (device.id, hex(address), name)
+            assert exact(raw, per_unit) == snapshot[name], (device.id, hex(address), name)
 
 
 async def test_meter_values_are_physically_consistent(campus: Campus) -> None:
@@ -154,7 +166,7 @@ async def test_dtsu666_block_read_and_scaling(campus: Campus, connect: Connect) 
     assert 372 <= uab <= 425  # line-to-line, √3 x 230 V
     assert 4990 <= floats[0x22] <= 5010  # 0x2044 Freq, in 0.01 Hz
     s = campus.meter("em-main-total").snapshot()
-    assert ua_raw / 10 == s["voltage_a"]
+    assert exact(ua_raw, 10) == s["voltage_a"]
     # CT and VT ratios are 1: the values are primary values.
     rr = await client.read_holding_registers(0x0006, count=2, device_id=1)
     assert rr.registers == [1, 10]
@@ -171,6 +183,111 @@ async def test_undocumented_addresses_and_functions_answer_exception_02(
     assert rr.isError() and rr.exception_code == 2
     rr = await client.write_register(0x2000, 1, device_id=1)
     assert rr.isError() and rr.exception_code == 2
+
+
+# Editions of a meter's map, and the other ways a real meter can be read.
+EDITIONS = {"em-main-total": "chint-dtsu666.energy-101e", "em-east-lighting": "chint-ddsu666.fc04",
+            "em-main-hvac": "eastron-sdm630.setup"}
+
+
+def edition_site() -> SiteConfig:
+    devices = [d.model_copy(update={"modbus": d.modbus.model_copy(
+        update={"model": EDITIONS[d.id]})}) if d.id in EDITIONS and d.modbus else d
+        for d in SITE.devices]
+    return SITE.model_copy(update={"devices": devices})
+
+
+@pytest.fixture
+async def edition_campus() -> AsyncIterator[Campus]:
+    clock = SimClock(start=NIGHT, scale=0)
+    async with Campus(edition_site(), MqttSettings(), clock=clock, seed=7,
+                      use_config_ports=False, families={Family.ENERGY}) as running:
+        yield running
+
+
+async def client_of(campus: Campus, device_id: str) -> tuple[AsyncModbusTcpClient, int]:
+    endpoint = campus.site.device(device_id).modbus
+    assert endpoint is not None
+    client = AsyncModbusTcpClient(endpoint.host, port=endpoint.port, timeout=1, retries=0)
+    assert await client.connect()
+    return client, endpoint.unit
+
+
+async def test_meters_answer_what_real_ones_answer(edition_campus: Campus) -> None:
+    # DTSU666 of the editions with the energy block at 1000H: there, and not at 4000H.
+    client, unit = await client_of(edition_campus, "em-main-total")
+    try:
+        s = edition_campus.meter("em-main-total").snapshot()
+        assert exact(await read_float(client, "holding", 0x101E, unit), 1) == s["energy_import"]
+        assert exact(await read_float(client, "holding", 0x1028, unit), 1) == s["energy_export"]
+        rr = await client.read_holding_registers(0x401E, count=2, device_id=unit)
+        assert rr.isError() and rr.exception_code == 2
+        # DDSU666 (either model id): function 04 answers the same registers as 03.
+        for device_id in ("em-east-lighting", "em-west-lighting"):
+            endpoint = edition_campus.site.device(device_id).modbus
+            assert endpoint is not None
+            ddsu, ddsu_unit = await client_of(edition_campus, device_id)
+            try:
+                for address, count in ((0x2000, 16), (0x4000, 12)):
+                    fc03 = await ddsu.read_holding_registers(address, count=count,
+                                                             device_id=ddsu_unit)
+                    fc04 = await ddsu.read_input_registers(address, count=count,
+                                                           device_id=ddsu_unit)
+                    assert not fc03.isError() and not fc04.isError()
+                    assert fc03.registers == fc04.registers and any(fc03.registers)
+            finally:
+                ddsu.close()
+        # SDM630: setup parameters on function 03 (float32), measurements on 04.
+        sdm, sdm_unit = await client_of(edition_campus, "em-main-hvac")
+        try:
+            assert await read_float(sdm, "holding", 0x0002, sdm_unit) == 60.0  # demand, min
+            assert await read_float(sdm, "holding", 0x000A, sdm_unit) == 3.0  # 3P4W
+            assert await read_float(sdm, "holding", 0x001C, sdm_unit) == 2.0  # 9600 baud
+            assert 49.9 <= await read_float(sdm, "input", 0x0046, sdm_unit) <= 50.1
+            rr = await sdm.read_holding_registers(0x0046, count=2, device_id=sdm_unit)
+            assert rr.isError() and rr.exception_code == 2
+        finally:
+            sdm.close()
+    finally:
+        client.close()
+
+
+class _Results(Sink):
+    def poll_done(self, polled: PolledDevice, result: PollResult) -> None:
+        pass
+
+    def availability_changed(self, polled: PolledDevice, state: Availability,
+                             reason: str) -> None:
+        pass
+
+
+@pytest.mark.parametrize("editions", [False, True])
+async def test_the_gateway_reads_every_meter_exactly(editions: bool) -> None:
+    """Every model and edition, through the gateway's own maps, equals the registers'
+    exact values (the simulator's snapshot): == and not approximately."""
+    models = load_models(MODELS_DIR)
+    clock = SimClock(start=NIGHT, scale=0)
+    site = edition_site() if editions else SITE
+    async with Campus(site, MqttSettings(), clock=clock, seed=7, use_config_ports=False,
+                      families={Family.ENERGY}) as running:
+        meters = [d for d in running.site.devices if d.family is Family.ENERGY]
+        if editions:
+            assert {d.modbus.model for d in meters if d.modbus} >= set(EDITIONS.values())
+        for device in meters:
+            assert device.modbus is not None
+            polled = PolledDevice(device, compile_plan(models[device.modbus.model]))
+            poller = HostPoller(device.modbus.host, device.modbus.port, [polled], _Results())
+            try:
+                result = await poller.poll(polled)
+            finally:
+                poller.client.close()
+            meter = running.meter(device.id)
+            expected: dict[str, object] = dict(meter.snapshot())
+            if device.modbus.model.endswith(".setup"):
+                expected |= {k: v for k, v in meter.setup_snapshot().items()
+                             if k in ("demand_period", "system_type")}
+            assert result.errors == {}, (device.id, result.errors)
+            assert result.values[0] == expected, device.id
 
 
 async def test_building_totals_exceed_their_sub_meters() -> None:

@@ -108,6 +108,28 @@ class CommandSpec(Strict):
     actions: dict[Name, CommandAction] = Field(min_length=1)
 
 
+class PointOverride(Strict):
+    address: int | None = Field(default=None, ge=0, le=65535)
+    table: Table | None = None
+
+
+class Edition(Strict):
+    """Another edition of a model's map, or another way a real meter can be read.
+
+    It becomes its own model, `<model>.<edition>`, which a site's device names like any
+    other: the base map with the edition's default table, point moves and added points.
+    """
+
+    description: str = Field(min_length=1)
+    reference: str = Field(min_length=1, description="the document or tool it comes from")
+    table: Table | None = None  # every point without its own table is read from this one
+    points: dict[Name, PointOverride] = {}
+    add: list[PointSpec] = []
+
+
+EditionName = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9-]{0,30}$")]
+
+
 class RegisterMap(Strict):
     model: Annotated[str, StringConstraints(pattern=f"^{ID_PATTERN.pattern}$")]
     vendor: str
@@ -120,6 +142,7 @@ class RegisterMap(Strict):
     points: list[PointSpec] = []
     units: UnitBlock | None = None
     commands: CommandSpec | None = None
+    editions: dict[EditionName, Edition] = {}
 
     @model_validator(mode="after")
     def _no_overlaps(self) -> RegisterMap:
@@ -135,6 +158,32 @@ class RegisterMap(Strict):
 
     def table_of(self, point: PointSpec) -> Table:
         return point.table or self.defaults.table
+
+    def edition(self, name: str) -> RegisterMap:
+        """The map of one edition, validated like any map (overlaps, tables, names)."""
+        spec = self.editions[name]
+        known = {p.name for p in self.points}
+        for point in spec.points:
+            if point not in known:
+                raise ValueError(f"editions.{name}.points: no point {point!r} in the base map")
+        points = []
+        for p in self.points:
+            change = spec.points.get(p.name)
+            update: dict[str, object] = {}
+            if change is not None and change.address is not None:
+                update["address"] = change.address
+            if change is not None and change.table is not None:
+                update["table"] = change.table
+            elif spec.table is not None and p.table is None:
+                update["table"] = spec.table
+            points.append(p.model_copy(update=update))
+        points += [p if p.table or spec.table is None else p.model_copy(update={
+            "table": spec.table}) for p in spec.add]
+        data = self.model_dump(exclude={"editions", "points"})
+        data.update(model=f"{self.model}.{name}", description=spec.description,
+                    reference=spec.reference,
+                    points=[p.model_dump(exclude_defaults=True) for p in points])
+        return RegisterMap.model_validate(data)
 
 
 def _check_group(regmap: RegisterMap, points: list[PointSpec], where: str) -> None:
@@ -277,13 +326,23 @@ def _block(regmap: RegisterMap, table: Table, start: int, end: int,
 
 
 def load_models(folder: Path) -> dict[str, RegisterMap]:
-    """Every *.yaml in the folder; the file name must match the model name."""
+    """Every *.yaml in the folder, and each of its editions as model `<model>.<edition>`;
+    the file name must match the model name."""
     models: dict[str, RegisterMap] = {}
     for path in sorted(folder.glob("*.yaml")):
         regmap = load(RegisterMap, path)
         if regmap.model != path.stem:
             raise ConfigError(f"{path}: field 'model': {regmap.model!r} must match the file name")
         models[regmap.model] = regmap
+        for name in regmap.editions:
+            try:
+                edition = regmap.edition(name)
+            except ValueError as exc:  # pydantic's ValidationError is one
+                raise ConfigError(f"{path}: field 'editions.{name}': {exc}") from exc
+            if edition.model in models or not ID_PATTERN.fullmatch(edition.model):
+                raise ConfigError(f"{path}: field 'editions.{name}': model id "
+                                  f"{edition.model!r} is taken or not a valid id")
+            models[edition.model] = edition
     if not models:
         raise ConfigError(f"{folder}: no register maps (*.yaml) found")
     return models
