@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import importlib
+import inspect
 import pkgutil
 import sys
 import time
@@ -24,6 +25,8 @@ def main() -> int:
     parser.add_argument("names", nargs="*", help=f"some of: {', '.join(available())}")
     parser.add_argument("--quick", action="store_true",
                         help="shorter runs (smoke test of the benchmarks, figures not final)")
+    parser.add_argument("--minutes", type=float, default=None,
+                        help="how long to run, for benchmarks that take it (soak)")
     args = parser.parse_args()
     names = args.names or available()
     unknown = set(names) - set(available())
@@ -35,7 +38,10 @@ def main() -> int:
         module = importlib.import_module(f"bench.bench_{name}")
         print(f"\n== {name}: {module.__doc__.strip().splitlines()[0]}", flush=True)
         started = time.monotonic()
-        figures: list[Figure] = asyncio.run(module.run(quick=args.quick))
+        options = {"quick": args.quick}
+        if args.minutes is not None and "minutes" in inspect.signature(module.run).parameters:
+            options["minutes"] = args.minutes
+        figures: list[Figure] = asyncio.run(module.run(**options))
         for fig in figures:
             print(fig.line(), flush=True)
             missed += fig.met is False
