@@ -20,7 +20,10 @@ quality is BAD_VALUE; the other values stay good): a value outside its plausible
 enum word the map does not know, a string longer than the contract allows, an integer a
 float field cannot hold exactly (|n| > 2**53 and float(n) != n: InfluxDB stores every
 number as a float and the value must not be altered), and a scale or offset whose result
-is not a finite number. A reading left with no value at all is a dead letter.
+is not a finite number. A scaled value is the exact decimal (the payload's number times
+the scale plus the offset), then the nearest double, as on the Modbus side; a scaled
+integer whose decimal no double holds is a per-value error too. A reading left with no
+value at all is a dead letter.
 
 Sample time: a time that parses but lies outside 2000..2200 (a reset clock at 1970, year
 9999, a negative number) or more than max_clock_skew ahead of the receive time is a device
@@ -44,6 +47,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from decimal import MAX_EMAX, MAX_PREC, MIN_EMIN, Context, Decimal, Inexact, Rounded
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo
@@ -259,8 +263,8 @@ class VendorDecoder:
                 if spec.unit:
                     units[name] = spec.unit
         if not values and compiled.event_name is None:
-            raise MappingError("payload carries none of the mapped values: "
-                               + "; ".join(f"{k}: {v}" for k, v in errors.items()))
+            raise MappingError("; ".join(["payload carries none of the mapped values",
+                                          *(f"{k}: {v}" for k, v in errors.items())]))
         event = self._event(compiled, doc) if compiled.event_name is not None else None
         if event is not None and "time" in errors:
             event.attrs["time_error"] = errors["time"]  # an event has no errors of its own
@@ -368,6 +372,10 @@ def _show(raw: Any, limit: int = 60) -> str:
         text = repr(raw)
     except ValueError:  # an int over the str() digit limit
         text = f"<integer of {raw.bit_length()} bits>"
+    return _cut(text, limit)
+
+
+def _cut(text: str, limit: int = 200) -> str:
     return text if len(text) <= limit else text[:limit - 1] + "…"
 
 
@@ -377,7 +385,7 @@ def _search(expr: Any, doc: Any, what: str) -> Any:
     try:
         return expr.search(doc)
     except (ValueError, RecursionError) as exc:
-        raise MappingError(f"{what}: {_show(str(exc), 200)}") from None
+        raise MappingError(f"{what}: {_cut(str(exc))}") from None
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -407,7 +415,7 @@ def _parse_time(raw: Any, spec: TimeSpec, tz: ZoneInfo) -> int | None:
             parsed = parsed.replace(tzinfo=tz)
         delta = parsed - _EPOCH
     except (ValueError, OverflowError) as exc:
-        raise MappingError(f"time at {spec.path!r}: {_show(str(exc), 200)}") from None
+        raise MappingError(f"time at {spec.path!r}: {_cut(str(exc))}") from None
     ts = (delta.days * 86_400 + delta.seconds) * 1_000_000_000 + delta.microseconds * 1000
     return ts if MIN_TS <= ts <= MAX_TS else None
 
@@ -422,6 +430,25 @@ def _exact_as_float(value: int) -> bool:
         return float(value) == value
     except OverflowError:
         return False
+
+
+# Enough precision that a product and a sum are never rounded (Inexact would raise).
+_DECIMAL = Context(prec=MAX_PREC, Emax=MAX_EMAX, Emin=MIN_EMIN, traps=[Inexact, Rounded])
+
+
+def _scaled(raw: int | float, spec: ValueSpec) -> tuple[float, str | None]:
+    """raw × scale + offset as exact decimals (6890 × 0.001 is 6.89, not 6.890000000000001,
+    as on the Modbus side), then the nearest double; (nan, why) if that cannot be stored."""
+    number = Decimal(raw) if isinstance(raw, int) else Decimal(repr(raw))
+    exact = _DECIMAL.add(_DECIMAL.multiply(number, Decimal(repr(spec.scale))),
+                         Decimal(repr(spec.offset)))
+    value = float(exact)  # correctly rounded; inf beyond the double range, no exception
+    if not math.isfinite(value):
+        return math.nan, f"{_show(raw)} scaled is not a finite number"
+    # A scaled integer is an exact decimal: one a double cannot hold is refused, not rounded.
+    if isinstance(raw, int) and Decimal(repr(value)) != exact:
+        return math.nan, f"{_show(raw)} scaled has more digits than a float field holds"
+    return value, None
 
 
 def _extract(name: str, spec: ValueSpec, expr: Any, doc: Any) -> tuple[Scalar | None, str | None]:
@@ -464,9 +491,9 @@ def _extract(name: str, spec: ValueSpec, expr: Any, doc: Any) -> tuple[Scalar | 
         return None, "not a finite number"
     value: int | float = raw
     if (spec.scale, spec.offset) != (1.0, 0.0):
-        value = raw * spec.scale + spec.offset  # raw is a float or an exact int: no overflow
-        if not math.isfinite(value):
-            return None, f"{_show(raw)} scaled is not a finite number"
+        value, error = _scaled(raw, spec)
+        if error is not None:
+            return None, error
     if spec.valid is not None and not spec.valid[0] <= value <= spec.valid[1]:
         return None, f"{_show(value)} outside plausible range {list(spec.valid)}"
     return value, None
