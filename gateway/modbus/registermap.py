@@ -6,6 +6,11 @@ repeated at a stride. `compile_plan` turns a map into the fewest block reads: co
 points of one table merge while the read stays within `max_registers` (125 by the Modbus
 spec) and the hole between them is at most `max_gap` registers and never crosses an
 `unreadable` range.
+
+A map may declare `editions`: other editions of the vendor's manual (registers moved) or
+other ways the same meter answers (another function code, more registers). Each is
+loaded and validated as a model of its own, `<model>.<edition>`, which a site file names
+like any model: choosing one per device needs no other field.
 """
 
 from __future__ import annotations
