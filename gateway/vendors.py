@@ -402,7 +402,7 @@ def _parse_time(raw: Any, spec: TimeSpec, tz: ZoneInfo) -> int | None:
             # Compare before scaling: 1e300 * 1e9 is inf, and int(inf) raises.
             if not MIN_TS / per <= raw <= MAX_TS / per:
                 return None
-            ts = int(raw * per)
+            ts = int(Decimal(repr(raw)) * per)  # exact: 1795828502.123 is .123 s, not .1229998
         else:
             ts = raw * per
         return ts if MIN_TS <= ts <= MAX_TS else None
