@@ -27,8 +27,9 @@ value at all is a dead letter.
 
 Sample time: a time that parses but lies outside 2000..2200 (a reset clock at 1970, year
 9999, a negative number) or more than max_clock_skew ahead of the receive time is a device
-clock fault, not a bad reading: the receive time is used and `errors["time"]` says why;
-the quality stays as the values make it. A time older than stale_after marks the reading
+clock fault, not a bad reading: the receive time is used and `errors["time"]` says why
+(`attrs["time_error"]` on an event, which has no errors); the quality stays as the values
+make it. A time older than stale_after marks the reading
 STALE.
 
 Identifiers taken from vendor data (event ids): a text that already is a valid id
