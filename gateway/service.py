@@ -14,7 +14,8 @@ import itertools
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from functools import partial
 
 import aiomqtt
 import msgspec
@@ -22,6 +23,7 @@ import msgspec
 from facility import messages as m
 from facility import topics
 from facility.configfile import ConfigError
+from facility.deadletters import DeadLetters, Letter, Payload
 from facility.messages import Availability, CommandStatus, DeviceStatus, Family, Quality, Reading
 from facility.metrics import Metrics
 from facility.mqtt import ManualAck, make_client, run_connected
@@ -30,9 +32,10 @@ from facility.service import Service
 from facility.settings import REPO_ROOT, Settings
 from facility.site import Device, GatewayKind, SiteConfig
 from gateway.commands import CommandExecutor, CommandLog
+from gateway.modbus.decode import decode_block
 from gateway.modbus.poller import HostPoller, PolledDevice, PollResult, Sink
-from gateway.modbus.registermap import RegisterMap, compile_plan, load_models
-from gateway.vendors import MappingError, VendorDecoder, VendorMapping, load_vendors
+from gateway.modbus.registermap import Block, RegisterMap, compile_plan, load_models
+from gateway.vendors import VendorDecoder, VendorMapping, load_vendors
 
 log = logging.getLogger(__name__)
 
@@ -62,9 +65,8 @@ class Gateway(Service, Sink):
         self._m_readings = self.metrics.counter("readings_total", "Readings published",
                                                 ("family", "quality"))
         self._m_events = self.metrics.counter("events_total", "Events published", ("family",))
-        self._m_dead = self.metrics.counter("dead_letters_total",
-                                            "Messages that could not be decoded", ("vendor",))
-        self.dead_letters = 0
+        self.letters = DeadLetters(gateway_id, self.site_id, metrics=self.metrics,
+                                   clock_ns=clock_ns)
         self.status: dict[str, DeviceStatus] = {}
         self._status_dirty: set[str] = set()
         self._status_wake = asyncio.Event()
@@ -124,6 +126,16 @@ class Gateway(Service, Sink):
     def _next_seq(self) -> int:
         self.last_seq = next(self._seq)
         return self.last_seq
+
+    def _rewind(self, seq: int) -> None:
+        """Give back the sequence numbers a failed message took: nothing was published
+        with them, and a gap would count as a message lost on the way."""
+        self._seq = itertools.count(seq + 1)
+        self.last_seq = seq
+
+    @property
+    def dead_letters(self) -> int:
+        return self.letters.total
 
     # --- running ------------------------------------------------------------------------
 
@@ -265,16 +277,44 @@ class Gateway(Service, Sink):
             self._status_wake.clear()
             await self._status_wake.wait()
 
-    def dead_letter(self, vendor: str, topic: str, reason: str, payload: bytes) -> None:
-        self.dead_letters += 1
-        self._m_dead.labels(vendor).inc()
-        log.debug("%s: dead letter from %s: %s", self.name, topic, reason)
-        letter = m.DeadLetter.of(self.id, self.clock_ns(), topic, reason, payload)
-        self._put(topics.deadletter(self.site_id, self.id), letter)
+    def _send_letter(self, letter: Letter) -> None:
+        assert self.outbox is not None, "gateway not opened"
+        self.outbox.put(letter.topic, letter.payload)
+
+    def _guarded(self, handler: Callable[[], None], topic: str, payload: Payload) -> None:
+        """Run one message's handler; whatever it raises becomes a dead letter (refused or
+        quarantined), and the sequence numbers it took are given back."""
+        before = self.last_seq
+        out = self.letters.run(handler, topic, payload)
+        if isinstance(out, Letter):
+            self._rewind(before)
+            self._send_letter(out)
 
     # --- Modbus sink --------------------------------------------------------------------
 
     def poll_done(self, polled: PolledDevice, result: PollResult) -> None:
+        # A poll's results are this path's message: a failure on them must not stop the
+        # host's poller (and every device behind it).
+        self._guarded(lambda: self._poll_done(polled, result),
+                      topics.telemetry(self.site_id, polled.device.family, polled.device.id),
+                      lambda: msgspec.json.encode({"values": result.values,
+                                                   "errors": result.errors,
+                                                   "quality": result.quality}))
+
+    def decode(self, polled: PolledDevice, block: Block, data: Sequence[int] | Sequence[bool],
+               result: PollResult) -> bool:
+        device = polled.device
+        out = self.letters.run(
+            partial(decode_block, block, data, result.values, result.errors),
+            topics.telemetry(self.site_id, device.family, device.id),
+            lambda: msgspec.json.encode({"table": block.table, "start": block.start,
+                                         "registers": list(data)}))
+        if isinstance(out, Letter):
+            self._send_letter(out)
+            return False
+        return True
+
+    def _poll_done(self, polled: PolledDevice, result: PollResult) -> None:
         device = polled.device
         own_units, unit_units = self._labels[device.id]
         base_tags = self.site.base_tags(device)
@@ -309,24 +349,20 @@ class Gateway(Service, Sink):
         receiver = ManualAck(client)
         while True:
             for message in await receiver.next_batch(1000, None):
-                self._handle(message)
-                receiver.ack(message)
+                topic = message.topic.value
+                payload = message.payload if isinstance(message.payload, bytes) \
+                    else str(message.payload).encode()
+                self._guarded(partial(self._handle, topic, payload), topic, payload)
+                receiver.ack(message)  # taken or dead-lettered: never redelivered
 
-    def _handle(self, message: aiomqtt.Message) -> None:
-        topic = message.topic.value
-        payload = message.payload if isinstance(message.payload, bytes) \
-            else str(message.payload).encode()
+    def _handle(self, topic: str, payload: bytes) -> None:
         if topic.startswith(f"{topics.PREFIX}/{self.site_id}/{topics.Kind.COMMAND}/"):
             self._command(topic, payload)
             return
         decoder = next((d for d in self.decoders if d.matches(topic)), None)
         if decoder is None:
             return
-        try:
-            out = decoder.decode(topic, payload, self._next_seq)
-        except (MappingError, m.ContractError) as exc:
-            self.dead_letter(decoder.mapping.vendor, topic, str(exc), payload)
-            return
+        out = decoder.decode(topic, payload, self._next_seq)
         self._seen(out.device)
         if out.reading is not None:
             self.publish_reading(out.reading)
@@ -334,18 +370,13 @@ class Gateway(Service, Sink):
             self.publish_event(event)
 
     def _command(self, topic: str, payload: bytes) -> None:
-        try:
-            where = topics.parse(topic)
-            command = m.decode(payload, m.Command)
-        except (topics.TopicError, m.ContractError) as exc:
-            self.dead_letter("command", topic, f"not a valid command: {exc}", payload)
-            return
+        where = topics.parse(topic)
+        command = m.decode(payload, m.Command)
         executor = next((e for e in self.executors if e.handles(where.name)), None)
         if executor is None:
             return  # another gateway's device
         if (command.site, command.device) != (where.site, where.name):
-            self.dead_letter("command", topic, "command payload names another device", payload)
-            return
+            raise m.ContractError("command payload names another device")
         # Run beside the receiver: a bollard takes seconds to move.
         task = asyncio.get_running_loop().create_task(executor.execute(command),
                                                       name=f"command {command.id}")

@@ -60,6 +60,7 @@ from paho.mqtt.client import topic_matches_sub
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
 from facility.configfile import ConfigError, load
+from facility.errors import Refused
 from facility.messages import (
     MAX_STRING_VALUE,
     MAX_TS,
@@ -78,7 +79,7 @@ from facility.topics import ID_PATTERN, TopicError
 Name = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{0,63}$")]
 
 
-class MappingError(ValueError):
+class MappingError(Refused):
     """The payload does not fit its vendor mapping; the message says why."""
 
 

@@ -126,7 +126,23 @@ def test_hostile_strings_are_stored_exactly(text: str, code: str, settings: Sett
     asyncio.run(_hostile(text, code, settings, unique))
 
 
-async def _hostile(text: str, code: str, settings: Settings, unique: str) -> None:
+# Text with nothing to refuse: no control characters, no surrogates, not empty.
+plain = st.text(st.characters(blacklist_categories=("Cs", "Cc")), min_size=1, max_size=40)
+
+
+@settings(max_examples=15, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(text=plain, code=plain)
+def test_plain_strings_are_always_stored_exactly(text: str, code: str, settings: Settings,
+                                                 unique: str) -> None:
+    """The positive side: quotes, backslashes, emoji, Chinese and right-to-left marks with
+    nothing to refuse must be stored as sent, never dead-lettered (a pipeline that
+    refused everything would pass the test above)."""
+    asyncio.run(_hostile(text, code, settings, unique, must_store=True))
+
+
+async def _hostile(text: str, code: str, settings: Settings, unique: str,
+                   must_store: bool = False) -> None:
     settings = settings.model_copy(update={"ingest": settings.ingest.model_copy(update={
         "client_id": f"ingest-{unique}", "batch_interval": 0.05, "session_expiry": 300})})
     now = datetime.now(UTC)
@@ -164,3 +180,6 @@ async def _hostile(text: str, code: str, settings: Settings, unique: str) -> Non
     assert [e["text"] for e in events] in ([text], [])
     assert [c["error_code"] for c in codes] in ([code], [])
     assert len(events) + len(codes) + letters == 2
+    if must_store:
+        assert ([e["text"] for e in events], [c["error_code"] for c in codes]) == \
+            ([text], [code])

@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TypeVar
 
@@ -75,6 +75,13 @@ class Sink:
 
     def poll_done(self, polled: PolledDevice, result: PollResult) -> None:
         raise NotImplementedError
+
+    def decode(self, polled: PolledDevice, block: Block, data: Sequence[int] | Sequence[bool],
+               result: PollResult) -> bool:
+        """Decode one block into the result; False if decoding failed (the gateway
+        quarantines the registers through its dead letters and goes on)."""
+        decode_block(block, data, result.values, result.errors)
+        return True
 
     def availability_changed(self, polled: PolledDevice, state: Availability, reason: str) -> None:
         raise NotImplementedError
@@ -188,7 +195,11 @@ class HostPoller:
             data = response.bits[: block.count] if block.table in ("coil", "discrete") \
                 else response.registers
             before = {u: len(e) for u, e in result.errors.items()}
-            decode_block(block, data, result.values, result.errors)
+            if not self.sink.decode(polled, block, data, result):
+                for slot in block.fields:  # nothing half-decoded from a failed block
+                    result.values.get(slot.unit, {}).pop(slot.name, None)
+                self._fail_block(result, block, "decode failed (registers quarantined)",
+                                 Quality.BAD_VALUE)
             for unit, errs in result.errors.items():
                 if len(errs) > before.get(unit, 0):
                     result.worsen(unit, Quality.BAD_VALUE)
