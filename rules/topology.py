@@ -61,7 +61,12 @@ def _model_values(models_dir: Path) -> dict[str, tuple[frozenset[str], frozenset
         data: Any = read_yaml(path) or {}
         own = frozenset(p["name"] for p in data.get("points", []))
         units = frozenset(p["name"] for p in (data.get("units") or {}).get("points", []))
-        out[str(data.get("model", path.stem))] = (own, units)
+        model = str(data.get("model", path.stem))
+        out[model] = (own, units)
+        # An edition is its own model, `<model>.<edition>`: the base points and its added ones.
+        for edition, spec in (data.get("editions") or {}).items():
+            added = frozenset(p["name"] for p in (spec or {}).get("add", []))
+            out[f"{model}.{edition}"] = (own | added, units)
     return out
 
 

@@ -208,3 +208,17 @@ def test_durations() -> None:
     assert parse_duration(1.5) == 1.5 and parse_duration("2h") == 7200
     with pytest.raises(ValueError, match="not a duration"):
         parse_duration("five minutes")
+
+
+def test_rules_know_the_value_names_of_every_model_and_edition() -> None:
+    """The rules engine reads the model files for value names; it must see what the
+    gateway reads, editions included (`<model>.<edition>`)."""
+    from gateway.modbus.registermap import load_models
+    from rules.topology import MODELS_DIR, _model_values
+
+    gateway = load_models(MODELS_DIR)
+    rules = _model_values(MODELS_DIR)
+    assert set(rules) == set(gateway)
+    for model, regmap in gateway.items():
+        units = frozenset(p.name for p in regmap.units.points) if regmap.units else frozenset()
+        assert rules[model] == (frozenset(p.name for p in regmap.points), units), model
