@@ -123,6 +123,7 @@ class Crash:
     code: int | None
     at: float  # s into the run
     why: str
+    tail: str = ""
 
 
 class Supervised:
@@ -161,7 +162,7 @@ class Supervised:
             if self.stopping:
                 return
             self.crashes.append(Crash(self.name, code, time.monotonic() - self.started,
-                                      last_error(self.log)))
+                                      last_error(self.log), log_tail(self.log)))
             print(f"  ! {self.name} exited ({code}) at {self.crashes[-1].at:.0f} s: "
                   f"{self.crashes[-1].why}; restarting", flush=True)
             # As a supervisor would: after a pause that grows while it keeps failing.
@@ -203,6 +204,13 @@ class Supervised:
             except TimeoutError:
                 process.kill()
                 await process.wait()
+
+
+def log_tail(log: Path, lines: int = 40) -> str:
+    try:
+        return "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
 
 
 def last_error(log: Path) -> str:
@@ -255,6 +263,7 @@ class Published:
     device: str
     ts: int
     good: bool
+    quality: str = "good"
 
 
 @dataclass
@@ -273,7 +282,8 @@ class Audit:
             if kind is Kind.TELEMETRY:
                 r = m.decode(payload, m.Reading)
                 gateway, seq = r.gateway, r.seq
-                item = Published(r.family.value, r.device, r.ts, r.quality is m.Quality.GOOD)
+                item = Published(r.family.value, r.device, r.ts, r.quality is m.Quality.GOOD,
+                                 r.quality.value)
             else:
                 e = m.decode(payload, m.Event)
                 gateway, seq = e.gateway, e.seq
@@ -447,8 +457,11 @@ class Traffic:
                 for (what, _, _), result in zip(batch, results, strict=True):
                     if isinstance(result, aiomqtt.MqttError):
                         self.sent["failed"] += 1
-                    elif isinstance(result, BaseException):
-                        raise result
+                    elif isinstance(result, Exception):  # the client refused to send it
+                        self.sent[f"not sent ({type(result).__name__})"] += 1
+                        if self.sent[f"not sent ({type(result).__name__})"] == 1:
+                            print(f"  ! the client refused a message: {result!r}",
+                                  file=sys.stderr, flush=True)
                     else:
                         self.sent[what] += 1
                 if any(isinstance(r, aiomqtt.MqttError) for r in results):
@@ -539,18 +552,27 @@ async def refused_by_ingest(db: InfluxClient) -> set[tuple[str, int]]:
     return out
 
 
+_CLASS = re.compile(r"\s*([A-Z][A-Za-z0-9_]*(?:\.[A-Za-z0-9_]+)*): ")
+
+
 def reason_class(reason: str) -> str:
-    word = re.match(r"\s*([A-Za-z_][A-Za-z0-9_.]*)", reason or "")
-    return word.group(1) if word else "(empty)"
+    """The exception class a reason starts with ('MappingError: ...'), if it names one."""
+    match = _CLASS.match(reason)
+    return match.group(1) if match else "(no class named)"
 
 
 def reason_detail(reason: str) -> str:
-    """The reason without the values in it, to group the letters of one class."""
-    text = re.sub(r"'[^']*'|\"[^\"]*\"|\d[\d.e+-]*", "…", reason)
-    return text[:90]
+    """The reason without its class, the value's name and the values in it, so letters
+    of one kind group together ('…: … is a str, not a number')."""
+    text = _CLASS.sub("", reason, count=1)
+    text = re.sub(r"^[a-z_][a-z0-9_]*: ", "…: ", text)
+    text = re.sub(r"'[^']*'|\"[^\"]*\"|-?\d[\d.e+-]*|<[^<>]*>", "…", text)
+    text = re.sub(r"\(at [^)]*\)", "(at …)", text)
+    return text[:70]
 
 
 async def dead_letters(db: InfluxClient) -> dict[tuple[str, str], tuple[int, str]]:
+    """(source, class) -> letters and the three commonest kinds of reason."""
     result = await db.query('SELECT "reason" FROM "dead_letter" GROUP BY "source"')
     counts: Counter[tuple[str, str]] = Counter()
     details: dict[tuple[str, str], Counter[str]] = defaultdict(Counter)
@@ -560,7 +582,8 @@ async def dead_letters(db: InfluxClient) -> dict[tuple[str, str], tuple[int, str
             key = (source, reason_class(str(reason)))
             counts[key] += 1
             details[key][reason_detail(str(reason))] += 1
-    return {key: (n, details[key].most_common(1)[0][0]) for key, n in counts.most_common()}
+    return {key: (n, "; ".join(f"{k} ({c})" for k, c in details[key].most_common(3)))
+            for key, n in counts.most_common()}
 
 
 # --- the run --------------------------------------------------------------------------------
@@ -584,6 +607,11 @@ def plan(minutes: float) -> Plan:
                           if 20 + 60 * k < seconds],
                 [s + 0.35 * cycle for s in starts], [s + 0.5 * cycle for s in starts],
                 [s + 0.75 * cycle for s in starts], outage)
+
+
+def _report_failure(task: asyncio.Task[Any]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        print(f"  ! {task.get_name()} failed: {task.exception()!r}", file=sys.stderr, flush=True)
 
 
 async def at(t0: float, offset: float) -> None:
@@ -657,6 +685,7 @@ async def run(quick: bool, minutes: float | None = None) -> list[Figure]:
 
         t0 = time.monotonic()
         traffic_task = asyncio.create_task(traffic.run(), name="traffic")
+        traffic_task.add_done_callback(_report_failure)
         tasks.append(traffic_task)
         fires: list[Fire] = []
 
@@ -705,6 +734,8 @@ async def run(quick: bool, minutes: float | None = None) -> list[Figure]:
         await at(t0, schedule.seconds)
         await asyncio.gather(*scenario)
         soak_seconds = time.monotonic() - t0
+        if traffic_task.done() and traffic_task.exception() is not None:
+            raise RuntimeError("the vendor traffic stopped") from traffic_task.exception()
         traffic_task.cancel()
         await asyncio.gather(traffic_task, return_exceptions=True)
         # What the gateways published from here on is not audited; what they published
@@ -745,6 +776,9 @@ async def run(quick: bool, minutes: float | None = None) -> list[Figure]:
         shutil.rmtree(folder, ignore_errors=True)
 
     share = traffic.sent["mutated"] / max(1, traffic.sent["mutated"] + traffic.sent["good"]) * 100
+    silent = {d.id for d in site.devices
+              if d.modbus is not None and f"127.0.0.1:{d.modbus.port}" == silenced}
+    seen_silent = Counter(p.quality for _, _, p in items if p.device in silent and not p.good)
     gaps = watcher.audit.gaps()
     lost_gaps = sum(gaps.values())
     lost_good = sum(1 for _, _, p in missing if p.good)
@@ -786,11 +820,17 @@ async def run(quick: bool, minutes: float | None = None) -> list[Figure]:
                note=f"{share:.1f} % of sent"),
         figure("mutations covered (shape, field, rule)", len(traffic.mutator.covered), "kinds",
                note=f"of {total}"),
+        figure("readings of the silenced Modbus host's devices, not good", sum(
+            seen_silent.values()), "msgs", note=f"{len(silent)} devices at {silenced}: "
+            f"{dict(seen_silent) or 'none: the silence was not seen'}"),
         figure("soak duration", soak_seconds, "s", note="; ".join(events)),
     ]
     for (source, reason), (n, detail) in letters.items():
         figures.append(figure(f"dead letters: {source}: {reason}", n, "letters",
                               note=f"most often: {detail}"))
+    for crash in crashes:
+        print(f"--- {crash.service} exited ({crash.code}) at {crash.at:.0f} s; its log "
+              f"before:\n{crash.tail}", file=sys.stderr)
     return figures
 
 

@@ -101,9 +101,8 @@ def _paths(node: dict[str, Any]) -> list[tuple[Step, ...]]:
     if kind == "pipe":
         # `... | [0]` picks the first of a projection: the place is the projection's own.
         return _paths(children[0])
-    if kind in ("function_expression", "multi_select_list"):
-        return [p for child in children for p in _paths(child)]
-    raise ValueError(f"unsupported JMESPath node {kind!r}")
+    # Functions, lists, and/or/not, comparisons: each operand reads where it reads.
+    return [p for child in children if isinstance(child, dict) for p in _paths(child)]
 
 
 @dataclass(frozen=True)
@@ -313,7 +312,8 @@ def _places(container: Any, path: tuple[Step, ...]) -> Iterator[tuple[Any, Any]]
 
 def get(doc: Any, path: tuple[Step, ...]) -> Any:
     for container, key in _places(doc, path):
-        return container[key]
+        if isinstance(container, list) or key in container:
+            return container[key]
     return None
 
 
@@ -323,7 +323,8 @@ def put(doc: Any, path: tuple[Step, ...], value: Any) -> bool:
     done = False
     for container, key in list(_places(doc, path)):
         if value is MISSING:
-            del container[key]
+            if isinstance(container, list) or key in container:
+                del container[key]
         else:
             container[key] = value
         done = True
