@@ -76,6 +76,7 @@ MUTATED_SHARE = 0.05
 FIRE_PLACES = ["main-building", "east-annex", "west-annex", "conference-centre", "canteen"]
 FIRE_TIMEOUT = 60.0  # s for a fire to reach every screen and the PA and be confirmed
 CYCLE_MAX = 600.0  # s: the disturbances repeat this often in a long run
+DEAD_LETTER_KINDS_SHOWN = 8  # kinds of reason listed per source and exception class
 SIMULATED_HOST_INDEX = 1  # which Modbus host goes silent: the main building's meters
 
 
@@ -143,6 +144,7 @@ class Supervised:
         self.task: asyncio.Task[None] | None = None
         self.spawned = 0.0
         self.delay = 0.5
+        self.crashed = asyncio.Event()  # set at each crash
 
     async def spawn(self) -> None:
         self.spawned = time.monotonic()
@@ -163,6 +165,7 @@ class Supervised:
                 return
             self.crashes.append(Crash(self.name, code, time.monotonic() - self.started,
                                       last_error(self.log), log_tail(self.log)))
+            self.crashed.set()
             print(f"  ! {self.name} exited ({code}) at {self.crashes[-1].at:.0f} s: "
                   f"{self.crashes[-1].why}; restarting", flush=True)
             # As a supervisor would: after a pause that grows while it keeps failing.
@@ -571,8 +574,8 @@ def reason_detail(reason: str) -> str:
     return text[:70]
 
 
-async def dead_letters(db: InfluxClient) -> dict[tuple[str, str], tuple[int, str]]:
-    """(source, class) -> letters and the three commonest kinds of reason."""
+async def dead_letters(db: InfluxClient) -> dict[tuple[str, str], Counter[str]]:
+    """(source, class) -> letters by kind of reason, commonest first."""
     result = await db.query('SELECT "reason" FROM "dead_letter" GROUP BY "source"')
     counts: Counter[tuple[str, str]] = Counter()
     details: dict[tuple[str, str], Counter[str]] = defaultdict(Counter)
@@ -582,8 +585,7 @@ async def dead_letters(db: InfluxClient) -> dict[tuple[str, str], tuple[int, str
             key = (source, reason_class(str(reason)))
             counts[key] += 1
             details[key][reason_detail(str(reason))] += 1
-    return {key: (n, "; ".join(f"{k} ({c})" for k, c in details[key].most_common(3)))
-            for key, n in counts.most_common()}
+    return {key: details[key] for key, _ in counts.most_common()}
 
 
 # --- the run --------------------------------------------------------------------------------
@@ -825,9 +827,15 @@ async def run(quick: bool, minutes: float | None = None) -> list[Figure]:
             f"{dict(seen_silent) or 'none: the silence was not seen'}"),
         figure("soak duration", soak_seconds, "s", note="; ".join(events)),
     ]
-    for (source, reason), (n, detail) in letters.items():
-        figures.append(figure(f"dead letters: {source}: {reason}", n, "letters",
-                              note=f"most often: {detail}"))
+    for (source, reason), kinds in letters.items():
+        figures.append(figure(f"dead letters: {source}: {reason}", kinds.total(), "letters",
+                              note=f"{len(kinds)} kinds of reason"))
+        shown = kinds.most_common(DEAD_LETTER_KINDS_SHOWN)
+        for detail, n in shown:
+            figures.append(figure(f"  {detail}", n, "letters"))
+        rest = kinds.total() - sum(n for _, n in shown)
+        if rest:
+            figures.append(figure("  (other reasons)", rest, "letters"))
     for crash in crashes:
         print(f"--- {crash.service} exited ({crash.code}) at {crash.at:.0f} s; its log "
               f"before:\n{crash.tail}", file=sys.stderr)

@@ -4,8 +4,10 @@ exactly the field it names (or the whole message)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
+from pathlib import Path
 
 import pytest
 
@@ -111,3 +113,31 @@ def test_mutations_of_fields_a_message_lacks(shape: mutate.Shape) -> None:
     sparse = {k: v for n, (k, v) in enumerate(body.items()) if n % 2 == 0}
     for mutation in mutate.all_mutations([shape]):
         mutate.apply(mutation, topic, sparse)
+
+
+async def test_the_supervisor_counts_each_exit_and_starts_the_service_again(
+        tmp_path: Path) -> None:
+    from bench.bench_soak import Crash, Supervised
+
+    crashes: list[Crash] = []
+    service = Supervised("failing", ["-c", "import sys; print('ValueError: boom'); sys.exit(3)"],
+                         tmp_path, crashes, time.monotonic())
+    await service.start()
+    try:
+        for _ in range(2):
+            await asyncio.wait_for(service.crashed.wait(), 30)
+            service.crashed.clear()
+    finally:
+        await service.stop()
+    assert [c.code for c in crashes[:2]] == [3, 3]
+    assert crashes[0].why == "ValueError: boom"
+    assert service.process is not None and service.process.returncode is not None
+
+
+def test_reasons_group_by_class_and_kind() -> None:
+    from bench.bench_soak import reason_class, reason_detail
+
+    assert reason_class("MappingError: power: '12.5' is a str, not a number") == "MappingError"
+    assert reason_class("no device key at 'payload.sn'") == "(no class named)"
+    assert reason_detail("MappingError: power: '12.5' is a str, not a number") == \
+        reason_detail("MappingError: temperature: 'x' is a str, not a number")
