@@ -141,3 +141,32 @@ def test_reasons_group_by_class_and_kind() -> None:
     assert reason_class("no device key at 'payload.sn'") == "(no class named)"
     assert reason_detail("MappingError: power: '12.5' is a str, not a number") == \
         reason_detail("MappingError: temperature: 'x' is a str, not a number")
+
+
+async def test_scrape_sums_each_metric_over_its_labels() -> None:
+    from aiohttp import web
+
+    from bench.bench_soak import scrape
+    from facility.localservers import free_port
+
+    text = ("# HELP facility_ingest_spooled_points x\n"
+            "facility_ingest_spooled_points 12.0\n"
+            'facility_ingest_sequence_lost_total{gateway="gw-iot"} 2.0\n'
+            'facility_ingest_sequence_lost_total{gateway="gw-energy"} 1.0\n')
+
+    async def metrics(_: web.Request) -> web.Response:
+        return web.Response(text=text)
+
+    app = web.Application()
+    app.router.add_get("/metrics", metrics)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        got = await scrape(port)
+    finally:
+        await runner.cleanup()
+    assert got["facility_ingest_spooled_points"] == 12.0
+    assert got["facility_ingest_sequence_lost_total"] == 3.0
+    assert await scrape(free_port()) == {}
