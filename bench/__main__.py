@@ -39,8 +39,11 @@ def main() -> int:
         print(f"\n== {name}: {module.__doc__.strip().splitlines()[0]}", flush=True)
         started = time.monotonic()
         options = {"quick": args.quick}
-        if args.minutes is not None and "minutes" in inspect.signature(module.run).parameters:
-            options["minutes"] = args.minutes
+        if args.minutes is not None:
+            if "minutes" in inspect.signature(module.run).parameters:
+                options["minutes"] = args.minutes
+            else:
+                print(f"  (--minutes does not apply to {name})")
         figures: list[Figure] = asyncio.run(module.run(**options))
         for fig in figures:
             print(fig.line(), flush=True)
