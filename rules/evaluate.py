@@ -146,6 +146,7 @@ class Evaluator:
         self.series_dirty: set[str] = set()  # sources whose windows took samples
         self.absence_due: dict[str, int] = {}  # absence rule -> earliest time one may fire
         self.absence_from = 0  # absence rules hold until then (backlog after a restart)
+        self.history = 0  # inputs older than their source's newest: not applied
         self._schedule_state: dict[str, bool] = {}
         self._schedules: dict[tuple[tuple[str, ...], int], bool] = {}
         self._local = (0, datetime.fromtimestamp(0, self.tz))
@@ -277,6 +278,10 @@ class Evaluator:
                 return []  # not a source of this site: nothing to judge, nothing kept
             plan = Plan()
         data = self.data.get(source) or self._source(source)
+        if reading.ts < data.input_ts:
+            self.history += 1  # older than what the source already said: history, not news
+            return []
+        data.input_ts = reading.ts
         data.last_reading = now
         values = data.values
         incoming = reading.values
@@ -337,6 +342,12 @@ class Evaluator:
 
     def on_event(self, event: Event, now: int) -> list[Signal]:
         out: list[Signal] = []
+        if event.device in self.topology.sources:
+            data = self.data.get(event.device) or self._source(event.device)
+            if event.ts < data.input_ts:
+                self.history += 1
+                return out
+            data.input_ts = event.ts
         for watch in self.plans.get(event.device, Plan()).watches:
             compiled = watch.compiled
             rule = compiled.rule

@@ -93,6 +93,9 @@ class SourceData:
     series: dict[str, Series] = field(default_factory=dict)
     seen_at: dict[str, int] = field(default_factory=dict)  # value name -> clock time (age())
     last_reading: int | None = None  # clock time of the last reading
+    # Device time of the newest reading or event applied: readings and events come over
+    # two connections, so after an outage an older one can arrive after a newer one.
+    input_ts: int = 0
     status: Availability | None = None
     status_since: int = 0
 

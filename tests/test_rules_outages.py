@@ -5,9 +5,23 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from facility.messages import AlertAction, AlertState, Availability, DeviceStatus, Family
+from facility.messages import (
+    AlertAction,
+    AlertState,
+    Availability,
+    DeviceStatus,
+    Family,
+    Reading,
+)
 from facility.settings import Settings
+from facility.site import load_site
 from rules.clock import NS, ManualClock
+from rules.config import load_rules, rule_files
+from rules.endpoints import load_endpoints
+from rules.engine import Engine
+from rules.scope import Plan
+from rules.topology import Topology
+from tests.conftest import REPO, SITE_FILE
 from tests.test_rules_scenarios import START, Campus, running, until
 
 
@@ -104,3 +118,63 @@ async def test_no_all_clear_while_the_flood_goes_on(settings: Settings, tmp_path
         await until("the all-clear in the west PA zone", lambda: len(pa.announced) == 2)
         assert pa.announced[-1].kind.value == "all_clear" and "恢复" in pa.announced[-1].text
         assert "积水" not in campus.screen("led-west-gate")
+
+
+# --- the backlog in device-time order ------------------------------------------------------
+
+def _engine() -> tuple[Engine, Topology]:
+    site = load_site(SITE_FILE)
+    topology = Topology(site)
+    endpoints = load_endpoints(REPO / "config" / "endpoints.yaml", site)
+    rules = load_rules(rule_files(REPO / "config" / "rules"), topology, endpoints)
+    return Engine(topology, rules, endpoints, now=START), topology
+
+
+def test_an_older_reading_is_history_for_every_family() -> None:
+    """For every source of every family: a reading older than the newest one taken (it
+    came late, over the other connection or from a backlog) changes nothing."""
+    engine, topology = _engine()
+    ev = engine.evaluator
+    now = START + 60 * NS
+    families = set()
+    for source in topology.sources.values():
+        names = sorted(engine.evaluator.plans.get(source.id, Plan()).reads)
+        if not names:
+            continue
+        families.add(source.family)
+        newest = {name: 2.0 for name in names}
+        engine.reading(Reading(site=topology.site_id, family=Family(source.family),
+                               device=source.id, ts=now, values=newest), now)
+        engine.reading(Reading(site=topology.site_id, family=Family(source.family),
+                               device=source.id, ts=now - NS, values={n: 1.0 for n in names}),
+                       now + NS)
+        assert {n: ev.data[source.id].values[n] for n in names} == newest, source.id
+    assert families >= {"bollard", "energy", "fire", "ev_charger", "drainage", "gas"}
+    assert ev.history > 0
+
+
+async def test_a_late_normal_reading_does_not_clear_a_newer_fire(settings: Settings,
+                                                               tmp_path: Path) -> None:
+    """The panel's FIRE_ALARM event (newer) is taken before its NORMAL status reading
+    (older, held up on the telemetry connection): one alert, never cleared and raised
+    again; the same for a detector."""
+    clock = ManualClock(START)
+    campus = Campus(settings, tmp_path, clock)
+    async with running(campus):
+        assert campus.rules is not None and campus.rules.store is not None
+        await campus.advance(5)
+        older = campus.now() - 3 * NS
+        await campus.send(campus.event("fp-ebike", "fire_alarm", "火警 西门车棚"),
+                          campus.event("fd-ebw-01", "fire_alarm", "西门车棚烟感1 火警"))
+        await campus.send(
+            Reading(site=campus.site_id, family=Family.FIRE, device="fp-ebike", ts=older,
+                    values={"state": "normal", "alarm_count": 0}),
+            Reading(site=campus.site_id, family=Family.FIRE, device="fd-ebw-01", ts=older,
+                    values={"state": "normal", "smoke": 0.02, "temperature": 26.0}))
+        await campus.advance(1)
+        for rule, source in (("fire-panel-alarm", "fp-ebike"),
+                             ("fire-detector-alarm", "fd-ebw-01")):
+            records = await campus.rules.store.alerts(campus.site_id, rule=rule)
+            assert [r.source for r in records] == [source], rule
+            actions = [h["action"] for h in await campus.rules.store.history(records[0].id)]
+            assert "cleared" not in actions and "re_raised" not in actions, actions
