@@ -85,7 +85,9 @@ def write_config(folder: Path, mqtt_url: str) -> Path:
         "mqtt": {"url": mqtt_url, "client_prefix": "bench"},
         "state": {"url": f"sqlite:///{folder / 'state.sqlite'}"},
         "gateway": {"spool_dir": str(folder / "spool")},
-        "rules": {"rules_dir": str(rules), "endpoints_file": str(ENDPOINTS_FILE)}})
+        # Trials one after another: no anti-flap hold keeping the last one's evacuation up.
+        "rules": {"rules_dir": str(rules), "endpoints_file": str(ENDPOINTS_FILE),
+                  "incident_hold": 0}})
 
 
 def log_file(folder: Path, name: str) -> Any:
