@@ -142,6 +142,8 @@ class RulesSettings(Section):
     site: str = ""  # the site this worker owns (default: the site file's); one worker per site
     tick: float = Field(default=1.0, gt=0, le=60, description="s between timer evaluations")
     incident_hold: float = Field(default=30.0, ge=0, description="s outputs stay after clear")
+    suppression_grace: float = Field(
+        default=5.0, ge=0, description="s a child stays suppressed after its parent cleared")
     chatter_count: int = Field(default=3, ge=2, description="raises within chatter_window")
     chatter_window: float = Field(default=60.0, gt=0)
     reload_poll: float = Field(default=2.0, gt=0, description="s between rule-file checks")

@@ -194,12 +194,18 @@ class AlertBook:
     """The open alerts, points and incidents of one site, and the stages that change them."""
 
     def __init__(self, site: str, topology: Topology, rules: RuleSet,
-                 chatter: ChatterPolicy | None = None, incident_hold: float = 30.0) -> None:
+                 chatter: ChatterPolicy | None = None, incident_hold: float = 30.0,
+                 suppression_grace: float = 5.0) -> None:
         self.site = site
         self.topology = topology
         self.rules = rules
         self.chatter = chatter or ChatterPolicy()
         self.incident_hold = incident_hold
+        self.suppression_grace = suppression_grace
+        periods = [src.report_period for src in topology.sources.values()] or [0.0]
+        self._longest_grace = round(max(suppression_grace, 2 * max(periods)) * NS)
+        # Suppressing alerts that cleared, kept while a child's suppression may still hold.
+        self.recent: dict[str, Alert] = {}
         self.open: dict[tuple[str, str], Alert] = {}  # (rule, source) -> open occurrence
         self.points: dict[tuple[str, str], Point] = {}
         self.incidents: dict[str, Incident] = {}  # open incidents
@@ -362,6 +368,8 @@ class AlertBook:
             self.open.pop((alert.rule, alert.source), None)
             if alert.incident in self.incidents:
                 self.held.setdefault(alert.incident, []).append(alert)
+            if any(alert.rule in inh.source for inh in self.rules.inhibit):
+                self.recent[alert.id] = alert
             self._record(alert, "closed", before, now)
 
     # --- operator actions -----------------------------------------------------------
@@ -471,13 +479,21 @@ class AlertBook:
         million pairs on every tick."""
         wanted: dict[str, str] = {}
         alerts = sorted(self.open.values(), key=lambda a: (a.raised_at, a.id))
+        longest = self._longest_grace
+        for alert_id in [i for i, a in self.recent.items() if now - a.cleared_at >= longest]:
+            del self.recent[alert_id]
+        # A suppressing alert that cleared still suppresses for a grace: its RESTORE may
+        # come a moment before its children's, and a child's no-data clears only with its
+        # next report after its gateway or PLC is back.
+        candidates = alerts + sorted(self.recent.values(), key=lambda a: (a.raised_at, a.id))
         for alert in alerts:
             if self.in_maintenance(alert.source):
                 wanted[alert.id] = "maintenance"
         for inh in self.rules.inhibit:
             sources: dict[str, list[Alert]] = {}
-            for source in alerts:
-                if source.rule in inh.source and source.active and not source.out_of_service_by:
+            for source in candidates:
+                if source.rule in inh.source and not source.out_of_service_by and \
+                        (source.active or now - source.cleared_at < longest):
                     sources.setdefault(self._source_key(inh.relation, source), []).append(source)
             if not sources:
                 continue
@@ -487,6 +503,9 @@ class AlertBook:
                 for source in sources.get(self._target_key(inh.relation, target), ()):
                     if source is target or wanted.get(source.id) == target.id:
                         continue
+                    if not source.active and (not target.suppressed_by or now
+                                              - source.cleared_at >= self._grace(target)):
+                        continue  # over: a child not suppressed now is not hidden by it
                     if self._related(inh.relation, target, source):
                         wanted[target.id] = source.id
                         break
@@ -498,6 +517,16 @@ class AlertBook:
                 self._record(alert, "suppressed" if want else "unsuppressed", before, now,
                              detail={"by": want} if want else {})
                 self._maybe_close(alert, now)
+
+    def _grace(self, target: Alert) -> int:
+        """How long a child stays suppressed after its parent cleared: a few seconds, or
+        for a comms alert (no data, offline) until its next report could have come."""
+        grace = self.suppression_grace
+        compiled = self.rules.rules.get(target.rule)
+        src = self.topology.sources.get(target.source)
+        if compiled is not None and compiled.rule.type == "absence" and src is not None:
+            grace = max(grace, 2 * src.report_period)
+        return round(grace * NS)
 
     @staticmethod
     def _source_key(relation: str, source: Alert) -> str:

@@ -110,13 +110,15 @@ def urgent_sources(rules: RuleSet) -> frozenset[str]:
 class Engine:
     def __init__(self, topology: Topology, rules: RuleSet, endpoints: EndpointConfig, *,
                  now: int, chatter: ChatterPolicy | None = None, incident_hold: float = 30.0,
-                 cap_sender: str = "", cap_status: str = "Actual") -> None:
+                 suppression_grace: float = 5.0, cap_sender: str = "",
+                 cap_status: str = "Actual") -> None:
         self.site = topology.site_id
         self.topology = topology
         self.endpoints = endpoints
         self.rules = with_builtin_rules(rules, endpoints)
         self.evaluator = Evaluator(self.rules, topology, now)
-        self.book = AlertBook(self.site, topology, self.rules, chatter, incident_hold)
+        self.book = AlertBook(self.site, topology, self.rules, chatter, incident_hold,
+                              suppression_grace)
         self.router = Router(self.site, endpoints, self.rules)
         self.urgent_sources = urgent_sources(self.rules)
         self.cap_sender = cap_sender or f"facility-rules@{self.site}"

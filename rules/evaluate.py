@@ -30,6 +30,7 @@ from facility.messages import (
     CommandResult,
     DeviceStatus,
     Event,
+    Quality,
     Reading,
     Scalar,
     Severity,
@@ -281,6 +282,8 @@ class Evaluator:
         if reading.ts < data.input_ts:
             self.history += 1  # older than what the source already said: history, not news
             return []
+        if reading.quality is Quality.COMM_FAILURE and not reading.values:
+            return []  # the gateway says it has no data: the no-data timers run on
         data.input_ts = reading.ts
         data.last_reading = now
         values = data.values

@@ -149,7 +149,8 @@ class RulesService(Service):
         rs = self.settings.rules
         self.engine = Engine(self.topology, self.rules, self.endpoints, now=now,
                              chatter=ChatterPolicy(rs.chatter_count, rs.chatter_window),
-                             incident_hold=rs.incident_hold, cap_sender=rs.cap_sender,
+                             incident_hold=rs.incident_hold,
+                             suppression_grace=rs.suppression_grace, cap_sender=rs.cap_sender,
                              cap_status=rs.cap_status)
         snapshot = await self.store.load(self.site_id)
         self.engine.restore(snapshot, now)

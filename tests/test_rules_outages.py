@@ -11,6 +11,7 @@ from facility.messages import (
     Availability,
     DeviceStatus,
     Family,
+    Quality,
     Reading,
 )
 from facility.settings import Settings
@@ -178,3 +179,90 @@ async def test_a_late_normal_reading_does_not_clear_a_newer_fire(settings: Setti
             assert [r.source for r in records] == [source], rule
             actions = [h["action"] for h in await campus.rules.store.history(records[0].id)]
             assert "cleared" not in actions and "re_raised" not in actions, actions
+
+
+# --- suppression through the end of an outage ----------------------------------------------
+
+PLC = "bollard-plc-south"
+BOLLARDS = [f"bollard-s{n:02d}" for n in range(1, 43)]
+
+
+def plc_reading(campus: Campus) -> Reading:
+    return Reading(site=campus.site_id, family=Family.BOLLARD, device=PLC, ts=campus.now(),
+                   values={"mode": "auto", "power": "mains", "supply_pressure": 120.0,
+                           "bollards_fault": 0})
+
+
+def bollard_reading(campus: Campus, device: str) -> Reading:
+    return Reading(site=campus.site_id, family=Family.BOLLARD, device=device, ts=campus.now(),
+                   values={"state": "down", "position": 0.0, "hydraulic_pressure": 60.0,
+                           "fault_code": "none", "target": "none"})
+
+
+def annunciated(history: list[dict[str, object]]) -> bool:
+    """Whether the operator was ever shown it: raised unsuppressed, or unsuppressed later."""
+    return any(h["action"] == "unsuppressed" for h in history) or \
+        (bool(history) and history[0]["action"] == "raised"
+         and not any(h["action"] == "suppressed" and h["ts"] == history[0]["ts"]
+                     for h in history))
+
+
+async def test_a_plc_comms_loss_is_one_alarm_and_no_acknowledgement_flood(
+        settings: Settings, tmp_path: Path) -> None:
+    """The PLC unreachable over Modbus for two minutes: the gateway keeps publishing
+    `comm_failure` readings for it. The PLC's own no-data alarm comes first and the 42
+    bollards' are suppressed as they are raised; when the PLC is back they stay suppressed
+    until their fresh data clears them, and none of them asks for an acknowledgement."""
+    clock = ManualClock(START)
+    campus = Campus(settings, tmp_path, clock)
+    async with running(campus):
+        assert campus.rules is not None and campus.rules.store is not None
+        await campus.send(plc_reading(campus), *(bollard_reading(campus, b) for b in BOLLARDS))
+        for _ in range(120):  # two minutes without an answer
+            await campus.send(Reading(site=campus.site_id, family=Family.BOLLARD, device=PLC,
+                                      ts=campus.now(), values={},
+                                      quality=Quality.COMM_FAILURE))
+            await campus.advance(1)
+        plc = [a for a in campus.open_alerts("device-no-data") if a.source == PLC]
+        assert len(plc) == 1 and plc[0].annunciated
+        under = [a for a in campus.open_alerts() if a.source in BOLLARDS]
+        assert {a.source for a in under} == set(BOLLARDS)
+        assert all(a.suppressed_by for a in under)
+        # The PLC answers again: it first, then its bollards within their poll period.
+        await campus.send(plc_reading(campus))
+        await campus.advance(1)
+        await campus.send(*(bollard_reading(campus, b) for b in BOLLARDS))
+        await campus.advance(1)
+        assert not [a for a in campus.open_alerts() if a.source in BOLLARDS]
+        store = campus.rules.store
+        shown = []
+        for record in await store.alerts(campus.site_id):
+            if record.source in BOLLARDS:
+                history = await store.history(record.id)
+                if annunciated(history):
+                    shown.append(record.source)
+        assert shown == []  # nothing an operator saw, nothing to acknowledge
+        needing_ack = [a for a in campus.open_alerts() if a.annunciated and not a.acknowledged
+                       and a.source in [PLC, *BOLLARDS]]
+        assert {a.source for a in needing_ack} == {PLC}
+
+
+async def test_a_detector_restored_just_after_its_panel_needs_no_acknowledgement(
+        settings: Settings, tmp_path: Path) -> None:
+    """The panel's RESTORE comes a moment before the detector's own: the detector's alarm
+    is not unsuppressed in between (it would be shown, cleared 5 ms later and need an
+    acknowledgement); it closes quietly, as it was never shown."""
+    clock = ManualClock(START)
+    campus = Campus(settings, tmp_path, clock)
+    async with running(campus):
+        assert campus.rules is not None and campus.rules.store is not None
+        await campus.send(campus.event("fp-ebike", "fire_alarm", "火警 西门车棚"))
+        await campus.send(campus.event("fd-ebw-01", "fire_alarm", "西门车棚烟感1 火警"))
+        [detector] = campus.open_alerts("fire-detector-alarm")
+        assert detector.suppressed_by
+        await campus.send(campus.event("fp-ebike", "restore"))
+        await campus.send(campus.event("fd-ebw-01", "restore"))
+        await campus.advance(10)  # past the grace
+        assert campus.open_alerts("fire-detector-alarm") == []
+        history = await campus.rules.store.history(detector.id)
+        assert "unsuppressed" not in [h["action"] for h in history]
