@@ -212,12 +212,18 @@ def _isa(health: Any, names: _Names, tz: ZoneInfo) -> Section:
 
     # The same rules as rules.health's own (English) formulas, in the report's language.
     f = {
-        "annunciated": "值班时段内报警进入“未确认”状态（首次报警或再次报警）的次数，"
-                       "只计需确认的报警，不含搁置、抑制、停用的",
+        "annunciated": "值班时段内报警呈现给操作员的次数：每次报警（首次或再次报警）计一次，"
+                       "记在它第一次处于报警中且未被抑制、搁置、停用（即操作员看得到）的时刻，"
+                       "同一时刻（同一处理步）报出又被抑制的不计；严重程度升级需重新确认的再计一次；"
+                       "只计需确认的报警",
+        "not_annunciated": "值班时段内报出、但在报警期间始终处于抑制、搁置或停用状态、"
+                           "从未呈现给操作员的报警次数（只记录，不要求确认）",
         "per_10_min_avg": "报警次数 ÷ 10分钟时段数（值班时长 ÷ 10分钟，向上取整）",
-        "per_10_min_max": "从值班开始按10分钟划分时段，各时段报警次数的最大值",
-        "flood_share": f"报警超过 {FLOOD} 条的10分钟时段数 ÷ 10分钟时段总数 × 100%",
-        "flood_periods": f"连续的、报警超过 {FLOOD} 条的10分钟时段",
+        "per_10_min_max": "任意连续10分钟内报警次数的最大值（滑动窗口：从每次报警时刻起的10分钟）",
+        "flood_share": f"处于报警泛滥时段的时长 ÷ 值班时长 × 100%；泛滥时段为报警超过 {FLOOD} "
+                       "条的10分钟时段",
+        "flood_periods": f"按时钟整10分钟（:00、:10、:20……）划分的时段中，报警超过 {FLOOD} "
+                         "条的连续时段",
         "top10_share": "报警次数最多的10个报警点（规则 + 报警源）的报警次数之和 ÷ 报警次数 × 100%",
         "chattering": "60秒内报警（含未提示的）3次及以上的报警点",
         "stale": "出报时仍在报警、且报警时间早于值班结束前24小时的报警",
@@ -225,6 +231,8 @@ def _isa(health: Any, names: _Names, tz: ZoneInfo) -> Section:
     }
     figures = [
         Figure("报警（已提示操作员）", health.annunciated, "条", f["annunciated"], digits=0),
+        Figure("报警（未提示操作员）", health.not_annunciated, "条", f["not_annunciated"],
+               digits=0),
         Figure("平均每10分钟报警数", health.per_10_min_avg, "条/10分钟",
                f["per_10_min_avg"] + "；ISA-18.2 目标约 1，最多 2", digits=2),
         Figure("单个10分钟最多报警数", health.per_10_min_max, "条", f["per_10_min_max"], digits=0),

@@ -188,6 +188,7 @@ async def test_shift_report(settings: Settings, influx: InfluxClient, tmp_path: 
     # ISA-18.2: 18 annunciations (3 raises of the chattering point), one flood period
     # of 12, one chattering point, one stale alert; 144 ten-minute periods in 24 h.
     assert figure(report, "报警（已提示操作员）").value == 18
+    assert figure(report, "报警（未提示操作员）").value == 0
     assert figure(report, "单个10分钟最多报警数").value == 12
     assert figure(report, "平均每10分钟报警数").value == pytest.approx(round(18 / 144, 2))
     assert figure(report, "报警泛滥时段占比").value == f"{100 / 144:.1f}%"

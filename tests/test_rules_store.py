@@ -128,7 +128,9 @@ async def test_health_counts_floods_and_chattering(state_url: str) -> None:
             assert n < 2 or engine.book.open[("sump-pump-failed", "pump-west-gate")].chattering
         health = await alarm_health(store, site, T0, T0 + 600 * NS)
         assert health.annunciated >= 12
-        assert health.per_10_min_max >= 12 and health.flood_share == 100.0
+        # The flood is the clock's 08:20-08:30, half of the range 08:25-08:35.
+        assert health.per_10_min_max >= 12 and health.flood_share == 50.0
+        assert health.flood_periods[0]["start"] == T0 - 300 * NS
         assert health.flood_periods[0]["alarms"] >= 12
         assert {"rule": "sump-pump-failed", "source": "pump-west-gate", "raises": 3,
                 "within_s": 60.0} in health.chattering
