@@ -268,6 +268,12 @@ class AlertBook:
                     continue
                 before = alert.state
                 severity = sig.severity or alert.severity
+                if sig.detail.get("refresh") and alert.active and severity == alert.severity:
+                    # The reading moved on: screens show the new value; the alert keeps
+                    # the text it was raised with, and no history row is made.
+                    alert.value = sig.value
+                    self.changed.setdefault(alert.id, (alert, "value", "", ""))
+                    continue
                 if not alert.active:
                     alert.active, alert.cleared_at = True, 0
                     alert.raise_count += 1

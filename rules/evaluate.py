@@ -54,6 +54,7 @@ log = logging.getLogger(__name__)
 
 _MISSING = object()
 RESTART_HOLD = 60.0  # s: longest wait for the backlog before absence rules judge again
+VALUE_REFRESH = 30 * NS  # an active alert's shown value follows its readings this often
 
 
 @dataclass
@@ -115,6 +116,7 @@ class Instance:
     members: dict[str, int] = field(default_factory=dict)  # correlation: last signal time
     current: list[str] = field(default_factory=list)  # correlation: signalling right now
     restored_gap: int = 0  # ns the service was down while a timer ran (accounted, not reset)
+    refreshed: int = 0  # when its value was last sent on while the level held
 
     @property
     def active(self) -> bool:
@@ -310,6 +312,11 @@ class Evaluator:
                     signals = self._threshold(compiled, source, now, bound=True)
                     if signals:
                         out += signals
+        if plan.thresholds:
+            for compiled, _ in plan.thresholds:
+                inst = self.instances.get((compiled.id, source))
+                if inst is not None and inst.active and now - inst.refreshed >= VALUE_REFRESH:
+                    out += self._refresh(compiled, inst, source, now)
         for watch in plan.on_reading:
             kind = watch.kind
             compiled = watch.compiled
@@ -564,9 +571,23 @@ class Evaluator:
                 self.timing.discard(key)
         if level == before:
             return []
+        inst.refreshed = now
         value, unit = self._value(compiled, f"levels.{max(level, 0)}.raise", source)
         severity = rule.levels[level].severity if level >= 0 else None
         return [self._set(inst, level, now, severity, value=value, unit=unit)]
+
+    def _refresh(self, compiled: CompiledRule, inst: Instance, source: str,
+                 now: int) -> list[Signal]:
+        """While a level holds, the value shown on screens follows the readings, at most
+        every VALUE_REFRESH (a screen is not rewritten every second)."""
+        value, unit = self._value(compiled, f"levels.{inst.level}.raise", source)
+        if value is None or value == inst.value:
+            return []
+        inst.value, inst.refreshed = value, now
+        self.dirty.add((inst.rule, inst.source))
+        return [Signal(rule=inst.rule, source=source, active=True, ts=now,
+                       severity=compiled.rule.levels[inst.level].severity, value=value,
+                       unit=unit, detail={"refresh": True})]
 
     def _command_check(self, compiled: CompiledRule, source: str, now: int) -> list[Signal]:
         inst = self.by_rule.get(compiled.id, {}).get(source)

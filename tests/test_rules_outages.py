@@ -266,3 +266,31 @@ async def test_a_detector_restored_just_after_its_panel_needs_no_acknowledgement
         assert campus.open_alerts("fire-detector-alarm") == []
         history = await campus.rules.store.history(detector.id)
         assert "unsuppressed" not in [h["action"] for h in history]
+
+
+async def test_screens_follow_the_reading_while_the_level_holds(settings: Settings,
+                                                                tmp_path: Path) -> None:
+    """The flood holds at critical while the water moves: the west-gate screen shows the
+    latest reading within the refresh interval (30 s), not the value at the last severity
+    change; the alert keeps the text it was raised with."""
+    clock = ManualClock(START)
+    campus = Campus(settings, tmp_path, clock)
+    async with running(campus):
+        await campus.send(campus.reading(Family.DRAINAGE, "wl-west-gate", water_level=46.0))
+        await campus.advance(1)
+        await until("the critical message", lambda: "46厘米" in campus.screen("led-west-gate"))
+        [alert] = campus.open_alerts("waterlogging")
+        raised_text = alert.text
+        for level in (44.0, 41.0, 43.0):
+            # The new level within the refresh interval, then again (unchanged) after it.
+            await campus.send(campus.reading(Family.DRAINAGE, "wl-west-gate",
+                                             water_level=level))
+            await campus.advance(31)
+            await campus.send(campus.reading(Family.DRAINAGE, "wl-west-gate",
+                                             water_level=level))
+            await until(f"the screen at {level:.0f} cm", lambda v=level: f"积水{v:.0f}厘米"
+                        in campus.screen("led-west-gate"))
+        assert alert.text == raised_text and alert.severity.value == "critical"
+        assert campus.rules is not None and campus.rules.store is not None
+        actions = [h["action"] for h in await campus.rules.store.history(alert.id)]
+        assert "updated" not in actions  # values move on without history rows
