@@ -240,6 +240,8 @@ class AlertView(BaseModel):
     escalated_to: str
     chattering: bool
     updated_at: int
+    late_s: int = Field(default=0, description="raised by an input this many seconds old "
+                        "(a backlog after an outage); 0 if on time")
 
 
 class Transition(BaseModel):

@@ -417,6 +417,7 @@ class AlertMessage(msgspec.Struct, frozen=True, kw_only=True):
     escalated_to: str = ""
     chattering: bool = False
     category: str = ""  # alarm (annunciated) or report
+    late_s: int = 0  # raised by an input this many seconds old (a backlog after an outage)
     v: int = SCHEMA_VERSION
 
     def __post_init__(self) -> None:

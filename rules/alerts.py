@@ -59,6 +59,7 @@ class Alert:
     raise_count: int = 1
     chattering: bool = False
     updated_at: int = 0
+    late_s: int = 0  # raised by an input this many seconds old (a backlog after an outage)
     rule_revision: str = ""
 
     @property
@@ -94,7 +95,7 @@ class Alert:
             by=by, comment=comment, shelved_until=self.shelved_until,
             suppressed_by=self.suppressed_by, escalation=self.escalation,
             escalated_to=self.escalated_to, chattering=self.chattering,
-            category=self.category)
+            category=self.category, late_s=self.late_s)
 
     def to_json(self) -> dict[str, Any]:
         return msgspec.to_builtins(self)  # type: ignore[no-any-return]
@@ -310,7 +311,8 @@ class AlertBook:
                       site=self.site, rule=rule.id, source=sig.source, severity=severity,
                       priority=rule.effective_priority(severity), category=rule.category,
                       raised_at=sig.ts, family=src.family if src else "", place=place,
-                      zone=zone, rule_revision=compiled.revision)
+                      zone=zone, rule_revision=compiled.revision,
+                      late_s=int(sig.detail.get("late_s", 0)))
         self._fill(alert, sig, compiled, severity)
         point = self.points.get((rule.id, sig.source))
         whole = self.points.get(("*", sig.source))
@@ -486,7 +488,9 @@ class AlertBook:
         wanted: dict[str, str] = {}
         alerts = sorted(self.open.values(), key=lambda a: (a.raised_at, a.id))
         longest = self._longest_grace
-        for alert_id in [i for i, a in self.recent.items() if now - a.cleared_at >= longest]:
+        holding = {a.suppressed_by for a in alerts}
+        for alert_id in [i for i, a in self.recent.items()
+                         if now - a.cleared_at >= longest and i not in holding]:
             del self.recent[alert_id]
         # A suppressing alert that cleared still suppresses for a grace: its RESTORE may
         # come a moment before its children's, and a child's no-data clears only with its
@@ -499,7 +503,8 @@ class AlertBook:
             sources: dict[str, list[Alert]] = {}
             for source in candidates:
                 if source.rule in inh.source and not source.out_of_service_by and \
-                        (source.active or now - source.cleared_at < longest):
+                        (source.active or now - source.cleared_at < longest
+                         or source.id in holding):
                     sources.setdefault(self._source_key(inh.relation, source), []).append(source)
             if not sources:
                 continue
@@ -509,9 +514,13 @@ class AlertBook:
                 for source in sources.get(self._target_key(inh.relation, target), ()):
                     if source is target or wanted.get(source.id) == target.id:
                         continue
-                    if not source.active and (not target.suppressed_by or now
-                                              - source.cleared_at >= self._grace(target)):
-                        continue  # over: a child not suppressed now is not hidden by it
+                    if not source.active and (
+                            target.suppressed_by != source.id
+                            or (inh.relation != "incident"
+                                and now - source.cleared_at >= self._grace(target))):
+                        # Over: a child not hidden by it now is not hidden later. A
+                        # consequential alarm stays so for the rest of its active life.
+                        continue
                     if self._related(inh.relation, target, source):
                         wanted[target.id] = source.id
                         break
@@ -540,6 +549,8 @@ class AlertBook:
             return source.place
         if relation == "zone":
             return source.zone
+        if relation == "incident":
+            return source.incident
         return source.source  # panel, controller, gateway, same_source: the source device
 
     def _target_key(self, relation: str, target: Alert) -> str:
@@ -554,6 +565,8 @@ class AlertBook:
             return target.place
         if relation == "zone":
             return target.zone
+        if relation == "incident":
+            return target.incident
         return ""
 
     def _related(self, relation: str, target: Alert, source: Alert) -> bool:
@@ -575,6 +588,8 @@ class AlertBook:
             return bool(target.place) and target.place == source.place
         if relation == "zone":
             return bool(target.zone) and target.zone == source.zone
+        if relation == "incident":  # consequential: it joined an incident the source leads
+            return bool(target.incident) and target.incident == source.incident
         return False
 
     # --- stage 4: incidents ---------------------------------------------------------
@@ -653,8 +668,10 @@ class AlertBook:
         for incident in list(self.incidents.values()):
             members = by_incident.get(incident.id, [])
             live = [a for a in members if a.active and a.annunciated]
-            lead = max(live or members, key=lambda a: (SEVERITY_RANK[a.severity], -a.priority),
-                       default=None)
+            # What it is about comes from what the operator sees; once it is over it keeps
+            # that (a consequential alarm still in its window does not rename it).
+            lead = max(live if live or incident.title else members,
+                       key=lambda a: (SEVERITY_RANK[a.severity], -a.priority), default=None)
             changed = False
             if lead is not None and (lead.severity != incident.severity
                                      or lead.title != incident.title):

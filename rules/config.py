@@ -314,7 +314,8 @@ class Inhibit(Strict):
 
     source: StrList = Field(min_length=1)
     target: StrList = Field(min_length=1)
-    relation: Literal["panel", "controller", "gateway", "place", "zone", "same_source"]
+    relation: Literal["panel", "controller", "gateway", "place", "zone", "same_source",
+                      "incident"]
 
 
 class Team(Strict):

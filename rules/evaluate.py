@@ -55,6 +55,7 @@ log = logging.getLogger(__name__)
 _MISSING = object()
 RESTART_HOLD = 60.0  # s: longest wait for the backlog before absence rules judge again
 VALUE_REFRESH = 30 * NS  # an active alert's shown value follows its readings this often
+LATE = 30 * NS  # an input older than this when it arrives is late (marked on its alert)
 
 
 @dataclass
@@ -150,6 +151,7 @@ class Evaluator:
         self.absence_due: dict[str, int] = {}  # absence rule -> earliest time one may fire
         self.absence_from = 0  # absence rules hold until then (backlog after a restart)
         self.history = 0  # inputs older than their source's newest: not applied
+        self.lag = 0  # how old the input being evaluated is (0 on a tick)
         self._schedule_state: dict[str, bool] = {}
         self._schedules: dict[tuple[tuple[str, ...], int], bool] = {}
         self._local = (0, datetime.fromtimestamp(0, self.tz))
@@ -281,12 +283,16 @@ class Evaluator:
                 return []  # not a source of this site: nothing to judge, nothing kept
             plan = Plan()
         data = self.data.get(source) or self._source(source)
-        if reading.ts < data.input_ts:
+        self.lag = now - reading.ts
+        # A device clock ahead of ours cannot order what comes after it (a gateway stamps
+        # with its receive time once the skew is too large): such a time counts as now.
+        key = reading.ts if reading.ts <= now else now
+        if key < data.input_ts:
             self.history += 1  # older than what the source already said: history, not news
             return []
         if reading.quality is Quality.COMM_FAILURE and not reading.values:
             return []  # the gateway says it has no data: the no-data timers run on
-        data.input_ts = reading.ts
+        data.input_ts = key
         data.last_reading = now
         values = data.values
         incoming = reading.values
@@ -352,12 +358,14 @@ class Evaluator:
 
     def on_event(self, event: Event, now: int) -> list[Signal]:
         out: list[Signal] = []
+        self.lag = now - event.ts
         if event.device in self.topology.sources:
             data = self.data.get(event.device) or self._source(event.device)
-            if event.ts < data.input_ts:
+            key = event.ts if event.ts <= now else now
+            if key < data.input_ts:
                 self.history += 1
                 return out
-            data.input_ts = event.ts
+            data.input_ts = key
         for watch in self.plans.get(event.device, Plan()).watches:
             compiled = watch.compiled
             rule = compiled.rule
@@ -384,6 +392,7 @@ class Evaluator:
         return out
 
     def on_status(self, status: DeviceStatus, now: int) -> list[Signal]:
+        self.lag = 0  # not a device's input: never late
         if status.device not in self.topology.sources:
             return []
         data = self._source(status.device)
@@ -411,6 +420,7 @@ class Evaluator:
         return out
 
     def on_command(self, command: Command, now: int) -> list[Signal]:
+        self.lag = 0  # not a device's input: never late
         out: list[Signal] = []
         targets = self._command_targets(command)
         for compiled in self.rules.rules.values():
@@ -435,6 +445,7 @@ class Evaluator:
         return out
 
     def on_command_result(self, result: CommandResult, now: int) -> list[Signal]:
+        self.lag = 0  # not a device's input: never late
         out: list[Signal] = []
         for compiled in self.rules.rules.values():
             rule = compiled.rule
@@ -472,6 +483,8 @@ class Evaluator:
         inst.value = value if value is not None else inst.value
         self.dirty.add((inst.rule, inst.source))
         detail = dict(detail or {})
+        if self.lag >= LATE and level >= 0:
+            detail["late_s"] = round(self.lag / NS)
         if inst.restored_gap and level >= 0:
             detail["timer_spanned_restart_s"] = round(inst.restored_gap / NS, 1)
             inst.restored_gap = 0
@@ -650,6 +663,7 @@ class Evaluator:
     # --- time -----------------------------------------------------------------------
 
     def tick(self, now: int) -> list[Signal]:
+        self.lag = 0  # not a device's input: never late
         out: list[Signal] = []
         keys = self.timing | self.recheck
         self.recheck = set()

@@ -10,6 +10,7 @@ from facility.messages import (
     AlertState,
     Availability,
     DeviceStatus,
+    Event,
     Family,
     Quality,
     Reading,
@@ -294,3 +295,37 @@ async def test_screens_follow_the_reading_while_the_level_holds(settings: Settin
         assert campus.rules is not None and campus.rules.store is not None
         actions = [h["action"] for h in await campus.rules.store.history(alert.id)]
         assert "updated" not in actions  # values move on without history rows
+
+
+async def test_a_late_input_marks_its_alert_late(settings: Settings, tmp_path: Path) -> None:
+    """An alarm event that arrives 67 s after the device stamped it (the gateway was
+    away) raises its alert marked late, for the page to say so; one on time is not."""
+    clock = ManualClock(START)
+    campus = Campus(settings, tmp_path, clock)
+    async with running(campus):
+        await campus.advance(100)
+        late = Event(site=campus.site_id, family=Family.FIRE, device="fp-main",
+                     ts=campus.now() - 67 * NS, id="fp-main-late-1", name="fire_alarm",
+                     text="火警 主楼设备房")
+        await campus.send(late, campus.event("fp-ebike", "fire_alarm", "火警 西门车棚"))
+        alerts = {a.source: a for a in campus.open_alerts("fire-panel-alarm")}
+        assert alerts["fp-main"].late_s == 67 and alerts["fp-ebike"].late_s == 0
+        assert alerts["fp-main"].message("raised", campus.now()).late_s == 67
+
+
+def test_a_device_clock_ahead_does_not_order_what_follows() -> None:
+    """A device 100 s ahead, then the gateway's receive time once the skew grew too large:
+    the later reading is news, not history (a time ahead counts as its arrival)."""
+    engine, topology = _engine()
+    now = START + 60 * NS
+    device = "wl-west-gate"
+
+    def level(value: float, ts: int, at: int) -> None:
+        engine.reading(Reading(site=topology.site_id, family=Family.DRAINAGE, device=device,
+                               ts=ts, values={"water_level": value}), at)
+
+    level(10.0, now + 100 * NS, now)
+    level(12.0, now + 5 * NS, now + 5 * NS)  # stamped on arrival
+    assert engine.evaluator.data[device].values["water_level"] == 12.0
+    level(11.0, now + 2 * NS, now + 6 * NS)  # older than the last: history
+    assert engine.evaluator.data[device].values["water_level"] == 12.0

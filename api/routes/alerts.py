@@ -39,7 +39,7 @@ def alert_view(a: Alert) -> AlertView:
         acked_by=a.acked_by, closed_at=a.closed_at, shelved_until=a.shelved_until,
         shelved_by=a.shelved_by, out_of_service_by=a.out_of_service_by,
         suppressed_by=a.suppressed_by, escalation=a.escalation, escalated_to=a.escalated_to,
-        chattering=a.chattering, updated_at=a.updated_at)
+        chattering=a.chattering, updated_at=a.updated_at, late_s=a.late_s)
 
 
 def incident_view(i: Incident) -> IncidentView:

@@ -494,7 +494,8 @@ function alertRow(a) {
                                rule: a.rule } },
     el("td", {}, el("span", { class: `sev sev-${a.severity}` }, SEVERITY[a.severity] || a.severity)),
     el("td", {}, time(a.raised_at)),
-    el("td", {}, el("b", {}, a.title), el("br"), a.text),
+    el("td", {}, el("b", {}, a.title), el("br"), a.text,
+       a.late_s ? el("span", { class: "late" }, `（迟到${a.late_s}秒）`) : ""),
     el("td", {}, place),
     el("td", { class: "alert-state" }, ALERT_STATE[a.state] || a.state),
     actions);
