@@ -751,6 +751,11 @@ class Evaluator:
             missing = deadline is not None and now >= deadline
             inst = mine.get(source)
             active = inst is not None and inst.active
+            if missing and not active and not rule.status and self._gateway_down(source):
+                # Its gateway is known to be away (its will came) and its offline alarm
+                # waits for its hold: the device's silence is that outage, not news of its
+                # own (a 10 s blip of the PLC's gateway must not raise the PLC's no-data).
+                continue
             if missing and in_schedule and not active:
                 inst = self.instance(compiled, source)
                 out.append(self._set(inst, 0, now, rule.severity, text=text,
@@ -761,6 +766,18 @@ class Evaluator:
                 due = min(due, deadline)
         self.absence_due[compiled.id] = due
         return out
+
+    def _gateway_down(self, source: str) -> bool:
+        src = self.topology.sources.get(source)
+        if src is None or not src.gateway or src.gateway == source:
+            return False
+        gateway = self.data.get(src.gateway)
+        if gateway is None or gateway.status is not Availability.OFFLINE:
+            return False
+        # Held only until the gateway's own offline alarm is up: then the device's raises
+        # under it, suppressed as it is raised.
+        return not any((inst := self.by_rule.get(c.id, {}).get(src.gateway)) is not None
+                       and inst.active for c in self.absence if c.rule.status)
 
     # --- what the store keeps besides instances -------------------------------------
 

@@ -329,3 +329,30 @@ def test_a_device_clock_ahead_does_not_order_what_follows() -> None:
     assert engine.evaluator.data[device].values["water_level"] == 12.0
     level(11.0, now + 2 * NS, now + 6 * NS)  # older than the last: history
     assert engine.evaluator.data[device].values["water_level"] == 12.0
+
+
+async def test_a_short_blip_of_the_plc_gateway_raises_nothing(settings: Settings,
+                                                              tmp_path: Path) -> None:
+    """The PLC is polled every second, so its no-data limit (10 s) is shorter than its
+    gateway's offline hold (60 s): while the gateway is known to be away, the silence is
+    the gateway's, and a 10-second blip raises nothing at all."""
+    clock = ManualClock(START)
+    campus = Campus(settings, tmp_path, clock)
+    async with running(campus):
+        def gw(state: Availability, ts: int) -> DeviceStatus:
+            return DeviceStatus(site=campus.site_id, family=Family.GATEWAY,
+                                device="gw-plc-south", ts=ts, state=state, reason="",
+                                gateway="gw-plc-south")
+
+        connected = campus.now()
+        await campus.send(gw(Availability.ONLINE, connected),
+                          plc_reading(campus), *(bollard_reading(campus, b) for b in BOLLARDS))
+        await campus.advance(5)
+        await campus.send(gw(Availability.OFFLINE, connected - NS))  # its will
+        for _ in range(12):
+            await campus.advance(1)
+        await campus.send(gw(Availability.ONLINE, campus.now()), plc_reading(campus),
+                          *(bollard_reading(campus, b) for b in BOLLARDS))
+        await campus.advance(2)
+        assert [a for a in campus.open_alerts() if a.source in [PLC, *BOLLARDS, "gw-plc-south"]
+                and a.annunciated] == []
