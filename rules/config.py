@@ -323,12 +323,18 @@ class Team(Strict):
     webhook: str | None = None  # POSTed the alert as JSON (e.g. a WeCom/DingTalk bridge)
 
 
+# Where an incident of a category is shown and announced, screens and PA alike: the whole
+# campus, the incident's own zones, or the zones named.
+Reach = Literal["campus", "incident"] | list[Id]
+
+
 class RuleFile(Strict):
     version: Literal[1]
     schedules: dict[Id, Schedule] = {}
     templates: dict[Id, Template] = {}
     teams: dict[Id, Team] = {}
     inhibit: list[Inhibit] = []
+    reach: dict[Id, Reach] = {}  # incident category -> where its screens and PA are
     rules: list[Rule] = []
 
 
@@ -385,6 +391,7 @@ class RuleSet:
     inhibit: list[Inhibit]
     files: list[Path]
     digest: str  # changes when any file changes
+    reach: dict[str, Any] = field(default_factory=dict)  # category -> Reach
 
     def for_source(self, source_id: str) -> list[CompiledRule]:
         return [c for c in self.rules.values() if source_id in c.sources]
@@ -468,10 +475,17 @@ def load_rules(paths: Iterable[Path], topology: Topology, endpoints: EndpointCon
     teams: dict[str, Team] = {}
     owners: dict[tuple[str, str], Path] = {}
     inhibit: list[Inhibit] = []
+    reach: dict[str, Any] = {}
+    zones = set(topology.zones)
     for path, parsed, _ in files:
+        for category, area in parsed.reach.items():
+            if isinstance(area, list) and not set(area) <= zones:
+                errors.append(f"{path}: reach {category!r}: no zone "
+                              f"{sorted(set(area) - zones)[0]!r}")
         for kind, items, into in (("schedule", parsed.schedules, schedules),
                                   ("template", parsed.templates, templates),
-                                  ("team", parsed.teams, teams)):
+                                  ("team", parsed.teams, teams),
+                                  ("reach", parsed.reach, reach)):
             for name, entry in items.items():
                 if name in into:
                     errors.append(f"{path}: {kind} {name!r} is already defined in "
@@ -505,7 +519,8 @@ def load_rules(paths: Iterable[Path], topology: Topology, endpoints: EndpointCon
                         errors.append(f"{path}: inhibit[{n}]: field '{fld}': no rule {rid!r}")
     if errors:
         raise ConfigError("\n".join(errors))
-    return RuleSet(compiled, schedules, templates, teams, inhibit, paths, digest.hexdigest())
+    return RuleSet(compiled, schedules, templates, teams, inhibit, paths, digest.hexdigest(),
+                   reach)
 
 
 class _FieldError(Exception):

@@ -8,6 +8,7 @@ and the service share the same code path and a restart restores it from the stor
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass, field
 from typing import Any
@@ -97,8 +98,7 @@ def with_builtin_rules(rules: RuleSet, endpoints: EndpointConfig) -> RuleSet:
     compiled = CompiledRule(rule=rule, file=rules.files[0] if rules.files else None,  # type: ignore[arg-type]
                             index=-1, sources=[e.id for e in endpoints.endpoints],
                             revision=rule.revision())
-    return RuleSet({**rules.rules, ENDPOINT_SILENT: compiled}, rules.schedules, rules.templates,
-                   rules.teams, rules.inhibit, rules.files, rules.digest)
+    return dataclasses.replace(rules, rules={**rules.rules, ENDPOINT_SILENT: compiled})
 
 
 def urgent_sources(rules: RuleSet) -> frozenset[str]:

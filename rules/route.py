@@ -18,7 +18,7 @@ from zoneinfo import ZoneInfo
 import msgspec
 
 from facility.messages import SEVERITY_RANK, Broadcast, DisplayKind, DisplayMessage
-from rules.alerts import AlertBook, short_id
+from rules.alerts import AlertBook, Incident, short_id
 from rules.clock import NS
 from rules.config import RuleSet, render
 from rules.endpoints import Endpoint, EndpointConfig
@@ -144,7 +144,7 @@ class Router:
                         speech=render(template.speech or template.text, values),
                         colour=template.colour, incident=incident.id, alert=alert.id,
                         all_clear=all_clear, repeat=notify.repeat)
-                    for endpoint in self.config.select(notify.to, set(incident.zones)):
+                    for endpoint in self._targets(notify.to, incident):
                         have = wanted[endpoint.id].get(incident.id)
                         if have is None or content.priority < have.priority:
                             wanted[endpoint.id][incident.id] = content
@@ -159,6 +159,28 @@ class Router:
                     state.layers = layers
                     self.dirty.add(endpoint_id)
                 self._refresh(endpoint, state, now)
+
+    def _targets(self, selector: Any, incident: Incident) -> list[Endpoint]:
+        """The endpoints a notify reaches. With a `reach` for the incident's category, the
+        selector says what kind of endpoint (screens of these groups, the PA) and the
+        reach says where, one area for screens and PA alike, so they never disagree."""
+        zones = set(incident.zones)
+        area = self.rules.reach.get(incident.category)
+        if area is None:
+            return self.config.select(selector, zones)
+        wanted = zones if area == "incident" else set(area) if isinstance(area, list) else None
+        out = []
+        for e in self.config.endpoints:
+            if e.is_pa:
+                asked = selector.pa is not None or e.id in selector.endpoints
+                where = wanted is None or bool(set(e.covers) & wanted)
+            else:
+                asked = e.id in selector.endpoints or bool(set(e.groups) & set(selector.groups)) \
+                    or e.kind in selector.kinds or bool(selector.zones)
+                where = wanted is None or e.zone in wanted
+            if asked and where:
+                out.append(e)
+        return out
 
     def _refresh(self, endpoint: Endpoint, state: EndpointState, now: int,
                  force: bool = False) -> None:
@@ -193,18 +215,9 @@ class Router:
 
     def _announce(self, endpoint: Endpoint, state: EndpointState, layers: dict[str, Content],
                   showing: set[str], now: int) -> None:
-        for incident_id, content in layers.items():
-            if state.announced.get(incident_id) == content.speech:
-                continue
-            state.announced[incident_id] = content.speech
-            state.layers[incident_id] = content
-            self.dirty.add(endpoint.id)
-            kind = DisplayKind(content.kind)
-            self._broadcast(endpoint, kind, content.priority, content.speech, content.repeat,
-                            incident_id, content.alert, now)
         # An all-clear only when the incident is over: one that fell below this zone's
         # level (a flood from critical to warning) still holds its screens, and the PA
-        # says nothing until it ends.
+        # says nothing until it ends. All-clears first: what waited is said after them.
         for incident_id in [i for i in state.layers if i not in layers and i not in showing]:
             gone = state.layers.pop(incident_id)
             state.announced.pop(incident_id, None)
@@ -212,6 +225,21 @@ class Router:
             if gone.all_clear:
                 self._broadcast(endpoint, DisplayKind.ALL_CLEAR, 5, gone.all_clear, 1,
                                 incident_id, gone.alert, now)
+        # An incident never talks over one the zone is already announcing unless it is more
+        # urgent; it waits, and is announced when it is the most urgent left.
+        for incident_id, content in sorted(layers.items(), key=lambda kv: kv[1].priority):
+            if state.announced.get(incident_id) == content.speech:
+                continue
+            holding = [c.priority for i, c in state.layers.items()
+                       if i != incident_id and i in layers]
+            if holding and content.priority >= min(holding):
+                continue
+            state.announced[incident_id] = content.speech
+            state.layers[incident_id] = content
+            self.dirty.add(endpoint.id)
+            kind = DisplayKind(content.kind)
+            self._broadcast(endpoint, kind, content.priority, content.speech, content.repeat,
+                            incident_id, content.alert, now)
 
     def _broadcast(self, endpoint: Endpoint, kind: DisplayKind, priority: int, text: str,
                    repeat: int, incident: str, alert: str, now: int) -> None:

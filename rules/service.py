@@ -19,6 +19,7 @@ Messages that do not fit are counted and dead-lettered or ignored (rules/intake.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import gc
 import logging
 import time
@@ -451,9 +452,8 @@ class RulesService(Service):
                 log.error("%s: rule files not reloaded, the running rules stay:\n%s",
                           self.name, exc)
             self.reload_error = str(exc)
-            self.rules = RuleSet(self.rules.rules, self.rules.schedules, self.rules.templates,
-                                 self.rules.teams, self.rules.inhibit, self.rules.files,
-                                 _digest(rule_files(self.rules_dir)))
+            self.rules = dataclasses.replace(self.rules,
+                                             digest=_digest(rule_files(self.rules_dir)))
             return False, str(exc)
         assert self.engine is not None
         self.rules = rules

@@ -356,3 +356,35 @@ async def test_a_short_blip_of_the_plc_gateway_raises_nothing(settings: Settings
         await campus.advance(2)
         assert [a for a in campus.open_alerts() if a.source in [PLC, *BOLLARDS, "gw-plc-south"]
                 and a.annunciated] == []
+
+
+async def test_a_flood_never_talks_over_an_evacuation(settings: Settings, tmp_path: Path) -> None:
+    """A flood at the west gate during a fire evacuation: the west PA zone says the
+    evacuation only; the flood is announced there once the fire is over. The flood's
+    screens and PA reach its own zone (west gate): the same area for both."""
+    clock = ManualClock(START)
+    campus = Campus(settings, tmp_path, clock)
+    async with running(campus):
+        assert campus.player is not None
+        west = campus.player.screens["pa-west"]
+        await campus.send(campus.event("fp-ebike", "fire_alarm", "火警 西门车棚"),
+                          campus.reading(Family.FIRE, "fp-ebike", state="alarm",
+                                         alarm_count=1))
+        await until("the evacuation in the west PA zone", lambda: west.announced)
+        await campus.send(campus.reading(Family.DRAINAGE, "wl-west-gate", water_level=46.0))
+        await campus.advance(1)
+        assert [b.kind.value for b in west.announced] == ["emergency"]  # the fire only
+        assert "疏散" in campus.screen("led-west-gate")  # the higher one on the screen too
+        await campus.send(campus.event("fp-ebike", "restore"),
+                          campus.reading(Family.FIRE, "fp-ebike", state="normal",
+                                         alarm_count=0))
+        await campus.advance(31)  # the fire's hold is over
+        await until("the fire's all-clear, then the flood", lambda: len(west.announced) >= 3)
+        kinds = [(b.kind.value, "积水" in b.text) for b in west.announced]
+        assert kinds[:3] == [("emergency", False), ("all_clear", False), ("emergency", True)]
+        # The flood's area: the west gate's screen and the PA zone covering it, no other.
+        assert "积水" in campus.screen("led-west-gate")
+        assert "积水" not in campus.screen("led-south-gate")
+        others = ("pa-main", "pa-east", "pa-south", "pa-north")
+        assert not any("积水" in b.text for p in others
+                       for b in campus.player.screens[p].announced)
