@@ -18,21 +18,20 @@ from api.commands import CommandDesk
 from api.devices import DeviceBook
 from api.link import MqttLink
 from api.live import LiveHub
-from api.models import CommandView
 from api.outputs import OutputDesk
 from api.store import ApiStore
+from audit.commands import CommandView
 from facility import messages as m
 from facility.backoff import Backoff
+from facility.endpoints import EndpointConfig, load_endpoints
 from facility.influx import InfluxClient, InfluxError
 from facility.metrics import Metrics
 from facility.settings import Settings
-from facility.site import SiteConfig
+from facility.site import SiteConfig, site_for
 from facility.topics import Kind, ParsedTopic
+from facility.topology import Topology
 from rules.alerts import Alert
-from rules.endpoints import EndpointConfig, load_endpoints
-from rules.service import site_for
 from rules.store import AlertStore
-from rules.topology import Topology
 
 log = logging.getLogger(__name__)
 

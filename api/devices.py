@@ -15,7 +15,7 @@ from typing import Any
 
 from facility import messages as m
 from facility.influx import InfluxClient, InfluxError, quote_ident, quote_string
-from rules.topology import Source, Topology
+from facility.topology import Source, Topology
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ from zoneinfo import ZoneInfo
 
 from api.models import BuildingEnergy, EnergyToday, History, HistoryPoint
 from facility.influx import InfluxClient, quote_ident, quote_string
-from rules.topology import Source, Topology
+from facility.topology import Source, Topology
 
 AGGREGATES = ("mean", "min", "max", "last", "first", "count")
 KGCE_PER_KWH = 0.1229  # GB/T 2589, equivalent-value method

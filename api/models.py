@@ -413,41 +413,6 @@ class ApprovalRequest(Request):
     comment: str = Field(default="", max_length=500)
 
 
-class TargetResult(BaseModel):
-    device: str
-    status: str = Field(description="pending, accepted, done, refused, failed, timed_out, "
-                                    "expired, duplicate, no_result")
-    detail: str
-    ts: int
-
-
-class Approval(BaseModel):
-    required: bool
-    expires_at: int = Field(description="ns; 0 when no approval is needed")
-    decision: str = Field(description="'', approved, rejected, approval_expired, superseded")
-    decided_by: str
-    decided_at: int
-
-
-class CommandView(BaseModel):
-    id: str
-    action: str
-    targets: list[str]
-    zones: list[str]
-    reason: str
-    requested_by: str
-    requested_at: int
-    status: str = Field(description="awaiting_approval, rejected, approval_expired, "
-                                    "superseded, refused, sent, accepted, done, failed, "
-                                    "timed_out, expired, duplicate, no_result")
-    final: bool
-    detail: str
-    approval: Approval
-    issued_at: int
-    expires_at: int
-    results: list[TargetResult]
-
-
 class AuditEntry(BaseModel):
     seq: int
     ts: int

@@ -32,10 +32,11 @@ from api.models import (
     ManualDelivery,
     ShownMessage,
 )
-from api.store import AlreadyRecorded, ApiStore, AuditError
+from api.store import ApiStore
+from audit.log import AlreadyRecorded, AuditError
 from facility import messages as m
 from facility import topics
-from rules.endpoints import Endpoint, EndpointConfig
+from facility.endpoints import Endpoint, EndpointConfig
 from rules.store import AlertStore
 
 log = logging.getLogger(__name__)

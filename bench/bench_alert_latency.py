@@ -45,15 +45,15 @@ from bench.campus_load import (
 from bench.common import Figure, figure, servers
 from facility import messages as m
 from facility import topics
+from facility.endpoints import load_endpoints
 from facility.localservers import free_port
 from facility.mqtt import make_client
 from facility.mqttlink import MqttLink
 from facility.settings import MqttSettings, load_settings
 from facility.site import load_site
 from facility.topics import Kind
-from rules.endpoints import load_endpoints
+from facility.topology import Topology
 from rules.ops import AlertOpsClient
-from rules.topology import Topology
 
 REPO = Path(__file__).resolve().parent.parent
 # The broker as the campus should run it: without set_tcp_nodelay Mosquitto holds back

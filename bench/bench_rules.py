@@ -38,13 +38,13 @@ from bench.campus_load import (
 )
 from bench.common import Figure, figure, peak_rss_mb
 from facility import messages as m
+from facility.endpoints import load_endpoints
 from facility.site import load_site
+from facility.topology import Topology
 from rules.clock import NS
 from rules.config import RuleSet, load_rules, rule_files
-from rules.endpoints import load_endpoints
 from rules.engine import Effects, Engine
 from rules.intake import Intake
-from rules.topology import Topology
 
 T0 = 1_795_854_600 * NS  # 2026-11-28 16:30 Asia/Shanghai, a Saturday afternoon
 BATCH = 500  # messages per batch, as the service takes them

@@ -63,13 +63,13 @@ from bench.common import Figure, figure
 from facility import messages as m
 from facility import topics
 from facility.configfile import read_yaml
+from facility.endpoints import load_endpoints
 from facility.influx import InfluxClient
 from facility.localservers import InfluxServer, MosquittoServer, free_port
 from facility.mqtt import make_client, run_connected
 from facility.settings import Settings, load_settings
 from facility.site import load_site
 from facility.topics import Kind
-from rules.endpoints import load_endpoints
 from rules.ops import AlertOpsClient
 
 REPO = Path(__file__).resolve().parent.parent

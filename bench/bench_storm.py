@@ -54,10 +54,10 @@ from facility import topics
 from facility.localservers import MosquittoServer
 from facility.mqtt import make_client
 from facility.settings import InfluxSettings, MqttSettings, Settings, load_settings
-from facility.site import load_site
+from facility.site import load_site, site_for
+from facility.topology import Topology
 from rules.clock import NS, ManualClock
-from rules.service import RulesService, site_for
-from rules.topology import Topology
+from rules.service import RulesService
 from simulators.display_player import DisplayPlayer
 
 REPO = Path(__file__).resolve().parent.parent

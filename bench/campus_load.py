@@ -20,7 +20,7 @@ from facility import messages as m
 from facility import topics
 from facility.configfile import read_yaml
 from facility.site import SiteConfig
-from rules.topology import Topology
+from facility.topology import Topology
 
 REPO = Path(__file__).resolve().parent.parent
 SITE_FILE = REPO / "config" / "site.yaml"

@@ -3,7 +3,7 @@ EV charging, and energy. Titles are Chinese (operators read Chinese); every quer
 InfluxQL against the data as ingest stores it (see ingest/convert.py).
 
 Long energy ranges read the 15-minute rollups (retention policy `rollup`, see
-reports/downsample.py) rather than raw points.
+facility/schema.py) rather than raw points.
 """
 
 from __future__ import annotations

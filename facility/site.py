@@ -226,6 +226,13 @@ def _unique(what: str, ids: list[str]) -> None:
         seen.add(item)
 
 
+def site_for(site: SiteConfig, site_id: str) -> SiteConfig:
+    """The same campus under another site id (a worker per site; tests isolate by site)."""
+    if site_id == site.site.id:
+        return site
+    return site.model_copy(update={"site": site.site.model_copy(update={"id": site_id})})
+
+
 def load_site(path: Path) -> SiteConfig:
     data = read_yaml(path)
     if not isinstance(data, dict):

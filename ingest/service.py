@@ -110,7 +110,7 @@ class Ingest(Service):
         """The database, its retention policies and the energy rollups (continuous queries,
         so long reports read 15-minute data, not months of raw points). Retried until
         InfluxDB answers; writes meanwhile wait or go to the spool."""
-        from reports.downsample import ensure_downsampling
+        from facility.schema import ensure_downsampling
 
         assert self.influx is not None, "use inside 'async with'"
         backoff = Backoff(initial=0.5, cap=30.0)

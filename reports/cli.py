@@ -139,8 +139,8 @@ async def cmd_shift(args: argparse.Namespace, settings: Settings, site: SiteConf
 
 
 async def cmd_rollup(args: argparse.Namespace, settings: Settings, site: SiteConfig) -> int:
+    from facility.schema import DAY_NS, ROLLUPS, ensure_downsampling, rebuild
     from reports import periods
-    from reports.downsample import DAY_NS, ROLLUPS, ensure_downsampling, rebuild
 
     async with InfluxClient(settings.influx) as influx:
         await influx.ensure_database()

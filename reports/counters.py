@@ -29,7 +29,7 @@ import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
-from reports.downsample import BUCKET_NS
+from facility.schema import BUCKET_NS
 
 BUCKET_HOURS = BUCKET_NS / 3.6e12
 SAFETY = 1.5

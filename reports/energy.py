@@ -18,11 +18,11 @@ from datetime import datetime
 from zoneinfo import ZoneInfo
 
 from facility.influx import InfluxClient
+from facility.schema import BUCKET_NS, ENERGY, EV_CHARGING, sync_rollups
 from facility.settings import Settings
 from facility.site import SiteConfig
 from reports.calendar import WorkCalendar
 from reports.counters import BUCKET_HOURS, MeterEnergy
-from reports.downsample import BUCKET_NS, ENERGY, EV_CHARGING, sync_rollups
 from reports.periods import Period
 from reports.rollups import Device, energies, read_buckets
 

@@ -10,12 +10,12 @@ from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
 from facility.influx import InfluxClient
+from facility.schema import BUCKET_NS
 from facility.settings import Settings
 from facility.site import SiteConfig
 from reports import charts
 from reports.calendar import WorkCalendar
 from reports.counters import MeterEnergy
-from reports.downsample import BUCKET_NS
 from reports.energy import (
     KGCE_PER_KWH,
     LOAD_NAMES,

@@ -7,9 +7,9 @@ import itertools
 from dataclasses import dataclass
 
 from facility.influx import InfluxClient, quote_ident, quote_string
+from facility.schema import BUCKET_NS, Rollup
 from facility.settings import ReportSettings
 from reports.counters import Bucket, MeterEnergy, meter_energy
-from reports.downsample import BUCKET_NS, Rollup
 
 TAGS = ("device", "building", "load", "place", "kind")
 # What the report uses of a rollup row (p_mean is for the dashboards' base-load panel).

@@ -292,8 +292,8 @@ def _operators(history: list[dict[str, Any]]) -> Section:
 async def _commands(settings: Settings, site: str, start: int, end: int, names: _Names,
                     tz: ZoneInfo) -> Table:
     """Bollard commands requested (or refused) in the shift, with their outcome so far."""
-    from api.commands import fold
-    from api.store import ApiStore
+    from audit.commands import fold
+    from audit.log import AuditLog
 
     table = Table("commands", "升降柱指令及下达人", [
         Column("时间", kind="text"), Column("指令", kind="text"), Column("对象", kind="text"),
@@ -301,7 +301,7 @@ async def _commands(settings: Settings, site: str, start: int, end: int, names: 
         Column("原因", kind="text"),
         Column("结果", kind="text"), Column("说明", kind="text")],
         formulas=["值班时段内请求（含被拒绝）的每条指令一行；结果为出报时审计日志汇总出的状态"])
-    store = await ApiStore.open(settings.state_url)
+    store = await AuditLog.open(settings.state_url)
     try:
         opened = await store.rows(site, since=start, until=end, events=("requested", "refused"),
                                   limit=100_000)

@@ -19,10 +19,10 @@ from typing import Any
 import msgspec
 
 from facility.messages import SEVERITY_RANK, AlertMessage, AlertState, Scalar, Severity
+from facility.topology import Topology
 from rules.clock import NS
 from rules.config import RuleSet, render
 from rules.evaluate import Signal
-from rules.topology import Topology
 
 
 @dataclass

@@ -38,11 +38,11 @@ from pydantic import (
 )
 
 from facility.configfile import ConfigError, read_yaml
+from facility.endpoints import EndpointConfig, EndpointKind
 from facility.messages import Severity
 from facility.topics import ID_PATTERN
-from rules.endpoints import EndpointConfig, EndpointKind
+from facility.topology import Topology
 from rules.expr import Expression, ExpressionError
-from rules.topology import Topology
 
 Id = Annotated[str, StringConstraints(pattern=f"^{ID_PATTERN.pattern}$")]
 DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")

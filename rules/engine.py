@@ -15,6 +15,7 @@ from typing import Any
 
 import msgspec
 
+from facility.endpoints import EndpointConfig
 from facility.messages import (
     AckStatus,
     AlertAction,
@@ -28,6 +29,7 @@ from facility.messages import (
     Reading,
     Severity,
 )
+from facility.topology import Topology
 from rules import cap
 from rules.alerts import (
     Alert,
@@ -40,10 +42,8 @@ from rules.alerts import (
 )
 from rules.clock import NS
 from rules.config import CompiledRule, EventRule, IncidentSpec, RuleSet
-from rules.endpoints import EndpointConfig
 from rules.evaluate import RESTART_HOLD, Evaluator, Instance, Signal
 from rules.route import Delivery, EndpointState, Pending, Router
-from rules.topology import Topology
 
 log = logging.getLogger(__name__)
 

@@ -35,6 +35,7 @@ from facility.messages import (
     Scalar,
     Severity,
 )
+from facility.topology import Topology
 from rules.clock import NS
 from rules.config import CompiledRule, RuleSet
 from rules.expr import Expression, Unknown
@@ -48,7 +49,6 @@ from rules.scope import (
     SourceData,
     plans,
 )
-from rules.topology import Topology
 
 log = logging.getLogger(__name__)
 

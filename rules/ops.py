@@ -20,7 +20,6 @@ from facility.mqtt import make_client
 from facility.settings import MqttSettings
 from facility.topics import Kind
 from rules.intake import OPS_FAMILY
-from rules.nodelay import no_delay
 
 
 class AlertOpsClient:
@@ -35,7 +34,6 @@ class AlertOpsClient:
     async def __aenter__(self) -> AlertOpsClient:
         client = make_client(self.mqtt, f"{self.mqtt.client_prefix}-ops-{uuid.uuid4().hex[:8]}")
         self._client = await client.__aenter__()
-        no_delay(client)
         await client.subscribe(topics.subscription(Kind.COMMAND_RESULT, self.site, OPS_FAMILY),
                                qos=1)
         self._task = asyncio.create_task(self._receive(), name="alert ops results")

@@ -17,11 +17,11 @@ from zoneinfo import ZoneInfo
 
 import msgspec
 
+from facility.endpoints import Endpoint, EndpointConfig
 from facility.messages import SEVERITY_RANK, Broadcast, DisplayKind, DisplayMessage
 from rules.alerts import AlertBook, Incident, short_id
 from rules.clock import NS
 from rules.config import RuleSet, render
-from rules.endpoints import Endpoint, EndpointConfig
 
 NORMAL_PRIORITY = 9
 

@@ -38,23 +38,23 @@ from facility import messages as m
 from facility import topics
 from facility.configfile import ConfigError
 from facility.deadletters import QUARANTINED, REFUSED, DeadLetters, Letter
+from facility.endpoints import EndpointConfig, load_endpoints
 from facility.metrics import Metrics
 from facility.mqtt import run_connected
 from facility.mqttlink import MqttLink, connector
 from facility.outbox import Outbox
 from facility.service import Service
 from facility.settings import Settings
-from facility.site import SiteConfig
+from facility.site import SiteConfig, site_for
 from facility.topics import Kind
+from facility.topology import Topology
 from rules.alerts import ChatterPolicy
 from rules.clock import NS, Clock, SystemClock
 from rules.config import RuleSet, load_rules, rule_files
-from rules.endpoints import EndpointConfig, load_endpoints
 from rules.engine import Effects, Engine
 from rules.intake import OPS_FAMILY, Intake, Refusal
 from rules.notify import WebhookNotifier, deliver
 from rules.store import AlertStore
-from rules.topology import Topology
 
 log = logging.getLogger(__name__)
 
@@ -67,13 +67,6 @@ COALESCE = 0.002  # s a batch of readings that cannot move a screen waits for mo
 BEAT = 10 * NS  # heartbeat: last-seen times and a slice of the windows go to the store
 SERIES_PER_BEAT = 100_000  # window samples one heartbeat stores (1.6 MB, copied as arrays)
 CHECKPOINT_EVERY = 5.0  # s between SQLite checkpoints (off the loop; a no-op elsewhere)
-
-
-def site_for(site: SiteConfig, site_id: str) -> SiteConfig:
-    """The same campus under another site id (a worker per site; tests isolate by site)."""
-    if site_id == site.site.id:
-        return site
-    return site.model_copy(update={"site": site.site.model_copy(update={"id": site_id})})
 
 
 def load_all(settings: Settings, site: SiteConfig, rules_dir: Path | None = None,

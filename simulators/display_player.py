@@ -43,7 +43,6 @@ from facility.mqtt import make_client, run_connected
 from facility.service import Service
 from facility.settings import MqttSettings
 from facility.topics import Kind
-from rules.nodelay import no_delay
 
 log = logging.getLogger(__name__)
 SEEN_LIMIT = 2000  # message ids remembered per endpoint
@@ -153,7 +152,6 @@ class DisplayPlayer(Service):
                             self._session, name=self.name, on_disconnect=self.ready.clear)
 
     async def _session(self, client: aiomqtt.Client) -> None:
-        no_delay(client)
         await client.subscribe(topics.subscription(Kind.DISPLAY, self.site_id), qos=1)
         await client.subscribe(topics.subscription(Kind.BROADCAST, self.site_id), qos=1)
         self.ready.set()
@@ -279,9 +277,9 @@ def _html(title: str, body: str, refresh: int) -> web.Response:
 # --- as a process of its own ------------------------------------------------------------------
 
 async def _serve(args: argparse.Namespace) -> None:
+    from facility.endpoints import load_endpoints
     from facility.settings import load_settings
     from facility.site import load_site
-    from rules.endpoints import load_endpoints
 
     settings = load_settings(args.config)
     site = load_site(settings.site_path)

@@ -152,7 +152,7 @@ async def test_audit_log_is_append_only(settings: Settings, tmp_path: Path,
     import sqlalchemy as sa
     from sqlalchemy.exc import DBAPIError
 
-    from api.store import audit_t
+    from audit.log import audit_t
 
     async with api_stack(settings, tmp_path, state_url=state_url) as s:
         assert (await s.command("vera", "raise", bollards=["bollard-s03"])).status_code == 403

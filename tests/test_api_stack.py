@@ -30,10 +30,10 @@ from api.store import ApiStore
 from facility import topics
 from facility.messages import Family
 from facility.settings import Settings, StateSettings
-from facility.site import SiteConfig, load_site
+from facility.site import SiteConfig, load_site, site_for
 from gateway.service import Gateway
 from ingest.service import Ingest
-from rules.service import RulesService, site_for
+from rules.service import RulesService
 from simulators.campus import Campus
 from simulators.clock import SimClock
 from simulators.display_player import DisplayPlayer

@@ -23,9 +23,9 @@ from dashboards.influxql import DATASOURCE_UID
 from dashboards.push import push
 from dashboards.validate import problems
 from facility.influx import InfluxClient
+from facility.schema import ENERGY, EV_CHARGING, ensure_downsampling, rebuild
 from facility.settings import GrafanaSettings, Settings
 from facility.site import load_site
-from reports.downsample import ENERGY, EV_CHARGING, ensure_downsampling, rebuild
 from tests.reportdata import campus_lines, write_lines
 
 UIDS = {"facility-overview", "facility-bollards", "facility-fire", "facility-drainage",

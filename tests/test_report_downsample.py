@@ -7,9 +7,9 @@ from __future__ import annotations
 import time
 
 from facility.influx import InfluxClient
+from facility.schema import ENERGY, ensure_downsampling
 from facility.settings import Settings
 from facility.site import load_site
-from reports.downsample import ENERGY, ensure_downsampling
 from tests.helpers import eventually, rows
 from tests.reportdata import MINUTE_NS, Meter, meter_lines, write_lines
 

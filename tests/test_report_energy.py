@@ -14,11 +14,11 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from facility.influx import InfluxClient, quote_ident
+from facility.schema import ENERGY, ensure_downsampling, rebuild
 from facility.settings import Settings
 from facility.site import SiteConfig, load_site
 from reports import periods, render
 from reports.calendar import load_calendar
-from reports.downsample import ENERGY, ensure_downsampling, rebuild
 from reports.energy_report import build
 from reports.model import Report, Table
 from tests.reportdata import MINUTE_NS, Meter, meter_lines, ns, write_lines

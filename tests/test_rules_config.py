@@ -10,11 +10,11 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from facility.configfile import ConfigError
+from facility.endpoints import load_endpoints
 from facility.site import load_site
+from facility.topology import Topology
 from rules.config import Schedule, load_rules, parse_duration, rule_files
-from rules.endpoints import load_endpoints
 from rules.expr import Expression, ExpressionError, Unknown
-from rules.topology import Topology
 from tests.conftest import REPO, SITE_FILE
 
 RULES = REPO / "config" / "rules"
@@ -213,8 +213,8 @@ def test_durations() -> None:
 def test_rules_know_the_value_names_of_every_model_and_edition() -> None:
     """The rules engine reads the model files for value names; it must see what the
     gateway reads, editions included (`<model>.<edition>`)."""
+    from facility.topology import MODELS_DIR, _model_values
     from gateway.modbus.registermap import load_models
-    from rules.topology import MODELS_DIR, _model_values
 
     gateway = load_models(MODELS_DIR)
     rules = _model_values(MODELS_DIR)

@@ -35,7 +35,6 @@ from facility.mqttlink import MqttLink
 from facility.settings import MqttSettings
 from facility.topics import Kind
 from rules.clock import SystemClock
-from rules.nodelay import no_delay
 from tests.conftest import REPO, make_settings
 from tests.helpers import Collector
 from tests.test_rules_scenarios import Campus, rules_only, until
@@ -134,7 +133,6 @@ async def fire_latency(campus: Campus, mqtt: MqttSettings, device: str) -> float
                 shown.setdefault(display.display, time.perf_counter())
 
     async with make_client(mqtt, f"probe-{uuid.uuid4().hex[:6]}") as client:
-        no_delay(client)  # its acks of the retained screens must not hold back the fire
         await client.subscribe(topics.subscription(Kind.DISPLAY, site), qos=1)
         watcher = asyncio.create_task(watch(client))
         try:

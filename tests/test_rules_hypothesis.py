@@ -26,13 +26,13 @@ from hypothesis import strategies as st
 
 from facility import topics
 from facility.configfile import ConfigError
+from facility.endpoints import load_endpoints
 from facility.site import load_site
+from facility.topology import Topology
 from rules.config import load_rules, rule_files
-from rules.endpoints import load_endpoints
 from rules.engine import Engine
 from rules.expr import Expression, ExpressionError, MappingEnv, Unknown
 from rules.intake import Intake
-from rules.topology import Topology
 from tests.conftest import REPO, SITE_FILE
 
 RULES = REPO / "config" / "rules"

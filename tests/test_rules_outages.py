@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from facility.endpoints import load_endpoints
 from facility.messages import (
     AlertAction,
     AlertState,
@@ -17,12 +18,11 @@ from facility.messages import (
 )
 from facility.settings import Settings
 from facility.site import load_site
+from facility.topology import Topology
 from rules.clock import NS, ManualClock
 from rules.config import load_rules, rule_files
-from rules.endpoints import load_endpoints
 from rules.engine import Engine
 from rules.scope import Plan
-from rules.topology import Topology
 from tests.conftest import REPO, SITE_FILE
 from tests.test_rules_scenarios import START, Campus, running, until
 

@@ -29,11 +29,11 @@ from facility.messages import (
     Reading,
 )
 from facility.settings import Settings
-from facility.site import load_site
+from facility.site import load_site, site_for
 from rules import cap
 from rules.clock import NS, ManualClock
 from rules.ops import AlertOpsClient
-from rules.service import RulesService, site_for
+from rules.service import RulesService
 from simulators.display_player import DisplayPlayer
 from tests.conftest import REPO, SITE_FILE
 from tests.helpers import Collector, eventually, publish_all

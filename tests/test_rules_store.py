@@ -8,6 +8,7 @@ import uuid
 
 import pytest
 
+from facility.endpoints import load_endpoints
 from facility.messages import (
     AlertAction,
     AlertOperation,
@@ -16,16 +17,14 @@ from facility.messages import (
     Family,
     Reading,
 )
-from facility.site import load_site
+from facility.site import load_site, site_for
+from facility.topology import Topology
 from rules import cap
 from rules.clock import NS
 from rules.config import load_rules, rule_files
-from rules.endpoints import load_endpoints
 from rules.engine import Engine
 from rules.health import alarm_health
-from rules.service import site_for
 from rules.store import AlertStore
-from rules.topology import Topology
 from tests.conftest import REPO, SITE_FILE
 
 T0 = 1_795_825_500 * NS  # 2026-11-28 08:25 Asia/Shanghai, a Saturday

@@ -27,8 +27,8 @@ from api.models import (
 from api.routes.alerts import alert_view
 from facility.influx import InfluxError
 from facility.messages import SEVERITY_RANK, Severity
+from facility.topology import Source
 from rules.alerts import Alert
-from rules.topology import Source
 
 router = APIRouter(prefix="/api", tags=["campus and devices"])
 Aggregate = Literal["mean", "min", "max", "last", "first", "count"]

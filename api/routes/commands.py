@@ -9,7 +9,8 @@ from fastapi import APIRouter, HTTPException, Query, Response
 
 from api.commands import CommandError
 from api.deps import Ctx, CurrentUser, IsoTime, Supervisor, problems, to_ns
-from api.models import ApprovalRequest, AuditEntry, CommandRequest, CommandView
+from api.models import ApprovalRequest, AuditEntry, CommandRequest
+from audit.commands import CommandView
 
 router = APIRouter(prefix="/api", tags=["bollard commands"])
 

@@ -1,0 +1,2 @@
+"""The command audit log and its projection: written by the API, read by the API and
+the reports."""
