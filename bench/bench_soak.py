@@ -79,7 +79,8 @@ FIRE_PLACES = ["main-building", "east-annex", "west-annex", "conference-centre",
 FIRE_TIMEOUT = 60.0  # s for a fire to reach every screen and the PA and be confirmed
 CYCLE_MAX = 600.0  # s: the disturbances repeat this often in a long run
 DEAD_LETTER_KINDS_SHOWN = 8  # kinds of reason listed per source and exception class
-SIMULATED_HOST_INDEX = 1  # which Modbus host goes silent: the main building's meters
+SIMULATED_HOST_INDEX = 1  # the second Modbus host of the site file (15021: the main
+# building's four meters) goes silent
 
 
 # --- configuration ---------------------------------------------------------------------------
@@ -104,7 +105,7 @@ def write_config(folder: Path, mqtt_url: str, influx_url: str) -> tuple[Path, st
             "name": f"压力测试烟感{n}", "gateway": "gw-iot", "place": place,
             "mqtt": {"vendor": "gst-fire", "key": f"SOAK/{n}/1"}})
     write_yaml(folder / "site.yaml", site)
-    silenced = sorted(ports.values())[min(SIMULATED_HOST_INDEX, len(ports) - 1)]
+    silenced = ports[sorted(ports)[min(SIMULATED_HOST_INDEX, len(ports) - 1)]]
     config = write_yaml(folder / "facility.yaml", {
         "site_file": str(folder / "site.yaml"),
         "mqtt": {"url": mqtt_url, "client_prefix": "soak", "keepalive": 10},
@@ -884,6 +885,9 @@ async def run(quick: bool, minutes: float | None = None) -> list[Figure]:
         rest = kinds.total() - sum(n for _, n in shown)
         if rest:
             figures.append(figure("  (other reasons)", rest, "letters"))
+    for gw, seq, p in missing[:10]:
+        print(f"  lost: {gw} seq {seq}: {p.measurement} {p.device} ts {p.ts} {p.quality}",
+              file=sys.stderr)
     for crash in crashes:
         print(f"--- {crash.service} exited ({crash.code}) at {crash.at:.0f} s; its log "
               f"before:\n{crash.tail}", file=sys.stderr)
