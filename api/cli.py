@@ -61,14 +61,14 @@ def register(sub: Any) -> None:
 
 async def cmd_api(args: argparse.Namespace, settings: Settings, site: SiteConfig) -> int:
     from api.service import ApiService
-    from facility.cli import _forever
+    from facility.service import forever
 
     api = ApiService(settings, site, host=args.host, port=args.port)
     async with api:
         await api.wait_ready(60)
         print(f"control-room API and page at {api.url}/ (OpenAPI: {api.url}/docs)",
               flush=True)
-        await _forever([api])
+        await forever([api])
     return 0
 
 

@@ -1,28 +1,38 @@
-"""The `facility` command: one subcommand per service, and `up` for all of them at once."""
+"""The `facility` command: one subcommand per service, and `up` for all of them at once.
+
+The composition root: every package the platform ships is imported here explicitly and
+its subcommands registered; the library packages never import this one."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import contextlib
-import importlib
-import importlib.util
 import logging
 import sys
 from collections.abc import Awaitable, Callable
 from datetime import datetime
 from pathlib import Path
 
-from facility import logs
+import api.cli
+import dashboards.cli
+import reports.cli
+import rules.cli
+from app import wiring
+from app.up import run_up
+from facility import brokeracl, logs
 from facility.configfile import ConfigError
-from facility.service import Service
-from facility.settings import Settings, load_settings
+from facility.metrics import serve_metrics
+from facility.service import Service, forever
+from facility.settings import Settings, load_settings, redact_url
 from facility.site import SiteConfig, load_site
+from gateway.service import VENDORS_DIR, Gateway
+from gateway.vendors import load_vendors
+from ingest.service import Ingest
+from rules.service import RulesService
+from simulators import campus
 
 log = logging.getLogger("facility")
-
-# Packages whose cli.py, when present, adds subcommands (rules, api, dashboards, report).
-PLUGIN_PACKAGES = ("rules", "api", "dashboards", "reports")
 
 DESCRIPTION = """\
 Campus monitoring platform of the Panyu District administrative office centre.
@@ -92,10 +102,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, help="write to this file (default: standard output)")
     p.set_defaults(func=cmd_broker)
 
-    # Packages add their own subcommands in <package>/cli.py: register(subparsers).
-    for package in PLUGIN_PACKAGES:
-        if _has_module(package, "cli"):
-            importlib.import_module(f"{package}.cli").register(sub)
+    # The packages' own subcommands; `rules run` starts the engine wired here (with the
+    # simulated screens and PA zones on --displays).
+    rules.cli.register(sub, run=cmd_rules_run)
+    api.cli.register(sub)
+    dashboards.cli.register(sub)
+    reports.cli.register(sub)
     return parser
 
 
@@ -107,17 +119,10 @@ def _metrics_option(p: argparse.ArgumentParser) -> None:
 async def _serve_metrics(spec: str | None, services: list[Service]) -> object | None:
     if not spec:
         return None
-    from facility.metrics import serve_metrics
-
     host, _, port = spec.rpartition(":")
     return await serve_metrics([s.metrics for s in services],  # type: ignore[attr-defined]
                                host or "127.0.0.1", int(port),
                                healthy=lambda: all(s.ready.is_set() for s in services))
-
-
-def _has_module(package: str, module: str) -> bool:
-    return importlib.util.find_spec(package) is not None and \
-        importlib.util.find_spec(f"{package}.{module}") is not None
 
 
 def _sim_options(p: argparse.ArgumentParser) -> None:
@@ -144,8 +149,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 async def cmd_check(args: argparse.Namespace, settings: Settings, site: SiteConfig) -> int:
-    from gateway.service import Gateway
-
     for spec in site.gateways:
         Gateway(settings, site, spec.id)  # validates models and vendor mappings
     devices = list(site.all_device_ids())
@@ -155,10 +158,6 @@ async def cmd_check(args: argparse.Namespace, settings: Settings, site: SiteConf
 
 
 async def cmd_broker(args: argparse.Namespace, settings: Settings, site: SiteConfig) -> int:
-    from facility import brokeracl
-    from gateway.service import VENDORS_DIR
-    from gateway.vendors import load_vendors
-
     vendor_topics = {v: m.subscriptions() for v, m in load_vendors(VENDORS_DIR).items()}
     text = brokeracl.acl(site, vendor_topics) if args.what == "acl" \
         else "\n".join(brokeracl.users(site, vendor_topics)) + "\n"
@@ -170,8 +169,6 @@ async def cmd_broker(args: argparse.Namespace, settings: Settings, site: SiteCon
 
 
 async def cmd_gateway(args: argparse.Namespace, settings: Settings, site: SiteConfig) -> int:
-    from gateway.service import Gateway
-
     ids = args.ids or [g.id for g in site.gateways]
     gateways = [Gateway(settings, site, gid) for gid in ids]
     async with contextlib.AsyncExitStack() as stack:
@@ -181,19 +178,17 @@ async def cmd_gateway(args: argparse.Namespace, settings: Settings, site: SiteCo
         if runner is not None:
             stack.push_async_callback(runner.cleanup)  # type: ignore[attr-defined]
         log.info("gateways running: %s", ", ".join(ids))
-        await _forever(list(gateways))
+        await forever(list(gateways))
     return 0
 
 
 async def cmd_ingest(args: argparse.Namespace, settings: Settings, site: SiteConfig) -> int:
-    from ingest.service import Ingest
-
     async with Ingest(settings, client_id=args.client_id) as ingest:
         runner = await _serve_metrics(args.metrics, [ingest])
         log.info("ingest running into %s database %s", settings.influx.url,
                  settings.influx.database)
         try:
-            await _forever([ingest])
+            await forever([ingest])
         finally:
             if runner is not None:
                 await runner.cleanup()  # type: ignore[attr-defined]
@@ -201,21 +196,35 @@ async def cmd_ingest(args: argparse.Namespace, settings: Settings, site: SiteCon
 
 
 async def cmd_simulate(args: argparse.Namespace, settings: Settings, site: SiteConfig) -> int:
-    from simulators.campus import run
-
-    await run(site, settings.mqtt, seed=args.seed, scale=args.speed,
+    await campus.run(site, settings.mqtt, seed=args.seed, scale=args.speed,
               start=args.start.timestamp() if args.start else None)
     return 0
 
 
 async def cmd_up(args: argparse.Namespace, settings: Settings, site: SiteConfig) -> int:
-    from facility.up import run_up
-
     return await run_up(args, settings, site)
 
 
-async def _forever(services: list[Service]) -> None:
-    """Wait until a service stops (its error propagates) or we are cancelled."""
-    done, _ = await asyncio.wait([s.task for s in services], return_when=asyncio.FIRST_COMPLETED)
-    for task in done:
-        task.result()
+async def cmd_rules_run(args: argparse.Namespace, settings: Settings, site: SiteConfig) -> int:
+    """`facility rules run`: the engine, and with --displays the simulated screens and PA."""
+    engine = RulesService(settings, site)
+    engine.on_reload = wiring.freeze
+    services: list[Service] = []
+    if args.displays:
+        services.append(wiring.display_player(settings, engine))
+    services.append(engine)
+    async with contextlib.AsyncExitStack() as stack:
+        for svc in services:
+            await stack.enter_async_context(svc)
+        wiring.freeze()  # the engine is up: its long-lived objects stay out of gc
+        stack.callback(wiring.thaw)
+        if args.metrics:
+            host, _, port = args.metrics.rpartition(":")
+            runner = await serve_metrics([engine.metrics], host or "127.0.0.1", int(port),
+                                         healthy=lambda: engine.failed is None)
+            stack.push_async_callback(runner.cleanup)
+        print(f"rules engine for {engine.site_id}: {len(engine.rules.rules)} rules, "
+              f"{len(engine.endpoints.endpoints)} endpoints, state in "
+              f"{redact_url(engine.state_url)}", flush=True)
+        await forever(services)
+    return 0

@@ -1,7 +1,8 @@
 """`facility up`: the whole platform with simulators in one process, for the demo.
 
-Starts (optionally) InfluxDB and Mosquitto, then the simulators, every gateway of the
-site file and ingest, and prints what runs and the live message rate per device family.
+Starts (optionally) InfluxDB and Mosquitto, then ingest, the rules engine with the
+simulated screens and PA zones, the control-room API, the simulators and every gateway of
+the site file, and prints what runs and the live message rate per device family.
 """
 
 from __future__ import annotations
@@ -9,7 +10,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import importlib
 import logging
 import time
 from collections import Counter, deque
@@ -17,14 +17,20 @@ from urllib.parse import urlsplit
 
 import aiomqtt
 
+from api.service import ApiService
+from app import wiring
 from facility import topics
-from facility.cli import _has_module
 from facility.localservers import InfluxServer, MosquittoServer, port_open
 from facility.mqtt import make_client, parse_url
 from facility.service import Service
 from facility.settings import REPO_ROOT, Settings
 from facility.site import GatewayKind, SiteConfig
 from facility.topics import Kind
+from gateway.service import Gateway
+from ingest.service import Ingest
+from rules.service import RulesService
+from simulators.campus import Campus
+from simulators.clock import SimClock
 
 log = logging.getLogger("facility.up")
 
@@ -92,9 +98,6 @@ def _start_servers(settings: Settings, stack: contextlib.ExitStack) -> None:
 
 
 async def run_up(args: argparse.Namespace, settings: Settings, site: SiteConfig) -> int:
-    from gateway.service import Gateway
-    from ingest.service import Ingest
-
     with contextlib.ExitStack() as servers:
         if args.start_servers:
             _start_servers(settings, servers)
@@ -112,19 +115,15 @@ async def run_up(args: argparse.Namespace, settings: Settings, site: SiteConfig)
             await start("ingest", ingest)
             monitor = RateMonitor(settings)
             await stack.enter_async_context(monitor)
-            # Packages that exist add their services (rules engine, API) through <pkg>/up.py:
-            # services(settings, site) -> list of Service.
-            for package in ("rules", "api"):
-                if _has_module(package, "up"):
-                    for svc in importlib.import_module(f"{package}.up").services(settings, site):
-                        await start(svc.name, svc)
+            engine = RulesService(settings, site)
+            engine.on_reload = wiring.freeze
+            for svc in (wiring.display_player(settings, engine), engine,
+                        ApiService(settings, site)):
+                await start(svc.name, svc)
             for spec in site.gateways:
                 if spec.kind is GatewayKind.MQTT:
                     await start(f"gateway {spec.id}", Gateway(settings, site, spec.id))
             if not args.no_simulators:
-                from simulators.campus import Campus
-                from simulators.clock import SimClock
-
                 clock = SimClock(start=args.start.timestamp() if args.start else None,
                                  scale=args.speed)
                 campus = Campus(site, settings.mqtt, clock=clock, seed=args.seed)
@@ -133,6 +132,8 @@ async def run_up(args: argparse.Namespace, settings: Settings, site: SiteConfig)
             for spec in site.gateways:
                 if spec.kind is GatewayKind.MODBUS:
                     await start(f"gateway {spec.id}", Gateway(settings, site, spec.id))
+            wiring.freeze()  # everything is up: its long-lived objects stay out of gc
+            stack.callback(wiring.thaw)
             await _report(running, monitor, args.every, site)
     return 0
 

@@ -47,6 +47,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from app import wiring
 from bench.campus_load import Readings
 from bench.common import Figure, figure
 from facility import messages as m
@@ -328,13 +329,17 @@ class Run:
             await self.player.wait_ready()
             async with self.rules:
                 await self.rules.wait_ready()
+                wiring.freeze()  # as `facility up` and `facility rules run` do
                 self._hook()
-                async with make_client(self.settings.mqtt,
-                                       f"storm-gateways-{self.site_id}",
-                                       max_inflight=1000) as client:
-                    self.client = client
-                    yield self
-                    self.client = None
+                try:
+                    async with make_client(self.settings.mqtt,
+                                           f"storm-gateways-{self.site_id}",
+                                           max_inflight=1000) as client:
+                        self.client = client
+                        yield self
+                        self.client = None
+                finally:
+                    wiring.thaw()
 
     async def until(self, what: str, done: Callable[[], bool], timeout: float = WAIT) -> None:
         deadline = time.monotonic() + timeout

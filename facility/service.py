@@ -81,3 +81,10 @@ def check_cancelled() -> None:
     task = asyncio.current_task()
     if task is not None and task.cancelling():
         raise asyncio.CancelledError
+
+
+async def forever(services: list[Service]) -> None:
+    """Wait until a service stops (its error propagates) or we are cancelled."""
+    done, _ = await asyncio.wait([s.task for s in services], return_when=asyncio.FIRST_COMPLETED)
+    for task in done:
+        task.result()

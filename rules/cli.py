@@ -1,4 +1,7 @@
-"""`facility rules ...`: run the engine, check the rule files, read and act on alerts."""
+"""`facility rules ...`: run the engine, check the rule files, read and act on alerts.
+
+`rules run` itself is the composition root's (app/cli.py): it wires the simulated screens
+and PA zones next to the engine; `register` takes it as `run`."""
 
 from __future__ import annotations
 
@@ -6,6 +9,7 @@ import argparse
 import json
 import re
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from facility.configfile import ConfigError
@@ -18,7 +22,7 @@ ACTIONS = {"ack": "acknowledge", "comment": "comment", "shelve": "shelve",
            "content": "set_content", "reload": "reload"}
 
 
-def register(sub: Any) -> None:
+def register(sub: Any, run: Callable[..., Awaitable[int]]) -> None:
     p = sub.add_parser(
         "rules", help="the rules engine: run it, check rule files, list and handle alerts",
         description="Run the rules engine (alerts, incidents, LED screens and PA), validate "
@@ -31,7 +35,7 @@ def register(sub: Any) -> None:
                    help="also run the simulated screens and PA zones (pages on display_port)")
     r.add_argument("--metrics", metavar="HOST:PORT", default="",
                    help="serve Prometheus metrics (/metrics, /healthz) here, e.g. 127.0.0.1:9108")
-    r.set_defaults(func=cmd_run)
+    r.set_defaults(func=run)
     r = rs.add_parser("check", help="validate rule files and endpoints; list the rules")
     r.set_defaults(func=cmd_check)
     r = rs.add_parser("alerts", help="list alerts from the state store (open ones by default)")
@@ -71,39 +75,6 @@ def register(sub: Any) -> None:
 
 def _site_id(settings: Settings, site: SiteConfig) -> str:
     return settings.rules.site or site.site.id
-
-
-async def cmd_run(args: argparse.Namespace, settings: Settings, site: SiteConfig) -> int:
-    from facility.cli import _forever
-    from rules.service import RulesService
-    from simulators.display_player import DisplayPlayer
-
-    rules = RulesService(settings, site)
-    services: list[Any] = []
-    if args.displays:
-        services.append(DisplayPlayer.from_config(
-            settings.mqtt, rules.site_id, rules.endpoints, http_host=settings.rules.display_host,
-            http_port=settings.rules.display_port))
-    services.append(rules)
-    import contextlib
-
-    async with contextlib.AsyncExitStack() as stack:
-        for svc in services:
-            await stack.enter_async_context(svc)
-        from facility.settings import redact_url
-
-        if args.metrics:
-            from facility.metrics import serve_metrics
-
-            host, _, port = args.metrics.rpartition(":")
-            runner = await serve_metrics([rules.metrics], host or "127.0.0.1", int(port),
-                                         healthy=lambda: rules.failed is None)
-            stack.push_async_callback(runner.cleanup)
-        print(f"rules engine for {rules.site_id}: {len(rules.rules.rules)} rules, "
-              f"{len(rules.endpoints.endpoints)} endpoints, state in "
-              f"{redact_url(rules.state_url)}", flush=True)
-        await _forever(services)
-    return 0
 
 
 async def cmd_check(args: argparse.Namespace, settings: Settings, site: SiteConfig) -> int:

@@ -20,11 +20,11 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import gc
 import logging
 import time
 import uuid
 from collections import Counter
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -118,6 +118,9 @@ class RulesService(Service):
         self.committed_ticks = 0
         self.reloads = 0
         self.reload_error = ""
+        # Called after the rule files were reloaded (the composition root passes
+        # app.wiring.freeze: the long-lived rules stay out of the collector's way).
+        self.on_reload: Callable[[], None] | None = None
         self._webhooks: set[asyncio.Task[Any]] = set()
         self.metrics = Metrics("rules")
         self.letters = DeadLetters("rules", site_id, metrics=self.metrics,
@@ -154,15 +157,8 @@ class RulesService(Service):
                              window=self.settings.gateway.publish_window)
         self.http = aiohttp.ClientSession()
         await self._commit(self.engine.take(), now, beat=True)
-        # Rules, plans, compiled expressions and the topology live as long as the service:
-        # hundreds of thousands of objects that every full garbage collection would walk
-        # again (20-90 ms pauses under load, each one a late evacuation message). Frozen,
-        # the collector leaves them alone; close() hands them back.
-        gc.collect()
-        gc.freeze()
 
     async def close(self) -> None:
-        gc.unfreeze()
         for task in list(self._webhooks):
             task.cancel()
         await asyncio.gather(*self._webhooks, return_exceptions=True)
@@ -451,7 +447,8 @@ class RulesService(Service):
         assert self.engine is not None
         self.rules = rules
         self.engine.set_rules(rules)
-        gc.freeze()  # the new rules too (see open())
+        if self.on_reload is not None:
+            self.on_reload()  # the composition root freezes the new rules (app.wiring)
         self.reloads += 1
         self.reload_error = ""
         log.info("%s: reloaded %d rules from %s", self.name, len(rules.rules), self.rules_dir)

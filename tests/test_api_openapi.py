@@ -58,7 +58,7 @@ def api_server(mosquitto_server: MosquittoServer, influx_server: InfluxServer,
                       "--password-stdin"], env, PASSWORD + "\n")
     assert added.returncode == 0, added.stderr
     log = (folder / "api.log").open("w")
-    main = "import sys; from facility.cli import main; sys.exit(main())"
+    main = "import sys; from app.cli import main; sys.exit(main())"
     process = subprocess.Popen([sys.executable, "-c", main, "api"], cwd=REPO, stdout=log,
                                stderr=subprocess.STDOUT, env={**os.environ, **env})
     url = f"http://127.0.0.1:{port}"

@@ -249,7 +249,7 @@ class Sse:
 def facility(args: list[str], env: dict[str, str],
              stdin: str = "") -> subprocess.CompletedProcess[str]:
     """`facility ...` in a new process, as an operator runs it."""
-    main = "import sys; from facility.cli import main; sys.exit(main())"
+    main = "import sys; from app.cli import main; sys.exit(main())"
     return subprocess.run([sys.executable, "-c", main, *args], input=stdin,
                           capture_output=True, text=True, env={**os.environ, **env},
                           cwd=REPO, timeout=60)

@@ -1,5 +1,5 @@
 """The commands end to end: `facility report energy|shift|rollup` and `facility dashboards
-export` through facility.cli.main, with settings from the environment as in production."""
+export` through app.cli.main, with settings from the environment as in production."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from facility.cli import main
+from app.cli import main
 from facility.influx import InfluxClient
 from facility.localservers import InfluxServer
 from facility.settings import InfluxSettings, load_settings
