@@ -20,6 +20,7 @@ from pathlib import Path
 
 from pymodbus.exceptions import ModbusException
 
+from facility.deadletters import describe, last_frame
 from facility.messages import Command, CommandResult, CommandStatus, Family, Scalar
 from gateway.modbus.poller import HostPoller, PolledDevice
 from gateway.modbus.registermap import CommandAction, CommandSpec
@@ -89,7 +90,12 @@ class CommandExecutor:
         return [(device.id, device.family), *units]
 
     async def execute(self, command: Command) -> CommandStatus:
-        status, detail = await self._execute(command)
+        try:
+            status, detail = await self._execute(command)
+        except Exception as exc:  # a bug met on this command: the operator gets an answer
+            log.exception("command %s: failed unexpectedly", command.id)
+            status, detail = CommandStatus.FAILED, \
+                f"internal error: {describe(exc)} (at {last_frame(exc)}); not repeated"
         if status is not CommandStatus.DUPLICATE:
             self.history.finish(command.id, status, detail)
         self._result(command, status, detail)

@@ -135,3 +135,34 @@ async def test_a_decode_bug_on_a_modbus_block_is_quarantined(
         assert not set(hurt[0].errors) & set(hurt[0].values)
     finally:
         await server.shutdown()
+
+
+async def test_a_command_that_meets_a_bug_is_answered_failed() -> None:
+    """A bug while executing a command must not leave the operator without an answer: the
+    result is FAILED with the error and where it happened; nothing is repeated."""
+    from types import SimpleNamespace
+
+    from gateway.commands import CommandExecutor
+
+    finished: list[tuple[str, m.CommandStatus, str]] = []
+    results: list[tuple[m.CommandStatus, str]] = []
+
+    async def broken(command: m.Command) -> tuple[m.CommandStatus, str]:
+        raise KeyError("register map has no 'ack_seq'")
+
+    fake = SimpleNamespace(
+        _execute=broken,
+        history=SimpleNamespace(finish=lambda cid, status, detail: finished.append(
+            (cid, status, detail))),
+        _result=lambda command, status, detail: results.append((status, detail)))
+    now = time.time_ns()
+    command = m.Command(id="cmd-1", site=SITE, family=m.Family.BOLLARD, device="bollard-s01",
+                        action="raise", issued_at=now, expires_at=now + 10**10,
+                        issued_by="guard", reason="drill")
+    status = await CommandExecutor.execute(fake, command)  # type: ignore[arg-type]
+    assert status is m.CommandStatus.FAILED
+    [(cid, stored, detail)] = finished
+    assert cid == "cmd-1" and stored is m.CommandStatus.FAILED
+    assert detail.startswith("internal error: KeyError: \"register map has no 'ack_seq'\" (at "
+                             "tests/test_gateway_poison.py:")
+    assert results == [(m.CommandStatus.FAILED, detail)]
