@@ -694,9 +694,13 @@ async def run(quick: bool, minutes: float | None = None) -> list[Figure]:
                          metrics=False)
         sim = service("simulators", ["-m", "bench.bench_soak", "sim", str(config), silenced],
                       metrics=False)
-        for s in (ingest, *gateways, rules, player):
+        # Ingest first: until its persistent session exists, the broker keeps nothing
+        # for it, and a gateway's first readings would be lost at start, not in the soak.
+        await ingest.start()
+        await ingest.wait_ready()
+        for s in (*gateways, rules, player):
             await s.start()
-        for s in (ingest, *gateways):
+        for s in gateways:
             await s.wait_ready()
         await watcher.until("the rules engine's normal content on every screen",
                             lambda: all(watcher.shown.get(s) == "normal" for s in screens),
