@@ -10,6 +10,9 @@ import yaml
 
 T = TypeVar("T", bound=pydantic.BaseModel)
 
+# libyaml's parser, where PyYAML has it: a site file loads in a tenth of the time.
+_FAST_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
 
 class ConfigError(Exception):
     """A config file that cannot be used. The message names file, item and field."""
@@ -23,6 +26,10 @@ def read_yaml(path: Path) -> Any:
     except UnicodeDecodeError as exc:
         raise ConfigError(f"{path}: not UTF-8 text: {exc}") from None
     try:
+        return yaml.load(text, Loader=_FAST_LOADER)  # a safe loader: plain data only
+    except yaml.YAMLError:
+        pass
+    try:  # the pure-Python parser: slower, but its error shows the line and a caret
         return yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from None

@@ -22,6 +22,28 @@ from facility.settings import InfluxSettings, MqttSettings, Settings, load_setti
 REPO = Path(__file__).resolve().parent.parent
 SITE_FILE = REPO / "config" / "site.yaml"
 
+# The fast tier (`scripts/test --fast`, i.e. `-m "not servers"`) is every test that needs
+# no server. A test that asks, directly or through another fixture, for one of these gets
+# the `servers` marker here; a test that starts a server itself (a pymodbus server, a
+# Mosquitto or InfluxDB process, Chromium, a subprocess) carries the marker in its module.
+SERVER_FIXTURES = frozenset({"mosquitto_server", "influx_server", "own_mosquitto",
+                             "own_influx", "settings", "influx"})
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "servers: starts or needs a server (Mosquitto, InfluxDB, PostgreSQL, "
+        "pymodbus, Chromium, a service process); `scripts/test --fast` leaves these out")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        names = set(getattr(item, "fixturenames", ()))
+        callspec = getattr(item, "callspec", None)
+        postgres = callspec is not None and callspec.params.get("state_url") == "postgresql"
+        if names & SERVER_FIXTURES or postgres:
+            item.add_marker(pytest.mark.servers)
+
 
 @pytest.fixture(scope="session")
 def mosquitto_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MosquittoServer]:

@@ -115,6 +115,7 @@ def test_mutations_of_fields_a_message_lacks(shape: mutate.Shape) -> None:
         mutate.apply(mutation, topic, sparse)
 
 
+@pytest.mark.servers
 async def test_the_supervisor_counts_each_exit_and_starts_the_service_again(
         tmp_path: Path) -> None:
     from bench.bench_soak import Crash, Supervised
@@ -143,6 +144,7 @@ def test_reasons_group_by_class_and_kind() -> None:
         reason_detail("MappingError: temperature: 'x' is a str, not a number")
 
 
+@pytest.mark.servers
 async def test_scrape_sums_each_metric_over_its_labels() -> None:
     from aiohttp import web
 

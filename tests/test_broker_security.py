@@ -91,6 +91,7 @@ async def drain(link: MqttLink, rounds: int = 10) -> list[str]:
     return got
 
 
+@pytest.mark.servers
 async def test_broker_refuses_what_the_acl_does_not_allow(
         secure_broker: tuple[MosquittoServer, Path]) -> None:
     server, cert = secure_broker
@@ -134,6 +135,7 @@ async def test_broker_refuses_what_the_acl_does_not_allow(
     assert screen_got == [topics.display(SITE, "led-west-gate")]
 
 
+@pytest.mark.servers
 async def test_oversized_payload_is_refused(secure_broker: tuple[MosquittoServer, Path]) -> None:
     server, cert = secure_broker
     energy = await MqttLink.open(settings_for(server, cert, "gw-energy", PASSWORDS["gw-energy"]),

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import time
 from pathlib import Path
 from typing import Any
@@ -140,16 +141,26 @@ def _mutations(data: st.DataObject, tree: Any, depth: int = 0) -> Any:
     return tree
 
 
+_DUMPER = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
+
+
+@functools.cache
+def _config_tree(kind: str) -> Any:
+    """A shipped config file, parsed once (each example mutates a deep copy)."""
+    source = {"site": SITE_FILE, "model": MODELS_DIR / "bollard-plc-v1.yaml",
+              "vendor": VENDORS_DIR / "chirpstack.yaml",
+              "settings": REPO / "config" / "facility.yaml"}[kind]
+    return yaml.safe_load(source.read_text(encoding="utf-8"))
+
+
 @pytest.mark.parametrize("kind", ["site", "model", "vendor", "settings"])
 @FAST
 @given(data=st.data())
 def test_config_files_give_clear_errors(kind: str, data: st.DataObject, tmp_path: Path) -> None:
-    source = {"site": SITE_FILE, "model": MODELS_DIR / "bollard-plc-v1.yaml",
-              "vendor": VENDORS_DIR / "chirpstack.yaml",
-              "settings": REPO / "config" / "facility.yaml"}[kind]
-    tree = _mutations(data, yaml.safe_load(source.read_text(encoding="utf-8")))
+    tree = _mutations(data, copy.deepcopy(_config_tree(kind)))
     path = tmp_path / f"{kind}.yaml"
-    path.write_text(yaml.safe_dump(tree, allow_unicode=True), encoding="utf-8")
+    # libyaml's dumper: the pure-Python one took most of each example's time.
+    path.write_text(yaml.dump(tree, Dumper=_DUMPER, allow_unicode=True), encoding="utf-8")
     try:
         if kind == "site":
             load_site(path)

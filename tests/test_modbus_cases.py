@@ -99,6 +99,7 @@ def same(actual: Any, expected: Any) -> bool:
 
 
 @pytest.mark.parametrize("case", sorted(p.name for p in CASES.iterdir() if p.is_dir()))
+@pytest.mark.servers
 async def test_register_map_case(case: str) -> None:
     regmap, units, registers, expected = load_case(case)
     result = await poll_once(regmap, units, registers)

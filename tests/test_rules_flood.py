@@ -178,6 +178,7 @@ def nodelay_broker(tmp_path: Path) -> Iterator[MosquittoServer]:
     server.stop()
 
 
+@pytest.mark.servers
 async def test_flood_of_bad_messages(tmp_path: Path, nodelay_broker: MosquittoServer) -> None:
     # Fires one after another: no anti-flap hold between them (it would keep the last
     # evacuation up, and the next fire would join its incident instead of being timed).

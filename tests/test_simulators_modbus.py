@@ -116,6 +116,7 @@ async def read_float(client: AsyncModbusTcpClient, table: str, address: int, uni
 
 # Energy meters.
 
+@pytest.mark.servers
 async def test_every_meter_reads_its_snapshot_at_the_documented_addresses(
         campus: Campus, connect: Connect) -> None:
     meters = [d for d in campus.site.devices if d.family is Family.ENERGY]
@@ -131,6 +132,7 @@ async def test_every_meter_reads_its_snapshot_at_the_documented_addresses(
             assert exact(raw, per_unit) == snapshot[name], (device.id, hex(address), name)
 
 
+@pytest.mark.servers
 async def test_meter_values_are_physically_consistent(campus: Campus) -> None:
     for device in campus.site.devices:
         if device.family is not Family.ENERGY:
@@ -154,6 +156,7 @@ async def test_meter_values_are_physically_consistent(campus: Campus) -> None:
                                 * s["power_factor"] / 1000, rel_tol=1e-4)
 
 
+@pytest.mark.servers
 async def test_dtsu666_block_read_and_scaling(campus: Campus, connect: Connect) -> None:
     client = await connect("em-main-total")
     rr = await client.read_holding_registers(0x2000, count=0x46, device_id=1)
@@ -172,6 +175,7 @@ async def test_dtsu666_block_read_and_scaling(campus: Campus, connect: Connect) 
     assert rr.registers == [1, 10]
 
 
+@pytest.mark.servers
 async def test_undocumented_addresses_and_functions_answer_exception_02(
         connect: Connect) -> None:
     client = await connect("em-main-total")
@@ -213,6 +217,7 @@ async def client_of(campus: Campus, device_id: str) -> tuple[AsyncModbusTcpClien
     return client, endpoint.unit
 
 
+@pytest.mark.servers
 async def test_meters_answer_what_real_ones_answer(edition_campus: Campus) -> None:
     # DTSU666 of the editions with the energy block at 1000H: there, and not at 4000H.
     client, unit = await client_of(edition_campus, "em-main-total")
@@ -262,6 +267,7 @@ class _Results(Sink):
 
 
 @pytest.mark.parametrize("editions", [False, True])
+@pytest.mark.servers
 async def test_the_gateway_reads_every_meter_exactly(editions: bool) -> None:
     """Every model and edition, through the gateway's own maps, equals the registers'
     exact values (the simulator's snapshot): == and not approximately."""
@@ -409,6 +415,7 @@ async def command(client: AsyncModbusTcpClient, code: int, arg: int, seq: int) -
     return list(rr.registers)
 
 
+@pytest.mark.servers
 async def test_plc_registers_equal_its_snapshot(campus: Campus, connect: Connect) -> None:
     client = await connect("bollard-plc-south")
     campus.plc().set_mode(Mode.MANUAL)
@@ -436,6 +443,7 @@ async def test_plc_registers_equal_its_snapshot(campus: Campus, connect: Connect
     assert 10 < resting["oil_temperature"] < 60 and resting["cycle_count"] > 100
 
 
+@pytest.mark.servers
 async def test_plc_unlisted_addresses_answer_exception_02(connect: Connect) -> None:
     client = await connect("bollard-plc-south")
     for address, count in ((12, 1), (10, 4), (25, 1), (99, 2), (940, 1)):
@@ -454,6 +462,7 @@ async def test_plc_unlisted_addresses_answer_exception_02(connect: Connect) -> N
     assert rr.isError() and rr.exception_code == 2
 
 
+@pytest.mark.servers
 async def test_target_register_moves_a_bollard_in_simulated_time(
         campus: Campus, connect: Connect) -> None:
     client = await connect("bollard-plc-south")
@@ -477,6 +486,7 @@ async def test_target_register_moves_a_bollard_in_simulated_time(
     assert rr.isError() and rr.exception_code == 3
 
 
+@pytest.mark.servers
 async def test_coils_move_bollards(campus: Campus, connect: Connect) -> None:
     client = await connect("bollard-plc-south")
     rr = await client.write_coil(10 + 11, False, device_id=1)  # bollard 12 down
@@ -494,6 +504,7 @@ async def test_coils_move_bollards(campus: Campus, connect: Connect) -> None:
     assert campus.plc().snapshot()["group"]["bollards_up"] == 42
 
 
+@pytest.mark.servers
 async def test_command_sequence_acts_once_per_new_number(
         campus: Campus, connect: Connect) -> None:
     client = await connect("bollard-plc-south")
@@ -520,6 +531,7 @@ async def test_command_sequence_acts_once_per_new_number(
     assert campus.plc().snapshot()["units"][42]["state"] == "down"
 
 
+@pytest.mark.servers
 async def test_interlocks_refuse_and_emergency_rise_is_never_refused(
         campus: Campus, connect: Connect) -> None:
     client = await connect("bollard-plc-south")
@@ -552,6 +564,7 @@ async def test_interlocks_refuse_and_emergency_rise_is_never_refused(
     assert group["emergency_rise"] == "idle" and group["mode"] == "maintenance"
 
 
+@pytest.mark.servers
 async def test_a_faulted_bollard_ignores_commands_until_reset(
         campus: Campus, connect: Connect) -> None:
     client = await connect("bollard-plc-south")
@@ -606,6 +619,7 @@ def test_lane_bollards_cycle_for_vehicles_in_office_hours() -> None:
 
 # Faults.
 
+@pytest.mark.servers
 async def test_fault_kinds(campus: Campus, connect: Connect) -> None:
     client = await connect("em-main-lighting", timeout=0.3)
     campus.modbus_fault("em-main-lighting", "silent")
@@ -628,12 +642,14 @@ async def test_fault_kinds(campus: Campus, connect: Connect) -> None:
     assert not (await client.read_holding_registers(0x2000, count=2, device_id=2)).isError()
 
 
+@pytest.mark.servers
 async def test_unknown_unit_ids_are_not_answered(connect: Connect) -> None:
     client = await connect("em-main-total", timeout=0.3)
     with pytest.raises(ModbusException):
         await client.read_holding_registers(0x2000, count=2, device_id=9)
 
 
+@pytest.mark.servers
 async def test_server_down_refuses_connections_until_up(
         campus: Campus, connect: Connect) -> None:
     device = campus.site.device("em-east-total")
@@ -651,6 +667,7 @@ async def test_server_down_refuses_connections_until_up(
     assert not (await fresh.read_holding_registers(0x2000, count=2, device_id=1)).isError()
 
 
+@pytest.mark.servers
 async def test_slow_requests_end_unanswered_when_the_server_goes_down(campus: Campus) -> None:
     device = campus.site.device("em-east-total")
     assert device.modbus is not None
@@ -683,6 +700,7 @@ async def run_mbpoll(*args: str) -> list[float]:
 
 
 @pytest.mark.skipif(shutil.which("mbpoll") is None, reason="mbpoll is not installed")
+@pytest.mark.servers
 async def test_mbpoll_reads_sane_values(campus: Campus) -> None:
     meters = campus.site.device("em-main-total").modbus
     plc = campus.site.device("bollard-plc-south").modbus
