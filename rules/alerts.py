@@ -582,8 +582,9 @@ class AlertBook:
             return not target.incident and (theirs.place_from_parent or theirs.key == t.place)
         if relation == "gateway":
             return t is not None and t.gateway == source.source and t.id != source.source
-        if relation == "same_source":
-            return target.source == source.source
+        if relation == "same_source":  # the earlier of two alerts on one source stands
+            return target.source == source.source and \
+                (source.raised_at, source.id) < (target.raised_at, target.id)
         if relation == "place":
             return bool(target.place) and target.place == source.place
         if relation == "zone":

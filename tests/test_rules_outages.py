@@ -388,3 +388,25 @@ async def test_a_flood_never_talks_over_an_evacuation(settings: Settings, tmp_pa
         others = ("pa-main", "pa-east", "pa-south", "pa-north")
         assert not any("积水" in b.text for p in others
                        for b in campus.player.screens[p].announced)
+
+
+async def test_one_device_one_fault_one_alarm(settings: Settings, tmp_path: Path) -> None:
+    """The PLC goes silent (its no-data alarm is shown) and, two minutes after the gateway
+    marked it offline, its offline alarm comes: the same fault, so it is consequential to
+    the alarm already shown, not a second one to acknowledge."""
+    clock = ManualClock(START)
+    campus = Campus(settings, tmp_path, clock)
+    async with running(campus):
+        await campus.send(plc_reading(campus), *(bollard_reading(campus, b) for b in BOLLARDS))
+        for _ in range(15):
+            await campus.advance(1)
+        [silent] = [a for a in campus.open_alerts("device-no-data") if a.source == PLC]
+        assert silent.annunciated
+        await campus.send(DeviceStatus(site=campus.site_id, family=Family.BOLLARD, device=PLC,
+                                       ts=campus.now(), state=Availability.OFFLINE,
+                                       reason="3 polls without an answer",
+                                       gateway="gw-plc-south"))
+        for _ in range(130):
+            await campus.advance(1)
+        [offline] = [a for a in campus.open_alerts("device-offline") if a.source == PLC]
+        assert offline.suppressed_by == silent.id and silent.annunciated
