@@ -14,10 +14,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from facility import topics
 from facility.site import GatewayKind, SiteConfig
+from facility.topics import Kind, acl_filter
 
-P = topics.PREFIX
+Level = tuple[Kind, *tuple[str, ...]]  # a kind and its name levels (missing ones are '+')
 
 
 def acl(site: SiteConfig, vendor_topics: dict[str, list[str]]) -> str:
@@ -29,15 +29,15 @@ def acl(site: SiteConfig, vendor_topics: dict[str, list[str]]) -> str:
 
     for gateway in site.gateways:
         out += [f"user {gateway.id}",
-                f"topic write {P}/{s}/status/gateway/{gateway.id}",
-                f"topic write {P}/{s}/deadletter/{gateway.id}"]
+                f"topic write {acl_filter(Kind.STATUS, s, 'gateway', gateway.id)}",
+                f"topic write {acl_filter(Kind.DEADLETTER, s, gateway.id)}"]
         for device_id, family, device in site.all_device_ids():
             if device.gateway != gateway.id:
                 continue
-            for kind in ("telemetry", "status", "event", "command-result"):
-                out.append(f"topic write {P}/{s}/{kind}/{family.value}/{device_id}")
+            for kind in (Kind.TELEMETRY, Kind.STATUS, Kind.EVENT, Kind.COMMAND_RESULT):
+                out.append(f"topic write {acl_filter(kind, s, family.value, device_id)}")
             if gateway.kind is GatewayKind.MODBUS:
-                out.append(f"topic read {P}/{s}/command/{family.value}/{device_id}")
+                out.append(f"topic read {acl_filter(Kind.COMMAND, s, family.value, device_id)}")
         for vendor in gateway.vendors:
             out += [f"topic read {flt}" for flt in vendor_topics.get(vendor, [])]
         out.append("")
@@ -47,32 +47,35 @@ def acl(site: SiteConfig, vendor_topics: dict[str, list[str]]) -> str:
         out += [f"topic write {flt}" for flt in filters]
         out.append("")
 
-    out += _service("ingest", read=["telemetry/+/+", "status/+/+", "event/+/+",
-                                    "deadletter/+"], write=["deadletter/ingest"], site=s)
-    out += _service("rules", read=["telemetry/+/+", "status/+/+", "event/+/+",
-                                   "command-result/+/+", "command/+/+", "display-ack/+"],
-                    write=["alert/+", "display/+", "broadcast/+", "command-result/alert/+",
-                           "deadletter/rules"], site=s)
-    out += _service("api", read=["telemetry/+/+", "status/+/+", "event/+/+", "alert/+",
-                                 "display/+", "display-ack/+", "broadcast/+",
-                                 "command-result/+/+"],
-                    write=["command/+/+", "broadcast/+", "display/+", "deadletter/api"], site=s)
-    out += _service("monitor", read=["telemetry/+/+", "deadletter/+", "status/+/+"], write=[],
+    k = Kind
+    out += _service("ingest", read=[(k.TELEMETRY,), (k.STATUS,), (k.EVENT,), (k.DEADLETTER,)],
+                    write=[(k.DEADLETTER, "ingest")], site=s)
+    out += _service("rules", read=[(k.TELEMETRY,), (k.STATUS,), (k.EVENT,),
+                                   (k.COMMAND_RESULT,), (k.COMMAND,), (k.DISPLAY_ACK,)],
+                    write=[(k.ALERT,), (k.DISPLAY,), (k.BROADCAST,),
+                           (k.COMMAND_RESULT, "alert"), (k.DEADLETTER, "rules")], site=s)
+    out += _service("api", read=[(k.TELEMETRY,), (k.STATUS,), (k.EVENT,), (k.ALERT,),
+                                 (k.DISPLAY,), (k.DISPLAY_ACK,), (k.BROADCAST,),
+                                 (k.COMMAND_RESULT,)],
+                    write=[(k.COMMAND,), (k.BROADCAST,), (k.DISPLAY,), (k.DEADLETTER, "api")],
+                    site=s)
+    out += _service("monitor", read=[(k.TELEMETRY,), (k.DEADLETTER,), (k.STATUS,)], write=[],
                     site=s)
     out += ["# Screens, terminals and PA zones: user name = endpoint id.",
-            f"pattern read {P}/{s}/display/%u",
-            f"pattern read {P}/{s}/broadcast/%u",
-            f"pattern write {P}/{s}/display-ack/%u",
+            f"pattern read {acl_filter(k.DISPLAY, s, '%u')}",
+            f"pattern read {acl_filter(k.BROADCAST, s, '%u')}",
+            f"pattern write {acl_filter(k.DISPLAY_ACK, s, '%u')}",
             ""]
     return "\n".join(out)
 
 
-def _service(user: str, *, read: Iterable[str], write: Iterable[str], site: str) -> list[str]:
+def _service(user: str, *, read: Iterable[Level], write: Iterable[Level],
+             site: str) -> list[str]:
     # Services may read every site (one ingest or API can serve several); they write
     # only their own site's topics.
     lines = [f"user {user}"]
-    lines += [f"topic read {P}/+/{t}" for t in read]
-    lines += [f"topic write {P}/{site}/{t}" for t in write]
+    lines += [f"topic read {acl_filter(kind, '+', *names)}" for kind, *names in read]
+    lines += [f"topic write {acl_filter(kind, site, *names)}" for kind, *names in write]
     return [*lines, ""]
 
 

@@ -77,7 +77,9 @@ class GatewaySettings(Section):
 class IngestSettings(Section):
     client_id: str = "ingest"
     site: str = "+"  # the site whose messages to store; '+' for every site on the broker
-    shared_group: str = ""  # "$share/<group>/..." subscriptions when set
+    # "$share/<group>/..." subscriptions when set: copies share the load, but each one's
+    # loss count then takes the others' messages for lost (ingest/service.py)
+    shared_group: str = ""
     batch_size: int = Field(default=5000, ge=1, le=100_000)
     batch_interval: float = Field(default=0.25, gt=0, le=60)
     pipeline: int = Field(default=2, ge=1, le=16, description="batch writes in flight")

@@ -115,6 +115,43 @@ def deadletter(site: str, source: str) -> str:
     return _single(Kind.DEADLETTER, site, source, "source")
 
 
+def device_topic(kind: Kind, site: str, family: str, device: str) -> str:
+    """The topic of one device's messages of a device kind (telemetry, status, ...)."""
+    if kind not in _DEVICE_KINDS:
+        raise TopicError(f"{kind} is not a kind of device message")
+    return _device_topic(kind, site, family, device)
+
+
+def is_kind(topic: str, kind: Kind, site: str | None = None) -> bool:
+    """Whether topic is a canonical topic of this kind (and of this site, if given).
+
+    A cheap check of the prefix, site and kind levels only, for dispatching: the rest
+    of the topic is checked by parse() where it is used."""
+    parts = topic.split("/", 4)
+    return (len(parts) == 5 and parts[0] == ROOT and parts[1] == VERSION
+            and parts[3] == kind and (site is None or parts[2] == site))
+
+
+def shared(group: str, topic_filter: str) -> str:
+    """An MQTT v5 shared subscription: the broker gives each message to one member."""
+    return f"$share/{check_id(group, 'shared subscription group')}/{topic_filter}"
+
+
+ACL_SUBSTITUTIONS = frozenset({"%u", "%c"})  # Mosquitto: the client's user name, its id
+
+
+def acl_filter(kind: Kind, site: str = "+", *names: str) -> str:
+    """A topic filter for Mosquitto's ACL file: like subscription(), levels left out are
+    '+', and a name level may also be '%u' or '%c' (substituted by the broker)."""
+    width = 2 if kind in _DEVICE_KINDS else 1
+    if len(names) > width:
+        raise TopicError(f"{kind} topics have {width} name level(s), not {len(names)}")
+    levels = [*names, *["+"] * (width - len(names))]
+    parts = [PREFIX, _level(site, "site"), str(kind)]
+    parts += [n if n in ACL_SUBSTITUTIONS else _level(n, "name") for n in levels]
+    return "/".join(parts)
+
+
 def subscription(kind: Kind, site: str = "+", family: str = "+", device: str = "+") -> str:
     """A subscription filter for one kind of message; '+' leaves a level open."""
     parts = [PREFIX, _level(site, "site"), str(kind)]

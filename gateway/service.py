@@ -356,7 +356,7 @@ class Gateway(Service, Sink):
                 receiver.ack(message)  # taken or dead-lettered: never redelivered
 
     def _handle(self, topic: str, payload: bytes) -> None:
-        if topic.startswith(f"{topics.PREFIX}/{self.site_id}/{topics.Kind.COMMAND}/"):
+        if topics.is_kind(topic, topics.Kind.COMMAND, site=self.site_id):
             self._command(topic, payload)
             return
         decoder = next((d for d in self.decoders if d.matches(topic)), None)

@@ -5,8 +5,16 @@ Messages arrive over facility.mqttlink (a lean MQTT v5 connection: most of inges
 went into paho's per-packet work). The session is persistent (QoS 1, clean start off, a
 session expiry), so messages that arrive while ingest is down or restarting wait at the
 broker. The broker sends at most `receive_maximum` unacknowledged messages, which bounds
-memory while InfluxDB is away. Ingest keeps no state of its own between messages, so N
-copies can share the load through an MQTT v5 shared subscription (`ingest.shared_group`).
+memory while InfluxDB is away.
+
+Storing is stateless, so N copies can share the load through an MQTT v5 shared
+subscription (`ingest.shared_group`: every filter becomes `$share/<group>/...` and the
+broker gives each message to one copy). Loss counting is not: each copy tracks every
+gateway's sequence numbers by itself (ingest.sequence), so on a shared subscription it
+sees the numbers that went to the other copies as gaps and, after the grace, counts them
+as lost. With N copies `sequence_lost_total` is only right for a single copy; loss
+detection shared between copies is still to be designed (the district issue). A copy that
+starts on a shared subscription says so in its log.
 """
 
 from __future__ import annotations
@@ -79,7 +87,7 @@ class Ingest(Service):
     def subscriptions(self) -> list[str]:
         filters = [topics.subscription(kind, site=self.options.site) for kind in KINDS]
         group = self.options.shared_group
-        return [f"$share/{group}/{f}" for f in filters] if group else filters
+        return [topics.shared(group, f) for f in filters] if group else filters
 
     async def open(self) -> None:
         self.influx = InfluxClient(self.settings.influx)
@@ -91,6 +99,9 @@ class Ingest(Service):
         if self.spool.batches:
             log.info("ingest: %d points spooled from before; replaying them first",
                      self.spool.lines)
+        if self.options.shared_group:
+            log.warning("ingest: shared subscription (group %s): sequence_lost_total also "
+                        "counts the messages the other copies took", self.options.shared_group)
 
     async def close(self) -> None:
         if self.influx is not None:
@@ -250,7 +261,7 @@ class Ingest(Service):
             await asyncio.gather(*(self._send_letter(link, letter) for letter in letters))
 
     async def _send_letter(self, link: MqttLink, letter: Letter) -> None:
-        if f"/{Kind.DEADLETTER}/" in letter.origin:
+        if topics.is_kind(letter.origin, Kind.DEADLETTER):
             # A dead letter that cannot be stored is only logged: no loop of letters.
             log.error("a dead letter cannot be stored: %s", letter.text)
             return

@@ -89,7 +89,7 @@ class Intake:
         entries then live as long as the service (and are frozen with it)."""
         for source, family in families.items():
             for kind in (Kind.TELEMETRY, Kind.STATUS, Kind.EVENT):
-                self.parse(f"{topics.PREFIX}/{self.site_id}/{kind.value}/{family}/{source}")
+                self.parse(topics.device_topic(kind, self.site_id, family, source))
 
     def parse(self, topic: str) -> ParsedTopic | None:
         try:

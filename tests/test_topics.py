@@ -44,3 +44,54 @@ def test_named_topics_roundtrip_or_refuse(site: str, name: str) -> None:
 def test_refused_ids(bad: str) -> None:
     with pytest.raises(TopicError):
         topics.telemetry("site", "energy", bad)
+
+
+def test_device_topic_builds_each_device_kind_and_refuses_the_others() -> None:
+    assert topics.device_topic(Kind.STATUS, "s", "fire", "d-1") == topics.status("s", "fire", "d-1")
+    with pytest.raises(TopicError):
+        topics.device_topic(Kind.ALERT, "s", "fire", "d-1")
+
+
+@pytest.mark.parametrize(("topic", "kind", "site", "expected"), [
+    ("facility/v1/s/command/bollard/b-1", Kind.COMMAND, "s", True),
+    ("facility/v1/s/command/bollard/b-1", Kind.COMMAND, None, True),
+    ("facility/v1/s/command/bollard/b-1", Kind.COMMAND, "other", False),
+    ("facility/v1/s/command-result/bollard/b-1", Kind.COMMAND, "s", False),
+    ("facility/v1/s/deadletter/gw-1", Kind.DEADLETTER, None, True),
+    ("facility/v2/s/deadletter/gw-1", Kind.DEADLETTER, None, False),
+    ("x/facility/v1/deadletter/gw-1", Kind.DEADLETTER, None, False),
+    ("facility/v1/s/deadletter", Kind.DEADLETTER, None, False),
+    ("(spooled line)", Kind.DEADLETTER, None, False),
+    ("vendor/s/deadletter/x", Kind.DEADLETTER, None, False),
+])
+def test_is_kind(topic: str, kind: Kind, site: str | None, expected: bool) -> None:
+    assert topics.is_kind(topic, kind, site=site) is expected
+
+
+@given(site=ids, device=ids)
+def test_is_kind_agrees_with_parse(site: str, device: str) -> None:
+    try:
+        topic = topics.command(site, "bollard", device)
+    except TopicError:
+        return
+    assert topics.is_kind(topic, Kind.COMMAND, site=site)
+    assert topics.parse(topic).kind is Kind.COMMAND
+
+
+def test_shared_subscription() -> None:
+    flt = topics.subscription(Kind.TELEMETRY, site="s")
+    assert topics.shared("ingest", flt) == "$share/ingest/facility/v1/s/telemetry/+/+"
+    for bad in ("", "a/b", "+", "#"):
+        with pytest.raises(TopicError):
+            topics.shared(bad, flt)
+
+
+def test_acl_filters() -> None:
+    assert topics.acl_filter(Kind.TELEMETRY) == "facility/v1/+/telemetry/+/+"
+    assert topics.acl_filter(Kind.COMMAND_RESULT, "s", "alert") == \
+        "facility/v1/s/command-result/alert/+"
+    assert topics.acl_filter(Kind.DISPLAY, "s", "%u") == "facility/v1/s/display/%u"
+    assert topics.acl_filter(Kind.DEADLETTER, "s", "gw-1") == "facility/v1/s/deadletter/gw-1"
+    for bad in (("a/b",), ("#",), ("x", "y")):
+        with pytest.raises(TopicError):
+            topics.acl_filter(Kind.ALERT, "s", *bad)
