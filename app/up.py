@@ -57,11 +57,14 @@ class RateMonitor(Service):
                     await client.subscribe(topics.subscription(Kind.DEADLETTER), qos=0)
                     self.ready.set()
                     async for message in client.messages:
-                        parts = message.topic.value.split("/")
-                        if parts[3] == Kind.DEADLETTER:
+                        topic = message.topic.value
+                        if topics.is_kind(topic, Kind.DEADLETTER):
                             self.dead_letters += 1
-                        elif len(parts) == 6:
-                            self.totals[parts[4]] += 1
+                            continue
+                        with contextlib.suppress(topics.TopicError):
+                            family = topics.parse(topic).family
+                            if family:
+                                self.totals[family] += 1
             except aiomqtt.MqttError:
                 self.ready.clear()
                 await asyncio.sleep(1.0)
