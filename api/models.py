@@ -12,12 +12,12 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
 from api.auth import Role
+from facility.scalar import Scalar
 
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 COMMAND_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,47}$"  # room for '.<bollard>' suffixes
 USERNAME_PATTERN = r"^[a-z][a-z0-9_.-]{1,31}$"
 ZONE_PATTERN = r"^(\*|[A-Za-z0-9][A-Za-z0-9_.-]{0,63})$"
-Scalar = bool | int | float | str
 MIN_PASSWORD = 10  # the floor of the password policy (api.min_password_length may ask more)
 ZoneId = Annotated[str, StringConstraints(pattern=ZONE_PATTERN)]
 DeviceId = Annotated[str, StringConstraints(pattern=ID_PATTERN)]

@@ -14,8 +14,7 @@ import re
 from collections.abc import Mapping
 
 from facility.errors import Refused
-
-Scalar = bool | int | float | str
+from facility.scalar import Scalar
 
 # Numbers are stored as float fields: an integer a double cannot hold would be altered.
 MAX_EXACT_INT = 2**53

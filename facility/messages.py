@@ -17,11 +17,11 @@ import msgspec
 
 from facility.errors import Refused
 from facility.lineprotocol import MAX_EXACT_INT, exact_as_float
+from facility.scalar import Scalar as Scalar  # re-exported: the contract's value type
 from facility.topics import check_id
 
 SCHEMA_VERSION = 1
 
-Scalar = bool | int | float | str
 
 # Value, tag and parameter names: lower snake case, so they are safe as InfluxDB field
 # and tag keys and in InfluxQL without quoting.

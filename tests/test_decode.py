@@ -13,7 +13,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pymodbus.client.mixin import ModbusClientMixin
 
-from gateway.modbus.decode import Scalar, convert, raw_word_value
+from facility.scalar import Scalar
+from gateway.modbus.decode import convert, raw_word_value
 from gateway.modbus.registermap import TYPES, Slot
 
 DT = ModbusClientMixin.DATATYPE

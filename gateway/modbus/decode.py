@@ -25,9 +25,8 @@ from decimal import MAX_EMAX, MAX_PREC, MIN_EMIN, Context, Decimal, Inexact, Rou
 
 import numpy as np
 
+from facility.scalar import Scalar
 from gateway.modbus.registermap import Block, Slot
-
-Scalar = bool | int | float | str
 
 # Enough precision that a product and a sum are never rounded (Inexact would raise).
 _EXACT = Context(prec=MAX_PREC, Emax=MAX_EMAX, Emin=MIN_EMIN, traps=[Inexact, Rounded])
