@@ -10,9 +10,10 @@ import asyncio
 import contextlib
 import logging
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import api.cli
 import dashboards.cli
@@ -139,7 +140,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings = load_settings(args.config)
         site = load_site(settings.site_path)
-        func: Callable[[argparse.Namespace, Settings, SiteConfig], Awaitable[int]] = args.func
+        func: Callable[[argparse.Namespace, Settings, SiteConfig],
+                       Coroutine[Any, Any, int]] = args.func
         with contextlib.suppress(KeyboardInterrupt):
             return asyncio.run(func(args, settings, site))
         return 0

@@ -36,7 +36,7 @@ def main() -> int:
     missed = 0
     for name in names:
         module = importlib.import_module(f"bench.bench_{name}")
-        print(f"\n== {name}: {module.__doc__.strip().splitlines()[0]}", flush=True)
+        print(f"\n== {name}: {(module.__doc__ or name).strip().splitlines()[0]}", flush=True)
         started = time.monotonic()
         options = {"quick": args.quick}
         if args.minutes is not None:

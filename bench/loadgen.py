@@ -12,8 +12,10 @@ import asyncio
 import json
 import sys
 import time
+from collections.abc import Callable
 
 import mqtt5
+from pydantic import SecretStr
 
 from facility import messages as m
 from facility import topics
@@ -41,25 +43,36 @@ def packets(site: str, count: int, devices: int, qos: int, first_seq: int,
     return out
 
 
-async def publish(url: str, data: list[bytes], qos: int, window: int, rate: float) -> dict:
-    link = await MqttLink.open(MqttSettings(url=url), f"loadgen-{time.monotonic_ns()}",  # type: ignore[arg-type]
-                               receive_maximum=65535)
+class _AckCountingLink(MqttLink):
+    """Counts PUBACKs (calls on_puback) instead of matching them to waiters."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.on_puback: Callable[[], None] = lambda: None
+
+    def _control(self, packet: object) -> None:
+        if isinstance(packet, mqtt5.PubAckPacket):
+            self.on_puback()
+            return
+        super()._control(packet)
+
+
+async def publish(url: str, data: list[bytes], qos: int, window: int,
+                  rate: float) -> dict[str, float]:
+    link = await _AckCountingLink.open(MqttSettings(url=SecretStr(url)),
+                                       f"loadgen-{time.monotonic_ns()}", receive_maximum=65535)
     acked = 0
     credit = asyncio.Semaphore(window)
     done = asyncio.Event()
-    original = link._control
 
-    def control(packet: object) -> None:
+    def on_puback() -> None:
         nonlocal acked
-        if isinstance(packet, mqtt5.PubAckPacket):
-            acked += 1
-            credit.release()
-            if acked == len(data):
-                done.set()
-            return
-        original(packet)
+        acked += 1
+        credit.release()
+        if acked == len(data):
+            done.set()
 
-    link._control = control  # type: ignore[method-assign]
+    link.on_puback = on_puback
     assert link.transport is not None
     started = time.monotonic()
     async with link:

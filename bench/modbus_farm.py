@@ -35,7 +35,7 @@ async def main(hosts: int, units: int) -> None:
         server = ModbusTcpServer(context=devices, address=("127.0.0.1", 0))
         await server.serve_forever(background=True)
         servers.append(server)
-        ports.append(server.transport.sockets[0].getsockname()[1])
+        ports.append(server.transport.sockets[0].getsockname()[1])  # type: ignore[attr-defined]  # pymodbus: a server's transport (an asyncio.Server) is typed as BaseTransport
     print(json.dumps({"ports": ports}), flush=True)
     await asyncio.Event().wait()
 

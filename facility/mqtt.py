@@ -14,7 +14,7 @@ import ssl
 from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 from urllib.parse import unquote, urlsplit
 
 import aiomqtt
@@ -49,7 +49,7 @@ def parse_url(url: str) -> BrokerAddress:
 
 
 def connect_properties(*, session_expiry: int = 0, receive_maximum: int = 0) -> Properties:
-    props = Properties(PacketTypes.CONNECT)
+    props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]  # paho-mqtt: Properties.__init__ is unannotated
     if session_expiry:
         props.SessionExpiryInterval = session_expiry
     if receive_maximum:
@@ -82,7 +82,7 @@ def make_client(
         protocol=aiomqtt.ProtocolVersion.V5,
         will=will,
         keepalive=settings.keepalive,
-        clean_start=not session_expiry,  # type: ignore[arg-type]
+        clean_start=not session_expiry,
         properties=connect_properties(session_expiry=session_expiry,
                                       receive_maximum=receive_maximum),
         max_inflight_messages=max_inflight,
@@ -169,7 +169,8 @@ class ManualAck:
             return batch
         getter = asyncio.ensure_future(queue.get())
         try:
-            done, _ = await asyncio.wait({getter, disconnected}, timeout=timeout,
+            waiters: set[asyncio.Future[Any]] = {getter, disconnected}
+            done, _ = await asyncio.wait(waiters, timeout=timeout,
                                          return_when=asyncio.FIRST_COMPLETED)
         finally:
             if not getter.done():

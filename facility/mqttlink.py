@@ -20,7 +20,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from types import TracebackType
-from typing import Any
+from typing import Any, Self
 
 import aiomqtt
 import mqtt5
@@ -61,7 +61,7 @@ class MqttLink(asyncio.Protocol):
 
     @classmethod
     async def open(cls, settings: MqttSettings, client_id: str, *, session_expiry: int = 0,
-                   receive_maximum: int = 65535, timeout: float = 10.0) -> MqttLink:
+                   receive_maximum: int = 65535, timeout: float = 10.0) -> Self:
         address = parse_url(settings.url.get_secret_value())
         context = None
         if address.tls:

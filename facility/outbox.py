@@ -41,7 +41,7 @@ class Spool:
             "CREATE TABLE IF NOT EXISTS spool (id INTEGER PRIMARY KEY AUTOINCREMENT, "
             "topic TEXT NOT NULL, payload BLOB NOT NULL)"
         )
-        self.count = self.db.execute("SELECT count(*) FROM spool").fetchone()[0]
+        self.count: int = self.db.execute("SELECT count(*) FROM spool").fetchone()[0]
 
     def append(self, items: list[Outgoing]) -> None:
         with self.db:

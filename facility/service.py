@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from types import TracebackType
+from typing import Self
 
 
 class Service:
@@ -28,7 +29,7 @@ class Service:
     async def close(self) -> None:
         """Release what open() acquired, after run() has stopped."""
 
-    async def __aenter__(self) -> Service:
+    async def __aenter__(self) -> Self:
         await self.open()
         self._task = asyncio.create_task(self.run(), name=self.name)
         return self

@@ -34,7 +34,7 @@ from facility.site import Device, GatewayKind, SiteConfig
 from gateway.commands import CommandExecutor, CommandLog
 from gateway.modbus.decode import decode_block
 from gateway.modbus.poller import HostPoller, PolledDevice, PollResult, Sink
-from gateway.modbus.registermap import Block, RegisterMap, compile_plan, load_models
+from gateway.modbus.registermap import Block, CommandSpec, RegisterMap, compile_plan, load_models
 from gateway.vendors import VendorDecoder, VendorMapping, load_vendors
 
 log = logging.getLogger(__name__)
@@ -107,9 +107,14 @@ class Gateway(Service, Sink):
             self._labels[device.id] = (own, per_unit)
         self.pollers = [HostPoller(host, port, devs, self, clock_ns=self.clock_ns)
                         for (host, port), devs in hosts.items()]
-        self._command_targets = [(poller, polled, models[polled.device.modbus.model].commands)
-                                 for poller in self.pollers for polled in poller.devices
-                                 if models[polled.device.modbus.model].commands is not None]
+        self._command_targets: list[tuple[HostPoller, PolledDevice, CommandSpec]] = []
+        for poller in self.pollers:
+            for polled in poller.devices:
+                endpoint = polled.device.modbus
+                assert endpoint is not None  # a polled device has a Modbus endpoint
+                commands = models[endpoint.model].commands
+                if commands is not None:
+                    self._command_targets.append((poller, polled, commands))
 
     def _build_decoders(self, vendors: dict[str, VendorMapping]) -> None:
         for vendor in self.spec.vendors:

@@ -88,7 +88,7 @@ class Collector:
     def _keep(self, message: aiomqtt.Message) -> None:
         payload = message.payload
         self.messages.append((message.topic.value, payload if isinstance(payload, bytes)
-                              else bytes(payload)))  # type: ignore[arg-type]
+                              else bytes(payload)))
 
     def decoded(self, kind: type[T]) -> list[T]:
         return [m.decode(p, kind) for _, p in self.messages]

@@ -140,11 +140,12 @@ def campus_lines(site: SiteConfig, start: int, end: int, every: int) -> list[str
             tags = site.base_tags(device)
             if device.units is not None:
                 up = (step // 3) % 2 == 0
-                plc = {"mode": "auto", "emergency_rise": "idle", "power": "mains",
-                       "ups_charge": 100.0, "heartbeat": step % 65536,
-                       "bollards_up": 41 if up else 0, "bollards_down": 0 if up else 41,
-                       "bollards_fault": 1, "cabinet_temperature": 31.5,
-                       "supply_pressure": 160.0}
+                plc: dict[str, Scalar] = {
+                    "mode": "auto", "emergency_rise": "idle", "power": "mains",
+                    "ups_charge": 100.0, "heartbeat": step % 65536,
+                    "bollards_up": 41 if up else 0, "bollards_down": 0 if up else 41,
+                    "bollards_fault": 1, "cabinet_temperature": 31.5,
+                    "supply_pressure": 160.0}
                 readings = [m.Reading(site=sid, family=device.family, device=device.id, ts=t,
                                       values=plc, tags=tags, gateway=device.gateway)]
                 for n, unit in enumerate(device.unit_ids(), start=1):

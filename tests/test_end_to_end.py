@@ -13,6 +13,7 @@ from __future__ import annotations
 from contextlib import AsyncExitStack
 from datetime import datetime
 from decimal import Decimal
+from functools import partial
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -122,16 +123,16 @@ async def test_every_family_flows_into_influxdb_with_the_simulated_values(
         keys = {(d.mqtt.vendor, d.mqtt.key): d for d in site.devices if d.mqtt}
         checked = {"fire": 0, "ev_charger": 0, "drainage": 0, "gas": 0}
         for topic, payload in list(vendor.messages):
-            expected, vendor_key, ts = _by_hand(topic, msgspec.json.decode(payload))
-            if expected is None:
+            by_hand, vendor_key, ts = _by_hand(topic, msgspec.json.decode(payload))
+            if by_hand is None:
                 continue
             device = keys[vendor_key]
             query = (f'SELECT * FROM "{device.family.value}" WHERE device = \'{device.id}\' '
                      f"AND time = {ts}")
-            stored = await eventually(lambda q=query: rows(influx, q), bool, 20,
+            points = await eventually(partial(rows, influx, query), bool, 20,
                                       f"the point of {topic}")
-            for name, value in expected.items():
-                assert stored[0][name] == value, (device.id, name, stored[0][name], value)
+            for name, value in by_hand.items():
+                assert points[0][name] == value, (device.id, name, points[0][name], value)
             checked[device.family.value] += 1
         assert all(count > 0 for count in checked.values()), checked
 

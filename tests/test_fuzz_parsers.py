@@ -100,7 +100,7 @@ value_names = st.from_regex(r"[a-z][a-z0-9_]{0,20}", fullmatch=True).filter(
     lambda n: n not in m.RESERVED_VALUE_NAMES)
 scalars = st.one_of(st.floats(allow_nan=False, allow_infinity=False), st.booleans(),
                     st.integers(-2**53, 2**53),
-                    st.text(st.characters(blacklist_categories=("Cs",)), max_size=50))
+                    st.text(st.characters(blacklist_categories=["Cs"]), max_size=50))
 
 
 @FAST

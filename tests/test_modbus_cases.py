@@ -14,7 +14,7 @@ from pymodbus.server import ModbusTcpServer
 from pymodbus.simulator import DataType, SimData, SimDevice
 
 from facility.configfile import ConfigError
-from facility.messages import Availability
+from facility.messages import Availability, Family
 from facility.site import Device, ModbusEndpoint
 from gateway.modbus.poller import HostPoller, PolledDevice, PollResult, Sink
 from gateway.modbus.registermap import RegisterMap, compile_plan, load_models
@@ -76,8 +76,8 @@ async def poll_once(regmap: RegisterMap, units: int,
     server = ModbusTcpServer(context=[sim_device(1, registers)], address=("127.0.0.1", 0))
     await server.serve_forever(background=True)
     try:
-        port = server.transport.sockets[0].getsockname()[1]
-        device = Device(id="dut", family="energy", kind="meter", gateway="gw", place="p",
+        port = server.transport.sockets[0].getsockname()[1]  # type: ignore[attr-defined]  # pymodbus: a server's transport (an asyncio.Server) is typed as BaseTransport
+        device = Device(id="dut", family=Family.ENERGY, kind="meter", gateway="gw", place="p",
                         modbus=ModbusEndpoint(host="127.0.0.1", port=port, unit=1,
                                               model=regmap.model, period=60, timeout=2))
         sink = Collect()
@@ -90,7 +90,7 @@ async def poll_once(regmap: RegisterMap, units: int,
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
     finally:
-        await server.shutdown()
+        await server.shutdown()  # type: ignore[no-untyped-call]  # pymodbus: ModbusBaseServer.shutdown is unannotated
 
 
 def same(actual: Any, expected: Any) -> bool:
@@ -130,7 +130,7 @@ async def test_a_cancel_that_pymodbus_swallowed_still_stops_the_poller() -> None
     """pymodbus awaits each reply with asyncio.wait_for, which on Python 3.11 returns a
     reply that arrived together with a cancel and drops the cancel: a poller must stop
     all the same, or a gateway's shutdown hangs (seen once in CI)."""
-    device = Device(id="dut", family="energy", kind="meter", gateway="gw", place="p",
+    device = Device(id="dut", family=Family.ENERGY, kind="meter", gateway="gw", place="p",
                     modbus=ModbusEndpoint(host="127.0.0.1", port=1, unit=1,
                                           model="chint-dtsu666", period=1, timeout=5))
     poller = HostPoller("127.0.0.1", 1, [PolledDevice(device, compile_plan(

@@ -20,7 +20,7 @@ from facility.settings import MqttSettings, Settings
 from tests.conftest import make_settings
 from tests.helpers import Collector, eventually, publish_all
 
-topics_ = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00+#"),
+topics_ = st.text(st.characters(blacklist_categories=["Cs"], blacklist_characters="\x00+#"),
                   min_size=1, max_size=40)
 messages_ = st.lists(st.tuples(topics_, st.binary(max_size=300), st.sampled_from([0, 1]),
                                st.integers(1, 65535)), min_size=1, max_size=30)

@@ -20,7 +20,7 @@ from facility.site import SiteConfig, load_site
 from reports import periods, render
 from reports.calendar import load_calendar
 from reports.energy_report import build
-from reports.model import Report, Table
+from reports.model import Figure, Report, Table
 from tests.reportdata import MINUTE_NS, Meter, meter_lines, ns, write_lines
 
 TZ = ZoneInfo("Asia/Shanghai")
@@ -101,7 +101,7 @@ def row(tab: Table, first: str) -> dict[str, object]:
     return {c.label: v for c, v in zip(tab.columns, found, strict=True)}
 
 
-def figure(report: Report, label: str) -> object:
+def figure(report: Report, label: str) -> Figure:
     return next(f for f in report.figures() if f.label == label)
 
 

@@ -15,6 +15,7 @@ from facility.messages import (
     Family,
     Quality,
     Reading,
+    Scalar,
 )
 from facility.settings import Settings
 from facility.site import load_site
@@ -144,7 +145,7 @@ def test_an_older_reading_is_history_for_every_family() -> None:
         if not names:
             continue
         families.add(source.family)
-        newest = {name: 2.0 for name in names}
+        newest: dict[str, Scalar] = {name: 2.0 for name in names}
         engine.reading(Reading(site=topology.site_id, family=Family(source.family),
                                device=source.id, ts=now, values=newest), now)
         engine.reading(Reading(site=topology.site_id, family=Family(source.family),
