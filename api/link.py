@@ -12,8 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
-import uuid
 from collections.abc import Callable
 from functools import partial
 
@@ -23,13 +21,13 @@ from facility import messages as m
 from facility import topics
 from facility.deadletters import DeadLetters, Letter
 from facility.mqtt import make_client, run_connected
+from facility.ops import OPS_FAMILY, Operations
 from facility.service import Service
 from facility.settings import MqttSettings
 from facility.topics import Kind, ParsedTopic
 
 log = logging.getLogger(__name__)
 
-OPS_FAMILY = "alert"  # the rules engine's operator actions: command/alert/{target}
 SESSION_EXPIRY = 3600
 
 Dispatch = Callable[[ParsedTopic, bytes], None]
@@ -37,10 +35,6 @@ Dispatch = Callable[[ParsedTopic, bytes], None]
 
 class LinkDown(Exception):
     """The broker is not reachable now; nothing was published."""
-
-
-class NoAnswer(Exception):
-    """The rules engine did not answer an operator action in time."""
 
 
 class MqttLink(Service):
@@ -56,7 +50,7 @@ class MqttLink(Service):
         self.letters = DeadLetters("api", site_id)
         self._sending: set[asyncio.Task[None]] = set()
         self._client: aiomqtt.Client | None = None
-        self._ops: dict[str, asyncio.Future[m.AlertOperationResult]] = {}
+        self._ops = Operations(site_id, self.publish)
 
     def filters(self) -> list[tuple[str, int]]:
         s = self.site_id
@@ -111,15 +105,9 @@ class MqttLink(Service):
     def _handle(self, topic: str, payload: bytes) -> None:
         parsed = topics.parse(topic)
         if parsed.kind is Kind.COMMAND_RESULT and parsed.family == OPS_FAMILY:
-            self._op_result(payload)
+            self._ops.take(payload)
             return
         self.dispatch(parsed, payload)
-
-    def _op_result(self, payload: bytes) -> None:
-        result = m.decode(payload, m.AlertOperationResult)
-        waiter = self._ops.pop(result.id, None)
-        if waiter is not None and not waiter.done():
-            waiter.set_result(result)
 
     @property
     def connected(self) -> bool:
@@ -139,20 +127,8 @@ class MqttLink(Service):
     async def operate(self, action: m.AlertAction, target: str, by: str, *, comment: str = "",
                       until: int = 0, text: str = "", priority: int = 0,
                       timeout: float = 10.0) -> m.AlertOperationResult:
-        """An operator action through the rules engine (its MQTT interface, rules/ops.py's
-        protocol), answered on command-result/alert/{target}."""
-        op = m.AlertOperation(id=f"op-{uuid.uuid4().hex[:16]}", site=self.site_id,
-                              action=action, target=target, by=by, ts=time.time_ns(),
-                              priority=priority,
-                              comment=comment, until=until, text=text)
-        waiter: asyncio.Future[m.AlertOperationResult] = \
-            asyncio.get_running_loop().create_future()
-        self._ops[op.id] = waiter
-        try:
-            await self.publish(topics.command(self.site_id, OPS_FAMILY, target), m.encode(op))
-            async with asyncio.timeout(timeout):
-                return await waiter
-        except TimeoutError:
-            raise NoAnswer(f"the rules engine did not answer within {timeout:g}s") from None
-        finally:
-            self._ops.pop(op.id, None)
+        """An operator action through the rules engine (facility.ops, the one client of
+        its protocol), answered on command-result/alert/{target}. LinkDown if the broker is
+        away, NoAnswer if the engine did not answer within `timeout` seconds."""
+        return await self._ops.request(action, target, by, comment=comment, until=until,
+                                       text=text, priority=priority, timeout=timeout)

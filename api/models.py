@@ -440,4 +440,24 @@ class Readiness(BaseModel):
     checks: dict[str, bool]
 
 
+class Labels(BaseModel):
+    """The one label table (facility/labels.py): the Chinese word for each id."""
+
+    severity: dict[str, str]
+    severity_rank: dict[str, int] = Field(description="higher is worse")
+    severity_order: list[str] = Field(description="worst first")
+    alert_state: dict[str, str]
+    history_action: dict[str, str]
+    command_action: dict[str, str]
+    command_status: dict[str, str]
+    approval: dict[str, str]
+    bollard: dict[str, str]
+    ev_status: dict[str, str]
+    family: dict[str, str]
+    quality: dict[str, str]
+    availability: dict[str, str]
+    delivery: dict[str, str]
+    role: dict[str, str]
+
+
 DeviceDetail.model_rebuild()

@@ -23,7 +23,7 @@ from typing import Any
 
 from api.auth import Role, User
 from api.commands import CommandError
-from api.link import LinkDown, MqttLink, NoAnswer
+from api.link import LinkDown, MqttLink
 from api.models import (
     BroadcastRequest,
     BroadcastView,
@@ -37,6 +37,7 @@ from audit.log import AlreadyRecorded, AuditError
 from facility import messages as m
 from facility import topics
 from facility.endpoints import Endpoint, EndpointConfig
+from facility.ops import NoAnswer
 from rules.store import AlertStore
 
 log = logging.getLogger(__name__)

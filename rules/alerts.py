@@ -18,6 +18,7 @@ from typing import Any
 
 import msgspec
 
+from facility import labels
 from facility.messages import SEVERITY_RANK, AlertMessage, AlertState, Scalar, Severity
 from facility.topology import Topology
 from rules.clock import NS
@@ -98,7 +99,8 @@ class Alert:
             category=self.category, late_s=self.late_s)
 
     def to_json(self) -> dict[str, Any]:
-        return msgspec.to_builtins(self)  # type: ignore[no-any-return]
+        built: dict[str, Any] = msgspec.to_builtins(self)
+        return built
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Alert:
@@ -354,7 +356,7 @@ class AlertBook:
             "value": value if value is not None else "",
             "unit": alert.unit,
             "rule_name": compiled.rule.name if compiled else alert.rule,
-            "severity": SEVERITY_CN[alert.severity],
+            "severity": labels.SEVERITY[alert.severity],
             "time": "",
             "count": len(incident.members) if incident else 1,
         }
@@ -722,8 +724,3 @@ class AlertBook:
 
 class OperationError(ValueError):
     """An operator action that does not apply (unknown alert, already acknowledged)."""
-
-
-SEVERITY_CN = {Severity.CRITICAL: "紧急", Severity.MAJOR: "严重", Severity.MINOR: "一般",
-               Severity.WARNING: "预警", Severity.INFO: "提示"}
-

@@ -32,13 +32,13 @@ from typing import Any
 from facility import messages as m
 from facility import topics
 from facility.deadletters import last_frame
+from facility.ops import OPS_FAMILY
 from facility.topics import Kind, ParsedTopic
 from rules.engine import Engine
 
 log = logging.getLogger(__name__)
 
 MAX_PAYLOAD = 64 * 1024  # bytes; the largest canonical message is far smaller
-OPS_FAMILY = "alert"  # operator actions: command/alert/{target}, results on command-result/alert
 INGESTED = frozenset({Kind.TELEMETRY, Kind.STATUS, Kind.EVENT})  # ingest letters these
 TOPIC_CACHE = 20_000  # parsed topics kept (a flood of random topics empties it, no more)
 

@@ -1,4 +1,6 @@
-"""Operator actions over MQTT, for services in other processes (the control-room API).
+"""Operator actions over MQTT, for services in other processes (`facility rules op`, the
+benchmarks): its own broker connection and facility.ops.Operations, the one client of
+the protocol (the control-room API's link uses the same).
 
 Request: AlertOperation on facility/v1/{site}/command/alert/{target}. Result:
 AlertOperationResult on facility/v1/{site}/command-result/alert/{target}, same id.
@@ -8,18 +10,15 @@ In the same process, call RulesService.operate() instead.
 from __future__ import annotations
 
 import asyncio
-import time
 import uuid
 from types import TracebackType
 
 import aiomqtt
 
 from facility import messages as m
-from facility import topics
 from facility.mqtt import make_client
+from facility.ops import Operations
 from facility.settings import MqttSettings
-from facility.topics import Kind
-from rules.intake import OPS_FAMILY
 
 
 class AlertOpsClient:
@@ -28,14 +27,13 @@ class AlertOpsClient:
         self.site = site
         self.timeout = timeout
         self._client: aiomqtt.Client | None = None
-        self._waiters: dict[str, asyncio.Future[m.AlertOperationResult]] = {}
+        self._ops = Operations(site, self._publish)
         self._task: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> AlertOpsClient:
         client = make_client(self.mqtt, f"{self.mqtt.client_prefix}-ops-{uuid.uuid4().hex[:8]}")
         self._client = await client.__aenter__()
-        await client.subscribe(topics.subscription(Kind.COMMAND_RESULT, self.site, OPS_FAMILY),
-                               qos=1)
+        await client.subscribe(self._ops.results(), qos=1)
         self._task = asyncio.create_task(self._receive(), name="alert ops results")
         return self
 
@@ -46,33 +44,25 @@ class AlertOpsClient:
             await asyncio.gather(self._task, return_exceptions=True)
         if self._client is not None:
             await self._client.__aexit__(exc_type, exc, tb)
-        for waiter in self._waiters.values():
-            waiter.cancel()
+        self._ops.cancel()
+
+    async def _publish(self, topic: str, payload: bytes) -> None:
+        assert self._client is not None, "use inside 'async with'"
+        await self._client.publish(topic, payload, qos=1)
 
     async def _receive(self) -> None:
         assert self._client is not None
         async for message in self._client.messages:
+            payload = message.payload
             try:
-                result = m.decode(message.payload if isinstance(message.payload, bytes)
-                                  else str(message.payload).encode(), m.AlertOperationResult)
+                self._ops.take(payload if isinstance(payload, bytes)
+                               else str(payload).encode())
             except m.ContractError:
                 continue
-            waiter = self._waiters.pop(result.id, None)
-            if waiter is not None and not waiter.done():
-                waiter.set_result(result)
 
     async def request(self, action: m.AlertAction, target: str, by: str, *, comment: str = "",
                       until: int = 0, text: str = "") -> m.AlertOperationResult:
-        assert self._client is not None, "use inside 'async with'"
-        op = m.AlertOperation(id=f"op-{uuid.uuid4().hex[:16]}", site=self.site, action=action,
-                              target=target, by=by, ts=time.time_ns(), comment=comment,
-                              until=until, text=text)
-        waiter = asyncio.get_running_loop().create_future()
-        self._waiters[op.id] = waiter
-        await self._client.publish(topics.command(self.site, OPS_FAMILY, target), m.encode(op),
-                                   qos=1)
-        try:
-            async with asyncio.timeout(self.timeout):
-                return await waiter
-        finally:
-            self._waiters.pop(op.id, None)
+        """The rules engine's answer; facility.ops.NoAnswer (a TimeoutError) if none came
+        within the client's timeout."""
+        return await self._ops.request(action, target, by, comment=comment, until=until,
+                                       text=text, timeout=self.timeout)

@@ -42,6 +42,7 @@ from facility.endpoints import EndpointConfig, load_endpoints
 from facility.metrics import Metrics
 from facility.mqtt import run_connected
 from facility.mqttlink import MqttLink, connector
+from facility.ops import OPS_FAMILY
 from facility.outbox import Outbox
 from facility.service import Service
 from facility.settings import Settings
@@ -52,7 +53,7 @@ from rules.alerts import ChatterPolicy
 from rules.clock import NS, Clock, SystemClock
 from rules.config import RuleSet, load_rules, rule_files
 from rules.engine import Effects, Engine
-from rules.intake import OPS_FAMILY, Intake, Refusal
+from rules.intake import Intake, Refusal
 from rules.notify import WebhookNotifier, deliver
 from rules.store import AlertStore
 

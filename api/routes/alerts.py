@@ -10,7 +10,7 @@ from fastapi import APIRouter, HTTPException, Query
 
 from api.auth import User
 from api.deps import Ctx, CurrentUser, IsoTime, Operator, Supervisor, problems, to_ns
-from api.link import LinkDown, NoAnswer
+from api.link import LinkDown
 from api.models import (
     AckRequest,
     AlertDetail,
@@ -24,6 +24,7 @@ from api.models import (
     Transition,
 )
 from facility.messages import AlertAction, AlertState, Severity
+from facility.ops import NoAnswer
 from rules.alerts import Alert, Incident
 
 router = APIRouter(prefix="/api", tags=["alerts and incidents"])

@@ -1,4 +1,4 @@
-"""Health, readiness and Prometheus metrics."""
+"""Health, readiness, Prometheus metrics and the label table."""
 
 from __future__ import annotations
 
@@ -6,8 +6,9 @@ from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from api.deps import Ctx
-from api.models import Health, Readiness
+from api.deps import Ctx, CurrentUser, problems
+from api.models import Health, Labels, Readiness
+from facility import labels
 
 router = APIRouter(tags=["health"])
 
@@ -34,3 +35,10 @@ async def readyz(ctx: Ctx) -> Response:
 async def metrics(ctx: Ctx) -> Response:
     ctx.metrics.mqtt_connected.set(1 if ctx.link.connected else 0)
     return Response(ctx.metrics.metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
+
+
+@router.get("/api/labels", response_model=Labels, responses=problems(401),
+            summary="The Chinese words for states, statuses and names (the page loads them "
+                    "once at start)")
+async def label_table(_: CurrentUser) -> Labels:
+    return Labels.model_validate(labels.as_json())

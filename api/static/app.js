@@ -4,30 +4,10 @@
 // put in the page with textContent, never as HTML.
 "use strict";
 
-const SEVERITY = { critical: "紧急", major: "严重", minor: "一般", warning: "预警", info: "提示" };
-const SEVERITY_RANK = { critical: 5, major: 4, minor: 3, warning: 2, info: 1 };
-const ALERT_STATE = {
-  active_unack: "未确认", active_ack: "已确认", rtn_unack: "已恢复待确认", shelved: "已搁置",
-  suppressed: "已抑制", out_of_service: "已停用", normal: "已关闭",
-};
-const BOLLARD = { up: "升起", down: "降下", rising: "上升中", lowering: "下降中", fault: "故障" };
-const EV_STATUS = {
-  available: "空闲", preparing: "准备中", charging: "充电中", suspended_evse: "暂停(桩)",
-  suspended_ev: "暂停(车)", finishing: "结束中", reserved: "已预约", unavailable: "不可用",
-  faulted: "故障",
-};
-const COMMAND_STATUS = {
-  awaiting_approval: "待审批", rejected: "已驳回", approval_expired: "审批超时",
-  superseded: "已被紧急升起取代", refused: "被拒绝", sent: "已发送", accepted: "执行中",
-  done: "完成", failed: "失败", timed_out: "超时未到位", expired: "已过期", duplicate: "重复指令",
-  no_result: "无回执", pending: "等待中",
-};
-const ACTION = {
-  raise: "升起", lower: "降下", raise_all: "全部升起", lower_all: "全部降下",
-  emergency_rise: "紧急升起", reset_faults: "故障复位",
-};
-const DELIVERY = { shown: "已确认显示", duplicate: "已确认", rejected: "拒收", pending: "待确认" };
-const ROLE = { viewer: "观察员", operator: "值班员", supervisor: "值班长", admin: "管理员" };
+// The Chinese words for states, statuses and names: the server's one label table
+// (facility/labels.py), loaded once at start from GET /api/labels; the page keeps no copy.
+let SEVERITY = {}, SEVERITY_RANK = {}, ALERT_STATE = {}, BOLLARD = {}, EV_STATUS = {};
+let COMMAND_STATUS = {}, ACTION = {}, DELIVERY = {}, ROLE = {}, AVAILABILITY = {}, QUALITY = {};
 const STALE_AFTER_MS = 35000; // the server sends something at least every 15 s
 
 const state = {
@@ -142,7 +122,16 @@ function logout(message) {
   if (message) $("login-error").textContent = message;
 }
 
+async function loadLabels() {
+  const table = await api("GET", "/api/labels");
+  ({ severity: SEVERITY, severity_rank: SEVERITY_RANK, alert_state: ALERT_STATE,
+     bollard: BOLLARD, ev_status: EV_STATUS, command_status: COMMAND_STATUS,
+     command_action: ACTION, delivery: DELIVERY, role: ROLE,
+     availability: AVAILABILITY, quality: QUALITY } = table);
+}
+
 async function start() {
+  if (!Object.keys(SEVERITY).length) await loadLabels();
   state.user = await api("GET", "/api/me");
   $("user").textContent = `${state.user.display_name || state.user.username}（${ROLE[state.user.role]}）`;
   $("logout").hidden = false;
@@ -452,7 +441,7 @@ function worstBollard(status, alerts) {
 }
 
 function describe(device) {
-  if (!device.latest) return device.online === false ? "离线" : "暂无数据";
+  if (!device.latest) return device.online === false ? AVAILABILITY.offline : "暂无数据";
   const parts = Object.entries(device.latest.values).slice(0, 6).map(([k, v]) => {
     const unit = (device.latest.units || {})[k] || "";
     return `${k} ${fmt(v, 2)}${unit}`;
@@ -646,10 +635,11 @@ function renderWater() {
     } else if (d.kind === "sump_pump") {
       value = v.pump_fault ? "故障" : v.pump_running ? `运行 ${fmt(v.pump_current, 1)} A` : "停止";
     }
-    const quality = d.latest && d.latest.quality !== "good" ? "数据异常" : "";
+    const quality = d.latest && d.latest.quality !== "good"
+      ? QUALITY[d.latest.quality] || d.latest.quality : "";
     return el("tr", { dataset: { device: d.id } }, el("td", {}, d.name),
               el("td", { class: "num" }, value), el("td", {}, bar),
-              el("td", { class: "q-bad" }, d.online === false ? "离线" : quality));
+              el("td", { class: "q-bad" }, d.online === false ? AVAILABILITY.offline : quality));
   }));
 }
 
@@ -658,7 +648,7 @@ function renderEv() {
   $("ev").tBodies[0].replaceChildren(...rows.map((d) => {
     const v = d.latest ? d.latest.values : {};
     return el("tr", { dataset: { device: d.id } }, el("td", {}, d.name),
-              el("td", {}, EV_STATUS[v.status] || (d.online === false ? "离线" : "—")),
+              el("td", {}, EV_STATUS[v.status] || (d.online === false ? AVAILABILITY.offline : "—")),
               el("td", { class: "num" }, `${fmt(v.power, 1)} kW`),
               el("td", { class: "num" }, `${fmt(v.connector_temperature, 0)} °C`));
   }));
