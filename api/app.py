@@ -80,7 +80,7 @@ def create_app(settings: Settings, site: SiteConfig) -> FastAPI:
     for module in (auth, campus, alerts, outputs, commands, stream, system):
         app.include_router(module.router)
     add_page(app)
-    app.openapi = lambda: _described(app, site)  # type: ignore[method-assign]
+    app.openapi = lambda: _described(app, site)  # type: ignore[method-assign]  # fastapi: replacing app.openapi is its documented hook, but it is typed as a method
 
     @app.exception_handler(405)
     async def method_not_allowed(request: Request, exc: Exception) -> Response:

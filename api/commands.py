@@ -200,8 +200,10 @@ class CommandDesk:
 
     async def _send(self, command_id: str, action: str, targets: list[str], by: str,
                     approved_by: str, reason: str, data: dict[str, object]) -> None:
-        issued, expires = int(data["issued_at"]), int(data["expires_at"])  # type: ignore[call-overload]
-        ids: list[str] = list(data["gateway_ids"])  # type: ignore[call-overload]
+        issued, expires, ids = data["issued_at"], data["expires_at"], data["gateway_ids"]
+        assert isinstance(issued, int)
+        assert isinstance(expires, int)
+        assert isinstance(ids, list)
         try:
             for gateway_id, device in zip(ids, targets, strict=True):
                 source = self.topology.sources[device]

@@ -10,10 +10,12 @@ import asyncio
 import contextlib
 import logging
 import sys
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
+
+from aiohttp import web
 
 import api.cli
 import dashboards.cli
@@ -117,11 +119,12 @@ def _metrics_option(p: argparse.ArgumentParser) -> None:
                    help="serve Prometheus /metrics and /healthz there (e.g. 127.0.0.1:9108)")
 
 
-async def _serve_metrics(spec: str | None, services: list[Service]) -> object | None:
+async def _serve_metrics(spec: str | None,
+                         services: Sequence[Gateway | Ingest]) -> web.AppRunner | None:
     if not spec:
         return None
     host, _, port = spec.rpartition(":")
-    return await serve_metrics([s.metrics for s in services],  # type: ignore[attr-defined]
+    return await serve_metrics([s.metrics for s in services],
                                host or "127.0.0.1", int(port),
                                healthy=lambda: all(s.ready.is_set() for s in services))
 
@@ -178,7 +181,7 @@ async def cmd_gateway(args: argparse.Namespace, settings: Settings, site: SiteCo
             await stack.enter_async_context(gw)
         runner = await _serve_metrics(args.metrics, list(gateways))
         if runner is not None:
-            stack.push_async_callback(runner.cleanup)  # type: ignore[attr-defined]
+            stack.push_async_callback(runner.cleanup)
         log.info("gateways running: %s", ", ".join(ids))
         await forever(list(gateways))
     return 0
@@ -193,7 +196,7 @@ async def cmd_ingest(args: argparse.Namespace, settings: Settings, site: SiteCon
             await forever([ingest])
         finally:
             if runner is not None:
-                await runner.cleanup()  # type: ignore[attr-defined]
+                await runner.cleanup()
     return 0
 
 

@@ -153,12 +153,12 @@ async def _report(running: list[tuple[str, Service]], monitor: RateMonitor, ever
         for name, svc in running:
             state = "connected" if svc.ready.is_set() else "connecting"
             extra = ""
-            if name == "ingest":
-                extra = (f"  received {svc.received}  written {svc.written}"  # type: ignore[attr-defined]
-                         f"  dead letters {svc.dead_letters}")  # type: ignore[attr-defined]
-            elif hasattr(svc, "status"):
+            if isinstance(svc, Ingest):
+                extra = (f"  received {svc.received}  written {svc.written}"
+                         f"  dead letters {svc.dead_letters}")
+            elif isinstance(svc, Gateway):
                 offline = sum(1 for s in svc.status.values() if s.state.value == "offline")
-                extra = f"  devices {len(svc.devices)}  offline {offline}"  # type: ignore[attr-defined]
+                extra = f"  devices {len(svc.devices)}  offline {offline}"
             lines.append(f"  {name:<24} {state:<11}{extra}")
         rates = monitor.rates()
         lines.append("  family         msg/s   total")

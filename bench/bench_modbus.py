@@ -12,6 +12,7 @@ from collections import defaultdict
 from pathlib import Path
 
 import yaml
+from pydantic import SecretStr
 
 from bench.common import Figure, figure, servers
 from bench.procs import REPO, Service, cpu_seconds
@@ -48,7 +49,7 @@ def write_config(folder: Path, ports: list[int]) -> Path:
 
 async def collect(url: str, seconds: float) -> dict[str, list[int]]:
     times: dict[str, list[int]] = defaultdict(list)
-    async with await MqttLink.open(MqttSettings(url=url), "bench-modbus-watch") as link:  # type: ignore[arg-type]
+    async with await MqttLink.open(MqttSettings(url=SecretStr(url)), "bench-modbus-watch") as link:
         await link.subscribe([topics.subscription(topics.Kind.TELEMETRY, "bench")], qos=0)
         end = time.monotonic() + seconds
         while time.monotonic() < end:

@@ -47,6 +47,8 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from pydantic import SecretStr
+
 from app import wiring
 from bench.campus_load import Readings
 from bench.common import Figure, figure
@@ -594,7 +596,7 @@ async def run(quick: bool) -> list[Figure]:
     try:
         settings = load_settings(
             REPO / "config" / "facility.yaml", site_file=str(SITE_FILE),
-            mqtt=MqttSettings(url=broker.url),  # type: ignore[arg-type]
+            mqtt=MqttSettings(url=SecretStr(broker.url)),
             influx=InfluxSettings(url="http://127.0.0.1:9", database="unused"))
         for name in names:
             outcome = await scenario(settings, folder, name)

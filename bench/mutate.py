@@ -61,7 +61,7 @@ Step = Key | Index | Where
 
 def reads(expression: str) -> list[tuple[Step, ...]]:
     """The places a JMESPath expression reads, from the document's root."""
-    parsed: dict[str, Any] = jmespath.compile(expression).parsed  # type: ignore[assignment]
+    parsed: dict[str, Any] = jmespath.compile(expression).parsed  # type: ignore[assignment]  # types-jmespath: stubs type a slice's int/None children as nodes
     return _paths(parsed)
 
 

@@ -11,7 +11,7 @@ from facility.settings import Settings
 from facility.site import SiteConfig
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = sub.add_parser(
         "dashboards", help="Grafana dashboards as code: export JSON and provisioning, check "
                            "every query against InfluxDB, push to a Grafana",

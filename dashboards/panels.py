@@ -13,7 +13,6 @@ from grafana_foundation_sdk.builders import (
     table,
     timeseries,
 )
-from grafana_foundation_sdk.cog import builder as cogbuilder
 from grafana_foundation_sdk.models import common
 from grafana_foundation_sdk.models import dashboard as model
 
@@ -22,7 +21,7 @@ from dashboards.influxql import DATASOURCE_TYPE, DATASOURCE_UID, InfluxQL
 DATASOURCE = model.DataSourceRef(type_val=DATASOURCE_TYPE, uid=DATASOURCE_UID)
 TIMEZONE = "Asia/Shanghai"
 
-PanelBuilder = cogbuilder.Builder[model.Panel]
+PanelBuilder = timeseries.Panel | stat.Panel | statetimeline.Panel | table.Panel
 
 
 def ids() -> Iterator[int]:
@@ -31,7 +30,7 @@ def ids() -> Iterator[int]:
 
 def _targets(panel: PanelBuilder, queries: tuple[InfluxQL, ...]) -> None:
     for index, query in enumerate(queries):
-        panel.with_target(query.ref_id(chr(ord("A") + index)))  # type: ignore[attr-defined]
+        panel.with_target(query.ref_id(chr(ord("A") + index)))
 
 
 def mapping(**states: tuple[str, str]) -> list[model.ValueMapping]:

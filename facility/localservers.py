@@ -16,6 +16,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 
@@ -63,6 +64,9 @@ class _Process:
     def _ready(self) -> bool:
         raise NotImplementedError
 
+    def _up_or_exited(self, proc: subprocess.Popen[bytes]) -> bool:
+        return self._ready() or proc.poll() is not None
+
     def start(self, timeout: float = 30.0) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         fixed_port = self.port != 0
@@ -71,12 +75,12 @@ class _Process:
                 self.port = free_port(self.host)
             argv = self._command()
             with open(self._log, "ab") as log:
-                self.proc = subprocess.Popen(
+                proc = self.proc = subprocess.Popen(
                     argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                     start_new_session=True,
                 )
             try:
-                wait_for(lambda: self._ready() or self.proc.poll() is not None,  # type: ignore[union-attr]
+                wait_for(partial(self._up_or_exited, proc),
                          timeout, f"{self.name} on port {self.port}")
             except ServerError:
                 self.kill()

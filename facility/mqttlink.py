@@ -20,7 +20,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Self, TypeVar
 
 import aiomqtt
 import mqtt5
@@ -35,6 +35,10 @@ Message = mqtt5.PublishPacket
 
 class LinkError(aiomqtt.MqttError):
     """The connection failed or was refused; the caller reconnects with its backoff."""
+
+
+_Request = mqtt5.SubscribePacket | mqtt5.UnsubscribePacket | mqtt5.PublishPacket
+_Reply = TypeVar("_Reply", mqtt5.SubAckPacket, mqtt5.UnsubAckPacket, mqtt5.PubAckPacket)
 
 
 class MqttLink(asyncio.Protocol):
@@ -187,17 +191,19 @@ class MqttLink(asyncio.Protocol):
         self._next_id = self._next_id % 65535 + 1
         return self._next_id
 
-    async def _request(self, packet: object, reply: type, packet_id: int,
-                       timeout: float) -> object:
+    async def _request(self, packet: _Request, reply: type[_Reply], packet_id: int,
+                       timeout: float) -> _Reply:
         future: asyncio.Future[object] = asyncio.get_running_loop().create_future()
         self._waiting[(reply, packet_id)] = future
-        self._write(packet.write())  # type: ignore[attr-defined]
+        self._write(packet.write())
         try:
             async with asyncio.timeout(timeout):
-                return await future
+                answer = await future
         except TimeoutError:
             self._waiting.pop((reply, packet_id), None)
             raise LinkError(f"no {reply.__name__} in {timeout}s") from None
+        assert isinstance(answer, reply), answer  # waiters are keyed by the reply's type
+        return answer
 
     async def subscribe(self, filters: Iterable[str], qos: int = 1,
                         timeout: float = 10.0) -> None:
@@ -205,7 +211,7 @@ class MqttLink(asyncio.Protocol):
         packet = mqtt5.SubscribePacket(packet_id, [
             mqtt5.TopicFilter(f, max_qos=mqtt5.QoS(qos)) for f in filters])
         suback = await self._request(packet, mqtt5.SubAckPacket, packet_id, timeout)
-        refused = [code for code in suback.reason_codes  # type: ignore[attr-defined]
+        refused = [code for code in suback.reason_codes
                    if code.value >= 0x80]
         if refused:
             raise LinkError(f"subscription refused: {[c.name for c in refused]}")
@@ -236,14 +242,14 @@ class MqttLink(asyncio.Protocol):
         packet = mqtt5.PublishPacket(topic=topic, payload=payload, qos=mqtt5.QoS(qos),
                                      packet_id=packet_id)
         puback = await self._request(packet, mqtt5.PubAckPacket, packet_id, timeout)
-        code = puback.reason_code  # type: ignore[attr-defined]
+        code = puback.reason_code
         if code.value >= 0x80:
             raise LinkError(f"publish to {topic!r} refused: {code.name}")
 
     def ack(self, messages: Iterable[mqtt5.PublishPacket]) -> None:
         """Acknowledge QoS 1 messages, in order, with one write."""
-        acks = b"".join(mqtt5.PubAckPacket(msg.packet_id).write()  # type: ignore[arg-type]
-                        for msg in messages if msg.qos == mqtt5.QoS.AT_LEAST_ONCE)
+        acks = b"".join(mqtt5.PubAckPacket(msg.packet_id).write() for msg in messages
+                        if msg.qos == mqtt5.QoS.AT_LEAST_ONCE and msg.packet_id is not None)
         if acks:
             self._write(acks)
 

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from pymodbus.exceptions import ModbusException
 
+from facility import sqlite
 from facility.deadletters import describe, last_frame
 from facility.messages import Command, CommandResult, CommandStatus, Family, Scalar
 from gateway.modbus.poller import HostPoller, PolledDevice
@@ -32,9 +33,8 @@ class CommandLog:
     """Command ids already taken, with their outcome; SQLite, survives restarts."""
 
     def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.db = sqlite3.connect(path, isolation_level=None)
-        self.db.execute("PRAGMA journal_mode=WAL")
+        # FULL: a command id taken must survive a power cut too (not executed twice).
+        self.db = sqlite.open_file(path, extra=("synchronous=FULL",))
         self.db.execute(
             "CREATE TABLE IF NOT EXISTS commands (id TEXT PRIMARY KEY, device TEXT NOT NULL, "
             "action TEXT NOT NULL, received_ns INTEGER NOT NULL, status TEXT NOT NULL, "
@@ -125,7 +125,7 @@ class CommandExecutor:
     async def _run(self, command: Command, action: CommandAction,
                    unit: int) -> tuple[CommandStatus, str]:
         regs = self.spec.registers
-        unit_id = self.polled.device.modbus.unit  # type: ignore[union-attr]
+        unit_id = self.polled.modbus.unit
         client = self.poller.client
         async with self.poller.lock:
             why = await self.poller.ensure_connected()
@@ -157,7 +157,7 @@ class CommandExecutor:
 
     @property
     def _timeout(self) -> float:
-        return self.polled.device.modbus.timeout  # type: ignore[union-attr]
+        return self.polled.modbus.timeout
 
     async def _read_words(self, address: int, count: int, unit_id: int) -> list[int]:
         try:

@@ -110,9 +110,7 @@ class Gateway(Service, Sink):
         self._command_targets: list[tuple[HostPoller, PolledDevice, CommandSpec]] = []
         for poller in self.pollers:
             for polled in poller.devices:
-                endpoint = polled.device.modbus
-                assert endpoint is not None  # a polled device has a Modbus endpoint
-                commands = models[endpoint.model].commands
+                commands = models[polled.modbus.model].commands
                 if commands is not None:
                     self._command_targets.append((poller, polled, commands))
 

@@ -45,10 +45,6 @@ def _png(fig: Figure) -> bytes:
     return buffer.getvalue()
 
 
-def _style(font: str) -> dict[str, object]:
-    return {"fontfamily": font}
-
-
 def stacked_bars(title: str, categories: Sequence[str], series: Mapping[str, Sequence[float]],
                  ylabel: str, rotate: bool = False) -> bytes:
     font = cjk_font()
@@ -61,9 +57,9 @@ def stacked_bars(title: str, categories: Sequence[str], series: Mapping[str, Seq
         bottom = [b + v for b, v in zip(bottom, values, strict=True)]
     ax.set_xticks(range(len(categories)))
     ax.set_xticklabels(categories, rotation=90 if rotate else 0, fontsize=7 if rotate else 9,
-                       **_style(font))  # type: ignore[arg-type]
-    ax.set_ylabel(ylabel, **_style(font))  # type: ignore[arg-type]
-    ax.set_title(title, **_style(font))  # type: ignore[arg-type]
+                       fontfamily=font)
+    ax.set_ylabel(ylabel, fontfamily=font)
+    ax.set_title(title, fontfamily=font)
     ax.legend(prop={"family": font, "size": 8}, ncols=min(4, max(1, len(series))), loc="upper left",
               bbox_to_anchor=(0, -0.18 if rotate else -0.1))
     ax.grid(axis="y", alpha=0.3)
@@ -78,12 +74,12 @@ def horizontal_bars(title: str, labels: Sequence[str], values: Sequence[float],
     positions = list(range(len(labels)))[::-1]
     ax.barh(positions, values, color=COLOURS[0])
     ax.set_yticks(positions)
-    ax.set_yticklabels(labels, **_style(font))  # type: ignore[arg-type]
+    ax.set_yticklabels(labels, fontfamily=font)
     for y, value in zip(positions, values, strict=True):
         ax.annotate(f"{value:,.0f}", (value, y), xytext=(3, 0), textcoords="offset points",
                     va="center", fontsize=8)
-    ax.set_xlabel(xlabel, **_style(font))  # type: ignore[arg-type]
-    ax.set_title(title, **_style(font))  # type: ignore[arg-type]
+    ax.set_xlabel(xlabel, fontfamily=font)
+    ax.set_title(title, fontfamily=font)
     ax.grid(axis="x", alpha=0.3)
     return _png(fig)
 
@@ -99,8 +95,8 @@ def lines(title: str, x_labels: Sequence[str], series: Mapping[str, Sequence[flo
     step = max(1, len(x_labels) // 12)
     ax.set_xticks(range(0, len(x_labels), step))
     ax.set_xticklabels(x_labels[::step], fontsize=8)
-    ax.set_ylabel(ylabel, **_style(font))  # type: ignore[arg-type]
-    ax.set_title(title, **_style(font))  # type: ignore[arg-type]
+    ax.set_ylabel(ylabel, fontfamily=font)
+    ax.set_title(title, fontfamily=font)
     ax.legend(prop={"family": font, "size": 8})
     ax.grid(alpha=0.3)
     return _png(fig)

@@ -18,7 +18,7 @@ from facility.site import SiteConfig
 FORMATS = ("html", "pdf", "xlsx")
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = sub.add_parser(
         "report", help="energy-saving and control-room shift reports (HTML, PDF, XLSX)",
         description="Reports from InfluxDB (and the alert store for shifts). Every figure "

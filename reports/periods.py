@@ -39,10 +39,15 @@ class Period:
     def ns(self) -> tuple[int, int]:
         return _ns(self.start), _ns(self.end)
 
+    def _zone(self) -> ZoneInfo:
+        zone = self.start.tzinfo
+        assert isinstance(zone, ZoneInfo), zone  # periods are made in the site's time zone
+        return zone
+
     def previous(self) -> Period:
         """The period of the same kind just before this one."""
         if self.kind == "month":
-            return month(_shift_month(self.start.date(), -1), self.start.tzinfo)  # type: ignore[arg-type]
+            return month(_shift_month(self.start.date(), -1), self._zone())
         length = self.end - self.start
         start, end = self.start - length, self.start
         if self.kind == "week":
@@ -52,12 +57,12 @@ class Period:
 
     def year_before(self) -> Period:
         """The same month, ISO week or dates one year earlier."""
-        tz = self.start.tzinfo
+        tz = self._zone()
         if self.kind == "month":
-            return month(date(self.start.year - 1, self.start.month, 1), tz)  # type: ignore[arg-type]
+            return month(date(self.start.year - 1, self.start.month, 1), tz)
         if self.kind == "week":
             iso = self.start.isocalendar()
-            return week(iso.year - 1, min(iso.week, _weeks_in(iso.year - 1)), tz)  # type: ignore[arg-type]
+            return week(iso.year - 1, min(iso.week, _weeks_in(iso.year - 1)), tz)
         start, end = _minus_year(self.start), _minus_year(self.end)
         return Period(start, end, "range", _range_label(start, end))
 

@@ -83,8 +83,9 @@ async def cmd_check(args: argparse.Namespace, settings: Settings, site: SiteConf
     _, endpoints, rules = load_all(settings, site)
     for compiled in rules.rules.values():
         rule = compiled.rule
+        where = compiled.file.name if compiled.file else "(built in)"
         print(f"{rule.id:<30} {rule.type:<12} {rule.severity.value:<9} "
-              f"{len(compiled.sources):>3} sources  {compiled.file.name}")
+              f"{len(compiled.sources):>3} sources  {where}")
     print(f"{len(rules.rules)} rules in {len(rules.files)} files, "
           f"{len(endpoints.endpoints)} endpoints: OK")
     return 0

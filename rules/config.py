@@ -371,7 +371,7 @@ def render(text: str, values: dict[str, Any]) -> str:
 @dataclass
 class CompiledRule:
     rule: Any  # one of the Rule types
-    file: Path
+    file: Path | None  # None: a built-in rule
     index: int
     sources: list[str]  # ids of the sources it watches
     expressions: dict[str, Expression] = field(default_factory=dict)

@@ -95,7 +95,7 @@ def with_builtin_rules(rules: RuleSet, endpoints: EndpointConfig) -> RuleSet:
         raise_on=["silent"], clear_on=["confirmed"],
         text="{device_name}未确认收到的显示或广播内容",
         incident=IncidentSpec(category="outputs", group_by="source", cap_category="Infra"))
-    compiled = CompiledRule(rule=rule, file=rules.files[0] if rules.files else None,  # type: ignore[arg-type]
+    compiled = CompiledRule(rule=rule, file=rules.files[0] if rules.files else None,
                             index=-1, sources=[e.id for e in endpoints.endpoints],
                             revision=rule.revision())
     return dataclasses.replace(rules, rules={**rules.rules, ENDPOINT_SILENT: compiled})

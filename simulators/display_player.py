@@ -39,6 +39,7 @@ from aiohttp import web
 from facility import messages as m
 from facility import topics
 from facility.deadletters import DeadLetters, Letter
+from facility.endpoints import EndpointConfig
 from facility.mqtt import make_client, run_connected
 from facility.service import Service
 from facility.settings import MqttSettings
@@ -86,10 +87,13 @@ class DisplayPlayer(Service):
         self.letters = DeadLetters("screens", site_id, clock_ns=clock_ns)
 
     @classmethod
-    def from_config(cls, mqtt: MqttSettings, site_id: str, config: object,
-                    **kwargs: object) -> DisplayPlayer:
-        endpoints = [(e.id, e.name, e.kind.value) for e in config.endpoints]  # type: ignore[attr-defined]
-        return cls(mqtt, site_id, endpoints, **kwargs)  # type: ignore[arg-type]
+    def from_config(cls, mqtt: MqttSettings, site_id: str, config: EndpointConfig, *,
+                    http_host: str | None = None, http_port: int = 0,
+                    clock_ns: Callable[[], int] = time.time_ns, journal: Path | None = None,
+                    client_id: str | None = None) -> DisplayPlayer:
+        endpoints = [(e.id, e.name, e.kind.value) for e in config.endpoints]
+        return cls(mqtt, site_id, endpoints, http_host=http_host, http_port=http_port,
+                   clock_ns=clock_ns, journal=journal, client_id=client_id)
 
     async def open(self) -> None:
         if self.journal_path is not None:

@@ -72,7 +72,7 @@ class ModbusEndpoint:
             raise RuntimeError(f"Modbus simulator cannot listen on {self.host}:{self.port} "
                                f"(units {sorted(self.units)}): is the port taken?") from exc
         self._server = server
-        self.port = int(server.transport.sockets[0].getsockname()[1])  # type: ignore[attr-defined]
+        self.port = int(server.transport.sockets[0].getsockname()[1])  # type: ignore[attr-defined]  # pymodbus: a server's transport (an asyncio.Server) is typed as BaseTransport
         log.debug("modbus server %s:%d serving units %s", self.host, self.port,
                   sorted(self.units))
         return self.port
@@ -83,7 +83,7 @@ class ModbusEndpoint:
         if server is None:
             return
         self._closing.set()
-        await server.shutdown()  # type: ignore[no-untyped-call]
+        await server.shutdown()  # type: ignore[no-untyped-call]  # pymodbus: ModbusBaseServer.shutdown is unannotated
         if self._held:
             await asyncio.wait(list(self._held), timeout=2.0)
 
@@ -99,9 +99,10 @@ class ModbusEndpoint:
 
     # pymodbus glue.
     def _sim_device(self, unit: ModbusUnit) -> SimDevice:
-        tables = tuple(self._sim_table(unit.layout, table) for table in Table)
+        coils, discrete, holding, inputs = (self._sim_table(unit.layout, t) for t in Table)
         action = functools.partial(self._action, unit.unit)
-        return SimDevice(id=unit.unit, simdata=tables, action=action)  # type: ignore[arg-type]
+        return SimDevice(id=unit.unit, simdata=(coils, discrete, holding, inputs),
+                         action=action)
 
     @staticmethod
     def _sim_table(layout: Layout, table: Table) -> list[SimData]:
@@ -123,7 +124,7 @@ class ModbusEndpoint:
         fault = self.faults.get(pdu.dev_id)
         if unit is None or (fault is not None and fault.kind == "silent"):
             # pymodbus skips a request whose traced PDU is None: nothing is answered.
-            return None  # type: ignore[return-value]
+            return None  # type: ignore[return-value]  # pymodbus: trace_pdu may return None (the request is dropped) but is typed to return ModbusPDU
         if pdu.function_code in (1, 2):
             table = TABLE_OF_FUNCTION[pdu.function_code]
             if not unit.layout.covers(table, pdu.address, pdu.count):

@@ -50,7 +50,8 @@ def raw_word_value(slot: Slot, registers: Sequence[int]) -> int | float | bool:
     if slot.word_swap:
         words.reverse()
     packed = struct.pack(f">{slot.count}H", *words)
-    return struct.unpack(">" + slot.struct_code, packed)[0]  # type: ignore[no-any-return]
+    value: int | float | bool = struct.unpack(">" + slot.struct_code, packed)[0]
+    return value
 
 
 def _exact(slot: Slot, raw: int | float) -> tuple[int | float | None, str | None]:
@@ -113,6 +114,7 @@ def decode_block(
         raw = bool(data[slot.offset]) if bits else raw_word_value(slot, data)
         value, error = convert(slot, raw)
         if error is None:
-            values.setdefault(slot.unit, {})[slot.name] = value  # type: ignore[assignment]
+            assert value is not None  # convert gives a value or the reason it has none
+            values.setdefault(slot.unit, {})[slot.name] = value
         else:
             errors.setdefault(slot.unit, {})[slot.name] = error

@@ -24,11 +24,12 @@ from typing import TypeVar
 from pymodbus.client import AsyncModbusTcpClient
 from pymodbus.constants import ExcCodes
 from pymodbus.exceptions import ModbusException
+from pymodbus.pdu import ModbusPDU
 
 from facility.backoff import Backoff
 from facility.messages import Availability, Quality, Scalar
 from facility.service import check_cancelled
-from facility.site import Device
+from facility.site import Device, ModbusEndpoint
 from gateway.modbus.decode import decode_block
 from gateway.modbus.registermap import Block, Plan
 
@@ -68,6 +69,13 @@ class PolledDevice:
     availability: Availability | None = None
     polls: int = 0
     late_polls: int = 0
+
+    @property
+    def modbus(self) -> ModbusEndpoint:
+        """The device's Modbus endpoint: a polled device always has one."""
+        endpoint = self.device.modbus
+        assert endpoint is not None, self.device.id
+        return endpoint
 
 
 class Sink:
@@ -117,7 +125,7 @@ class HostPoller:
         start = loop.time()
         for i, polled in enumerate(self.devices):
             # Spread first polls over the period so devices on a host do not burst.
-            period = polled.device.modbus.period  # type: ignore[union-attr]
+            period = polled.modbus.period
             polled.next_due = start + period * i / max(1, len(self.devices))
         try:
             while True:
@@ -133,7 +141,7 @@ class HostPoller:
             self.client.close()
 
     def _schedule_next(self, polled: PolledDevice, now: float) -> None:
-        period = polled.device.modbus.period  # type: ignore[union-attr]
+        period = polled.modbus.period
         if polled.availability is Availability.OFFLINE:
             # Probe an offline unit less often: each probe costs its neighbours a timeout.
             polled.next_due = now + max(period, min(5.0, 10 * period))
@@ -214,7 +222,7 @@ class HostPoller:
             check_cancelled()  # pymodbus awaits with wait_for, which may swallow a cancel
         return reply
 
-    def _read(self, block: Block, unit: int):  # type: ignore[no-untyped-def]
+    def _read(self, block: Block, unit: int) -> Awaitable[ModbusPDU]:
         if block.table == "holding":
             return self.client.read_holding_registers(block.start, count=block.count,
                                                       device_id=unit)
