@@ -9,10 +9,13 @@ its own MetaData; `open_store` creates what is missing. URLs are written the pla
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import MetaData, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from facility.sqlite import set_pragmas
 
 DRIVERS = {"sqlite": "sqlite+aiosqlite", "postgresql": "postgresql+asyncpg",
            "postgres": "postgresql+asyncpg"}
@@ -33,13 +36,8 @@ def create_engine(url: str) -> AsyncEngine:
         engine = create_async_engine(full, connect_args={"timeout": 30})
 
         @event.listens_for(engine.sync_engine, "connect")
-        def _pragmas(conn, _record):  # type: ignore[no-untyped-def]
-            # WAL lets readers (the API) work while a writer (the rules engine) commits.
-            cursor = conn.cursor()
-            cursor.execute("PRAGMA journal_mode=WAL")
-            cursor.execute("PRAGMA synchronous=NORMAL")
-            cursor.execute("PRAGMA foreign_keys=ON")
-            cursor.close()
+        def _pragmas(conn: Any, _record: Any) -> None:
+            set_pragmas(conn)  # the one PRAGMA list (facility/sqlite.py)
 
         return engine
     return create_async_engine(full, pool_pre_ping=True)

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import sqlite3
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 
 import aiomqtt
+
+from facility import sqlite
 
 log = logging.getLogger(__name__)
 
@@ -32,11 +33,8 @@ class Spool:
     """An append-only FIFO of messages in SQLite (WAL), read back in insertion order."""
 
     def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
-        self.db = sqlite3.connect(path, isolation_level=None)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA synchronous=NORMAL")
+        self.db = sqlite.open_file(path)
         self.db.execute(
             "CREATE TABLE IF NOT EXISTS spool (id INTEGER PRIMARY KEY AUTOINCREMENT, "
             "topic TEXT NOT NULL, payload BLOB NOT NULL)"

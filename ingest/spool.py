@@ -10,18 +10,16 @@ any are waiting, new batches queue behind them. Memory stays at about one batch.
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 import zlib
 from pathlib import Path
+
+from facility import sqlite
 
 
 class Spool:
     def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
-        self.db = sqlite3.connect(path, isolation_level=None)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable across a crash
+        self.db = sqlite.open_file(path)  # WAL + NORMAL: durable across a crash
         self.db.execute("CREATE TABLE IF NOT EXISTS batches (id INTEGER PRIMARY KEY "
                         "AUTOINCREMENT, lines INTEGER NOT NULL, body BLOB NOT NULL)")
         self.batches, self.lines = self.db.execute(

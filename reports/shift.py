@@ -18,6 +18,7 @@ from datetime import date, datetime, time, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from facility import labels
 from facility.influx import InfluxClient, quote_string
 from facility.settings import Settings
 from facility.site import SiteConfig
@@ -27,25 +28,9 @@ from reports.periods import Period
 
 Step = Callable[[str], None]
 NS = 1_000_000_000
-FAMILY_NAMES = {"bollard": "升降柱", "energy": "能耗计量", "fire": "消防", "ev_charger": "充电桩",
-                "drainage": "排水", "gas": "化粪池气体", "gateway": "网关", "": "其他"}
-SEVERITY_NAMES = {"critical": "紧急", "major": "严重", "minor": "一般", "warning": "预警",
-                  "info": "提示"}
-SEVERITY_ORDER = ("critical", "major", "minor", "warning", "info")
-# Operator actions in the alert history (docs/rules.md, "History actions").
-ACTION_NAMES = {"acknowledged": "确认", "comment": "备注", "shelved": "搁置",
-                "unshelved": "取消搁置", "out_of_service": "停用",
-                "returned_to_service": "恢复使用"}
 F_ACK = ("确认用时 = 确认时间 − 报警时间；只计需确认的报警（category = alarm）；"
          "中位数与90%分位（最近秩）")
 F_CLEAR = "消除用时 = 消除时间（条件恢复正常）− 报警时间"
-COMMAND_NAMES = {"raise": "升起", "lower": "降下", "raise_all": "全部升起",
-                 "lower_all": "全部降下", "emergency_rise": "紧急升起", "reset_faults": "故障复位"}
-COMMAND_STATUS = {"awaiting_approval": "待批准", "rejected": "已驳回",
-                  "approval_expired": "批准超时", "superseded": "被取代", "refused": "拒绝执行",
-                  "sent": "已发送",
-                  "accepted": "执行中", "done": "完成", "failed": "失败", "timed_out": "超时",
-                  "expired": "已过期", "duplicate": "重复", "no_result": "无结果"}
 
 
 def shift_period(day: str, shift_start: str, hours: float, tz: ZoneInfo) -> Period:
@@ -120,13 +105,10 @@ async def _alert_sections(settings: Settings, site: str, start: int, end: int, n
     from rules.health import alarm_health
     from rules.store import AlertStore
 
-    store = await AlertStore.open(settings.state_url)
-    try:
+    async with await AlertStore.open(settings.state_url) as store:
         alerts = await store.alerts(site, since=start, until=end, limit=100_000)
         history = await store.history(site=site, since=start, until=end)
         health = await alarm_health(store, site, start, end)
-    finally:
-        await store.close()
     step("alerts read")
     return [_alerts_overview(alerts, end, names, tz), _isa(health, names, tz),
             _operators(history)]
@@ -154,10 +136,10 @@ def _alerts_overview(alerts: list[Any], end: int, names: _Names, tz: ZoneInfo) -
     ]
     tables = [
         _group_table("by_family", "按系统", "系统", alarms, alerts,
-                     lambda a: FAMILY_NAMES.get(a.family, a.family)),
+                     lambda a: labels.FAMILY.get(a.family, a.family)),
         _group_table("by_severity", "按级别", "级别", alarms, alerts,
-                     lambda a: SEVERITY_NAMES.get(a.severity.value, a.severity.value),
-                     order=[SEVERITY_NAMES[s] for s in SEVERITY_ORDER]),
+                     lambda a: labels.SEVERITY.get(a.severity.value, a.severity.value),
+                     order=[labels.SEVERITY[s] for s in labels.SEVERITY_ORDER]),
         _group_table("by_place", "按地点", "地点", alarms, alerts, lambda a: names.place(a.place)),
     ]
     listing = Table("alerts", "报警明细（按级别、时间）", [
@@ -165,14 +147,14 @@ def _alerts_overview(alerts: list[Any], end: int, names: _Names, tz: ZoneInfo) -
         Column("地点", kind="text"), Column("内容", kind="text"), Column("确认人", kind="text"),
         Column("确认用时", "分钟", 1), Column("消除用时", "分钟", 1), Column("状态", kind="text")],
         formulas=[F_ACK, F_CLEAR])
-    ordered = sorted(alerts, key=lambda a: (SEVERITY_ORDER.index(a.severity.value)
-                                            if a.severity.value in SEVERITY_ORDER else 9,
+    ordered = sorted(alerts, key=lambda a: (labels.SEVERITY_ORDER.index(a.severity.value)
+                                            if a.severity.value in labels.SEVERITY_ORDER else 9,
                                             a.raised_at))
     for a in ordered[:200]:
         listing.rows.append([
             datetime.fromtimestamp(a.raised_at / NS, tz).strftime("%m-%d %H:%M:%S"),
-            SEVERITY_NAMES.get(a.severity.value, a.severity.value),
-            FAMILY_NAMES.get(a.family, a.family), names.place(a.place), a.title or a.text,
+            labels.SEVERITY.get(a.severity.value, a.severity.value),
+            labels.FAMILY.get(a.family, a.family), names.place(a.place), a.title or a.text,
             a.acked_by or "—", (a.acked_at - a.raised_at) / NS / 60 if a.acked_at else None,
             (a.cleared_at - a.raised_at) / NS / 60 if a.cleared_at else None,
             "未消除" if a.active and not a.closed_at else "已消除"])
@@ -278,14 +260,15 @@ def _isa(health: Any, names: _Names, tz: ZoneInfo) -> Section:
 
 def _operators(history: list[dict[str, Any]]) -> Section:
     table = Table("operators", "操作员处置记录", [
-        Column("操作员", kind="text"), *[Column(n, digits=0) for n in ACTION_NAMES.values()]],
+        Column("操作员", kind="text"),
+        *[Column(n, digits=0) for n in labels.HISTORY_ACTION.values()]],
         formulas=["各操作员在值班时段内对报警的操作次数（rules_alert_history 中 by 非空的记录）"])
     counts: dict[str, Counter[str]] = defaultdict(Counter)
     for h in history:
-        if h.get("by") and h["action"] in ACTION_NAMES:
+        if h.get("by") and h["action"] in labels.HISTORY_ACTION:
             counts[h["by"]][h["action"]] += 1
     for who in sorted(counts):
-        table.rows.append([who, *[counts[who][a] for a in ACTION_NAMES]])
+        table.rows.append([who, *[counts[who][a] for a in labels.HISTORY_ACTION]])
     return Section("三、操作员处置", tables=[table])
 
 
@@ -318,10 +301,11 @@ async def _commands(settings: Settings, site: str, start: int, end: int, names: 
             [*view.targets[:3], f"等 {len(view.targets)} 个"]
         table.rows.append([
             datetime.fromtimestamp(view.requested_at / NS, tz).strftime("%m-%d %H:%M:%S"),
-            COMMAND_NAMES.get(view.action, view.action),
+            labels.COMMAND_ACTION.get(view.action, view.action),
             "、".join(names.device(t) for t in targets), view.requested_by,
-            view.approval.decided_by or ("待批准" if view.approval.required else "无需批准"),
-            view.reason, COMMAND_STATUS.get(view.status, view.status), view.detail or "—"])
+            view.approval.decided_by
+            or labels.APPROVAL["pending" if view.approval.required else "not_required"],
+            view.reason, labels.COMMAND_STATUS.get(view.status, view.status), view.detail or "—"])
     if not table.rows:
         table.notes.append("值班时段内没有升降柱指令。")
     return table
@@ -378,7 +362,7 @@ async def _events(influx: InfluxClient, site: str, start: int, end: int,
     rows = []
     for series in result[0] if result else []:
         count = series.values[0][1] if series.values else 0
-        rows.append([FAMILY_NAMES.get(series.tags.get("family", ""), series.tags.get("family")),
+        rows.append([labels.FAMILY.get(series.tags.get("family", ""), series.tags.get("family")),
                      series.tags.get("name", ""), names.device(series.tags.get("device", "")),
                      count])
     table.rows = sorted(rows, key=lambda r: (-r[3], r[0], r[1]))
@@ -403,7 +387,7 @@ async def _availability(influx: InfluxClient, site: SiteConfig, start: int, end:
         items = by_family[family]
         shares = [i.share for i in items if i.share is not None]
         summary.rows.append([
-            FAMILY_NAMES.get(family, family), len(items),
+            labels.FAMILY.get(family, family), len(items),
             sum(1 for s in shares if s >= 1.0), statistics.fmean(shares) if shares else None,
             sum(i.offline_spells for i in items),
             sum(i.known_ns for i in items) / (len(items) * duration) if items else None])
@@ -413,9 +397,10 @@ async def _availability(influx: InfluxClient, site: SiteConfig, start: int, end:
         Column("原因", kind="text")], formulas=["在线率 < 100% 的设备"])
     for item in sorted(found.values(), key=lambda i: (i.share or 0.0, i.device)):
         if item.share is not None and item.share < 1.0:
-            details.rows.append([names.device(item.device), FAMILY_NAMES.get(item.family,
-                                 item.family), item.share, item.offline_spells,
-                                 "在线" if item.last_state == "online" else "离线",
+            last = "online" if item.last_state == "online" else "offline"
+            details.rows.append([names.device(item.device),
+                                 labels.FAMILY.get(item.family, item.family), item.share,
+                                 item.offline_spells, labels.AVAILABILITY[last],
                                  "；".join(item.reasons) or "—"])
     silent = [d.id for d in site.devices if d.id not in found]
     if silent:

@@ -25,7 +25,8 @@ import json
 import logging
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import Any
+from types import TracebackType
+from typing import Any, Self
 
 import msgspec
 import sqlalchemy as sa
@@ -35,6 +36,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from facility.db import open_store
+from facility.sqlite import set_pragmas
 from rules.alerts import Alert, Incident, Point
 from rules.engine import Effects, Snapshot
 from rules.evaluate import Instance
@@ -166,14 +168,11 @@ def _sqlite_writer(url: str) -> sa.Engine | None:
                               connect_args={"timeout": 2, "check_same_thread": False})
 
     @sa.event.listens_for(engine, "connect")
-    def _pragmas(conn, _record):  # type: ignore[no-untyped-def]
-        cursor = conn.cursor()
-        cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute("PRAGMA synchronous=NORMAL")
-        # No checkpoint inside a commit: it fsyncs the database file, in the service's
-        # thread, for up to hundreds of ms. AlertStore.checkpoint() runs them off-thread.
-        cursor.execute("PRAGMA wal_autocheckpoint=0")
-        cursor.close()
+    def _pragmas(conn: Any, _record: Any) -> None:
+        # The one PRAGMA list, and no checkpoint inside a commit: it fsyncs the database
+        # file, in the service's thread, for up to hundreds of ms. AlertStore.checkpoint()
+        # runs them off-thread.
+        set_pragmas(conn, extra=("wal_autocheckpoint=0",))
 
     return engine
 
@@ -296,6 +295,14 @@ class AlertStore:
     @classmethod
     async def open(cls, url: str) -> AlertStore:
         return cls(await open_store(url, metadata), _sqlite_writer(url))
+
+    async def __aenter__(self) -> Self:
+        """`async with await AlertStore.open(url) as store:` closes it on the way out."""
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None,
+                        exc: BaseException | None, tb: TracebackType | None) -> None:
+        await self.close()
 
     async def close(self) -> None:
         if self.writer is not None:

@@ -202,7 +202,7 @@ async def test_shift_report(settings: Settings, influx: InfluxClient, tmp_path: 
     # the main meter was offline for one hour of 24.
     commands = table(report, "commands").rows
     assert [(r[1], r[3], r[4], r[6]) for r in commands] == [
-        ("全部降下", "王五", "张三", "完成"), ("升起", "访客", "无需批准", "拒绝执行")]
+        ("全部降下", "王五", "张三", "完成"), ("升起", "访客", "无需审批", "拒绝执行")]
     assert commands[0][0] == "11-20 09:55:00" and commands[0][5] == "消防车进场"
     ops = table(report, "bollard_operations").rows
     assert [(r[0], r[2]) for r in ops] == [("08:00", 0), ("10:00", 42)]
