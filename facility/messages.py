@@ -322,7 +322,8 @@ def decode(payload: bytes | str, kind: type[M]) -> M:
     if decoder is None:
         decoder = _decoders[kind] = msgspec.json.Decoder(kind)
     try:
-        return decoder.decode(payload)  # type: ignore[no-any-return]
+        decoded: M = decoder.decode(payload)  # the cache holds each kind's own decoder
+        return decoded
     except (msgspec.ValidationError, msgspec.DecodeError) as exc:
         version = _version_of(payload)
         if version is not None and version != SCHEMA_VERSION:

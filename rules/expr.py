@@ -202,18 +202,20 @@ class Expression:
             make: Callable[[Iterable[Any]], Any] = \
                 tuple if isinstance(node, ast.Tuple) else list if isinstance(node, ast.List) \
                 else frozenset
-            if all(isinstance(e, ast.Constant) for e in node.elts):
+            constants = [e for e in node.elts if isinstance(e, ast.Constant)]
+            if len(constants) == len(node.elts):
                 try:
-                    fixed = make(e.value for e in node.elts)  # type: ignore[attr-defined]
+                    fixed = make(c.value for c in constants)
                 except TypeError:
                     raise self._fail("a set of unhashable items") from None
                 return lambda env: fixed  # the evaluation never changes it
             return lambda env: make(item(env) for item in items)
         if isinstance(node, ast.Dict):
-            if any(k is None for k in node.keys):
+            keys = [k for k in node.keys if k is not None]
+            if len(keys) != len(node.keys):
                 raise self._fail("'**' in a dict is not allowed")
-            pairs = [(self._compile(k), self._compile(v))  # type: ignore[arg-type]
-                     for k, v in zip(node.keys, node.values, strict=True)]
+            pairs = [(self._compile(k), self._compile(v))
+                     for k, v in zip(keys, node.values, strict=True)]
             return lambda env: {k(env): v(env) for k, v in pairs}
         if isinstance(node, ast.Call):
             return self._call(node)
@@ -308,7 +310,8 @@ class Expression:
             if len(node.args) > 2:  # get
                 raise self._fail("get() takes a value name and a default")
             if len(node.args) == 2 and isinstance(node.args[1], ast.Constant):
-                fixed = self._compile(node.args[1])(None)  # type: ignore[arg-type]
+                self._compile(node.args[1])  # refuses a constant of a type not allowed
+                fixed = node.args[1].value
                 return lambda env: env.values.get(name, fixed)
             default = self._compile(node.args[1]) if len(node.args) == 2 else (lambda env: None)
 

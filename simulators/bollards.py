@@ -31,6 +31,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import IntEnum
+from typing import Any
 
 from pymodbus.constants import ExcCodes
 
@@ -544,7 +545,7 @@ class BollardPlc:
             coils[9 + b.n] = b.target is Target.UP
         return coils
 
-    def snapshot(self) -> dict[str, dict]:  # type: ignore[type-arg]
+    def snapshot(self) -> dict[str, dict[Any, Any]]:
         """Group and per-bollard values exactly as the registers encode them."""
         w = self.holding_image()
         group = {

@@ -160,6 +160,7 @@ class GstDetector:
                  noise: Noise, calendar: Calendar, weather: Weather) -> None:
         if device.mqtt is None:
             raise ValueError(f"device {device.id!r}: a GST detector needs an mqtt key")
+        self.mqtt_key = device.mqtt.key
         self.device_id = device.id
         self.device = device
         self.place = place
@@ -224,7 +225,7 @@ class GstDetector:
 
     # MQTT.
     def _event(self, evt: str, t: float) -> Outgoing:
-        return outgoing(f"gst/{self.device.mqtt.key}/event", {  # type: ignore[union-attr]
+        return outgoing(f"gst/{self.mqtt_key}/event", {
             "panel": self.panel_key, "loop": self.loop, "addr": self.addr, "evt": evt,
             "evtNo": self.panel.next_event_number(),
             "desc": f"{self.device.name} {EVENT_TEXT[evt]}",
@@ -244,7 +245,7 @@ class GstDetector:
             body["smoke"] = round(self.smoke(t), 3)
         body.update(temp=round(self.temperature(t), 1), state=state,
                     time=self.calendar.local(t).strftime("%Y-%m-%d %H:%M:%S"))
-        return [outgoing(f"gst/{self.device.mqtt.key}/data", body)]  # type: ignore[union-attr]
+        return [outgoing(f"gst/{self.mqtt_key}/data", body)]
 
     def changes(self, t: float) -> list[Outgoing]:
         self.state(t)

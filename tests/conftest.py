@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+from pydantic import SecretStr
 
 from facility.influx import InfluxClient
 from facility.localservers import InfluxServer, MosquittoServer
@@ -89,7 +90,7 @@ def make_settings(tmp_path: Path, mqtt_url: str, influx_url: str, database: str,
     return load_settings(
         REPO / "config" / "facility.yaml",
         site_file=str(SITE_FILE),
-        mqtt=MqttSettings(url=mqtt_url),  # type: ignore[arg-type]
+        mqtt=MqttSettings(url=SecretStr(mqtt_url)),
         influx=InfluxSettings(url=influx_url, database=database),
         gateway={"spool_dir": str(tmp_path / "spool")},
         **({"ingest": {"spool_dir": str(tmp_path / "spool")}} | overrides),

@@ -176,7 +176,9 @@ async def test_alerts_through_the_rules_engine(settings: Settings, tmp_path: Pat
         assert acked.json()["alert"]["state"] == "active_ack"
         again = await s.post(f"/api/alerts/{alert_id}/acknowledge", "olga", {})
         assert again.status_code == 409 and "already" in again.json()["detail"]
-        stored = await s.rules.store.alert(alert_id)  # type: ignore[union-attr]
+        assert s.rules is not None
+        assert s.rules.store is not None
+        stored = await s.rules.store.alert(alert_id)
         assert stored is not None and stored.acknowledged and stored.acked_by == "olga"
 
         assert (await s.post(f"/api/alerts/{alert_id}/comment", "olga",

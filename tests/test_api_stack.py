@@ -23,6 +23,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import httpx
+from pydantic import SecretStr
 
 from api.auth import Passwords, Role, User
 from api.service import ApiService
@@ -62,7 +63,7 @@ def new_site_id() -> str:
 
 def stack_settings(settings: Settings, state_url: str, **api: Any) -> Settings:
     return settings.model_copy(update={
-        "state": StateSettings(url=state_url),  # type: ignore[arg-type]
+        "state": StateSettings(url=SecretStr(state_url)),
         "api": settings.api.model_copy(update={"host": "127.0.0.1", "port": 0, **api})})
 
 
@@ -107,7 +108,8 @@ class Stack:
 
     def unit(self, n: int) -> dict[str, Any]:
         assert self.campus is not None
-        return self.campus.plc().snapshot()["units"][n]  # type: ignore[no-any-return]
+        unit: dict[str, Any] = self.campus.plc().snapshot()["units"][n]
+        return unit
 
     async def nothing_published(self, collector: Collector) -> None:
         """Everything published before now has reached `collector` once a marker sent

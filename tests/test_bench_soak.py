@@ -99,8 +99,9 @@ def test_good_messages_are_accepted_by_the_gateways_decoder() -> None:
         device = next(d for d in site.devices_of(gateway)
                       if d.mqtt is not None and d.mqtt.vendor == shape.vendor
                       and (("/" in d.mqtt.key) == ("+/+/+" in shape.topic)))
+        assert device.mqtt is not None
         decoder = VendorDecoder(vendors[shape.vendor], site, gateway, time.time_ns)
-        topic, body = mutate.synthesize(shape, device.mqtt.key, time.time(), 3)  # type: ignore[union-attr]
+        topic, body = mutate.synthesize(shape, device.mqtt.key, time.time(), 3)
         out = decoder.decode(topic, mutate.encode(body), iter(range(1, 100)).__next__)
         assert out.device_id == device.id
 

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from pydantic import SecretStr
 
 from facility import brokeracl, topics
 from facility import messages as m
@@ -72,7 +73,7 @@ def secure_broker(tmp_path: Path) -> Iterator[tuple[MosquittoServer, Path]]:
 def settings_for(server: MosquittoServer, cert: Path, user: str | None = None,
                  password: str | None = None) -> MqttSettings:
     auth = f"{user}:{password}@" if user else ""
-    return MqttSettings(url=f"mqtts://{auth}127.0.0.1:{server.port}", tls_ca=cert)  # type: ignore[arg-type]
+    return MqttSettings(url=SecretStr(f"mqtts://{auth}127.0.0.1:{server.port}"), tls_ca=cert)
 
 
 def reading(device: str, family: Family) -> bytes:

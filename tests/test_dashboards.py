@@ -13,8 +13,10 @@ from typing import Any
 import pytest
 import yaml
 from aiohttp import web
+from aiohttp.typedefs import Handler
 from grafana_foundation_sdk.cog.encoder import JSONEncoder
 from grafana_foundation_sdk.models.dashboard import Dashboard
+from pydantic import SecretStr
 
 from dashboards import SCHEMA_VERSION
 from dashboards.check import run_all
@@ -117,11 +119,11 @@ class FakeGrafana:
         self.app = app
 
     @web.middleware
-    async def _record(self, request: web.Request, handler: Any) -> web.StreamResponse:
+    async def _record(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         self.requests.append((request.method, request.path_qs))
         if request.headers.get("Authorization") != f"Bearer {self.token}":
             return web.json_response({"message": "Unauthorized"}, status=401)
-        return await handler(request)  # type: ignore[no-any-return]
+        return await handler(request)
 
     def writes(self) -> list[tuple[str, str]]:
         return [r for r in self.requests if r[0] != "GET"]
@@ -197,9 +199,9 @@ async def test_push_is_idempotent(settings: Settings) -> None:
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    port = runner.addresses[0][1]
     settings = settings.model_copy(update={"grafana": GrafanaSettings(
-        url=f"http://127.0.0.1:{port}", token="glsa_test_token")})  # type: ignore[arg-type]
+        url=f"http://127.0.0.1:{port}", token=SecretStr("glsa_test_token"))})
     try:
         first = await push(settings)
         assert first.grafana_version == "11.6.0"
@@ -222,7 +224,7 @@ async def test_push_is_idempotent(settings: Settings) -> None:
         assert grafana.dashboards["facility-fire"]["dashboard"]["title"] == "消防安全"
 
         bad = settings.model_copy(update={"grafana": GrafanaSettings(
-            url=f"http://127.0.0.1:{port}", token="wrong")})  # type: ignore[arg-type]
+            url=f"http://127.0.0.1:{port}", token=SecretStr("wrong"))})
         from dashboards.push import PushError
 
         with pytest.raises(PushError, match=r"Unauthorized|401"):

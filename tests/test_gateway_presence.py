@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from pydantic import SecretStr
 
 from facility import topics
 from facility.localservers import MosquittoServer
@@ -41,7 +42,7 @@ async def test_will_says_offline_when_the_gateway_dies(tmp_path: Path,
     try:
         from facility.settings import MqttSettings
 
-        mqtt = MqttSettings(url=own_mosquitto.url)  # type: ignore[arg-type]
+        mqtt = MqttSettings(url=SecretStr(own_mosquitto.url))
         async with Collector(mqtt, TOPIC) as statuses:
             async def state() -> tuple[Availability, str] | None:
                 return last_state(statuses)

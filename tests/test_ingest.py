@@ -158,7 +158,9 @@ async def test_influxdb_restart_loses_nothing(tmp_path: Path, mosquitto_server: 
         for _ in range(5):  # keeps publishing while InfluxDB is down
             await stream(200)
             await asyncio.sleep(0.2)
-        await eventually(lambda: asyncio.sleep(0, ingest.writer.stats.retries),  # type: ignore[union-attr]
+        writer = ingest.writer
+        assert writer is not None
+        await eventually(lambda: asyncio.sleep(0, writer.stats.retries),
                          lambda n: n > 0, 20, "ingest to notice the outage")
         own_influx.start()
         await stream(300)

@@ -91,8 +91,10 @@ async def test_control_room_page(settings: Settings, tmp_path: Path) -> None:
             # Acknowledged from the page: the store has it, with who and when.
             await row.locator("button.ack").click()
             await expect(row).to_have_attribute("data-state", "active_ack", timeout=20_000)
-            assert s.rules.store is not None
-            stored = await eventually(lambda: s.rules.store.alert(alert_id),  # type: ignore[union-attr]
+            assert s.rules is not None
+            store = s.rules.store
+            assert store is not None
+            stored = await eventually(lambda: store.alert(alert_id),
                                       lambda a: a is not None and a.acknowledged, 20,
                                       "the acknowledgement in the store")
             assert stored is not None and stored.acked_by == "olga"

@@ -10,7 +10,7 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from facility.configfile import ConfigError
-from facility.endpoints import load_endpoints
+from facility.endpoints import EndpointConfig, load_endpoints
 from facility.site import load_site
 from facility.topology import Topology
 from rules.config import Schedule, load_rules, parse_duration, rule_files
@@ -21,22 +21,22 @@ RULES = REPO / "config" / "rules"
 
 
 @pytest.fixture(scope="module")
-def world() -> tuple[Topology, object]:
+def world() -> tuple[Topology, EndpointConfig]:
     site = load_site(SITE_FILE)
     return Topology(site), load_endpoints(REPO / "config" / "endpoints.yaml", site)
 
 
-def load(tmp_path: Path, world: tuple[Topology, object], text: str,
+def load(tmp_path: Path, world: tuple[Topology, EndpointConfig], text: str,
          name: str = "bad.yaml") -> object:
     path = tmp_path / name
     path.write_text(text, encoding="utf-8")
     topology, endpoints = world
-    return load_rules([RULES / "common.yaml", path], topology, endpoints)  # type: ignore[arg-type]
+    return load_rules([RULES / "common.yaml", path], topology, endpoints)
 
 
-def test_shipped_rules_load(world: tuple[Topology, object]) -> None:
+def test_shipped_rules_load(world: tuple[Topology, EndpointConfig]) -> None:
     topology, endpoints = world
-    rules = load_rules(rule_files(RULES), topology, endpoints)  # type: ignore[arg-type]
+    rules = load_rules(rule_files(RULES), topology, endpoints)
     expected = {"fire-detector-alarm", "fire-panel-alarm", "fire-two-detectors",
                 "fire-smoke-and-heat", "electrical-residual-current",
                 "electrical-cable-temperature", "waterlogging", "sump-pump-failed",
@@ -135,7 +135,8 @@ def test_shipped_rules_load(world: tuple[Topology, object]) -> None:
     text: "{device.__class__}"
 """, "text", "unknown field"),
 ])
-def test_rule_errors_name_file_rule_and_field(tmp_path: Path, world: tuple[Topology, object],
+def test_rule_errors_name_file_rule_and_field(tmp_path: Path,
+                                              world: tuple[Topology, EndpointConfig],
                                               body: str, field: str, says: str) -> None:
     rule_id = body.split("id: ")[1].split("\n")[0]
     with pytest.raises(ConfigError) as info:
@@ -148,7 +149,7 @@ def test_rule_errors_name_file_rule_and_field(tmp_path: Path, world: tuple[Topol
 
 
 def test_duplicates_and_references_across_files(tmp_path: Path,
-                                                world: tuple[Topology, object]) -> None:
+                                                world: tuple[Topology, EndpointConfig]) -> None:
     (tmp_path / "a.yaml").write_text("""version: 1
 rules:
   - {id: twice, name: x, type: absence, match: {family: gateway}, status: offline, after: 1m}
@@ -160,14 +161,14 @@ rules:
 """, encoding="utf-8")
     topology, endpoints = world
     with pytest.raises(ConfigError) as info:
-        load_rules([tmp_path / "a.yaml", tmp_path / "b.yaml"], topology, endpoints)  # type: ignore[arg-type]
+        load_rules([tmp_path / "a.yaml", tmp_path / "b.yaml"], topology, endpoints)
     message = str(info.value)
     assert f"{tmp_path / 'b.yaml'}: rule 'twice' (rules[0]): rule id 'twice' is already used in " \
            f"{tmp_path / 'a.yaml'}" in message
     assert f"{tmp_path / 'b.yaml'}: inhibit[0]: field 'target': no rule 'ghost'" in message
 
 
-def test_not_yaml_and_unknown_keys(tmp_path: Path, world: tuple[Topology, object]) -> None:
+def test_not_yaml_and_unknown_keys(tmp_path: Path, world: tuple[Topology, EndpointConfig]) -> None:
     with pytest.raises(ConfigError, match="not valid YAML"):
         load(tmp_path, world, "version: 1\nrules: [\n")
     with pytest.raises(ConfigError) as info:

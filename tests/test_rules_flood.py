@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pydantic import SecretStr
 
 from facility import messages as m
 from facility import topics
@@ -105,7 +106,7 @@ def flood(url: str, site: str, count: int, rate: float) -> None:
     async def main() -> None:
         messages, _, _ = bad_messages(site, count)
         step = 100
-        async with await MqttLink.open(MqttSettings(url=url),  # type: ignore[arg-type]
+        async with await MqttLink.open(MqttSettings(url=SecretStr(url)),
                                        f"flood-{uuid.uuid4().hex[:6]}") as link:
             started = time.monotonic()
             for start in range(0, len(messages), step):
@@ -184,7 +185,7 @@ async def test_flood_of_bad_messages(tmp_path: Path, nodelay_broker: MosquittoSe
     # evacuation up, and the next fire would join its incident instead of being timed).
     settings = make_settings(tmp_path, nodelay_broker.url, "http://127.0.0.1:9", "unused",
                              rules={"incident_hold": 0.0})
-    campus = Campus(settings, tmp_path, SystemClock())  # type: ignore[arg-type]
+    campus = Campus(settings, tmp_path, SystemClock())
     _, reasons, letters = bad_messages(campus.site_id, FLOOD)
     async with rules_only(campus), Collector(
             settings.mqtt, topics.deadletter(campus.site_id, "rules")) as dead:

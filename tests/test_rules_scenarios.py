@@ -32,9 +32,10 @@ from facility.settings import Settings
 from facility.site import load_site, site_for
 from rules import cap
 from rules.alerts import Alert
-from rules.clock import NS, ManualClock
+from rules.clock import NS, ManualClock, SystemClock
 from rules.ops import AlertOpsClient
 from rules.service import RulesService
+from rules.store import AlertStore
 from simulators.display_player import DisplayPlayer
 from tests.conftest import REPO, SITE_FILE
 from tests.helpers import Collector, eventually, publish_all
@@ -48,7 +49,7 @@ KIOSKS = ["kiosk-main", "kiosk-east", "kiosk-west", "kiosk-conference"]
 class Campus:
     """The rules service and the display player for one test site."""
 
-    def __init__(self, settings: Settings, tmp_path: Path, clock: ManualClock, *,
+    def __init__(self, settings: Settings, tmp_path: Path, clock: ManualClock | SystemClock, *,
                  state_url: str | None = None, rules_dir: Path | None = None) -> None:
         self.settings = settings
         self.site_id = f"t-{uuid.uuid4().hex[:10]}"
@@ -60,6 +61,12 @@ class Campus:
         self.rules: RulesService | None = None
         self.player: DisplayPlayer | None = None
         self.published = 0
+
+    @property
+    def store(self) -> AlertStore:
+        """The running engine's alert store."""
+        assert self.rules is not None and self.rules.store is not None
+        return self.rules.store
 
     def service(self) -> RulesService:
         return RulesService(self.settings, self.site, clock=self.clock, state_url=self.state_url,
@@ -93,6 +100,7 @@ class Campus:
     async def advance(self, seconds: float) -> None:
         """Move the clock and wait until the engine has ticked at the new time."""
         assert self.rules is not None and self.rules.engine is not None
+        assert isinstance(self.clock, ManualClock), "only a manual clock is advanced"
         engine, rules = self.rules.engine, self.rules
         target = await self.clock.advance(seconds)
         before = rules.committed_ticks
@@ -224,7 +232,7 @@ async def test_fire_in_the_west_ebike_shed(settings: Settings, tmp_path: Path) -
             for p in campus.rules.engine.router.pending.values()))
 
         # The emergency is a CAP 1.2 document: Alert first, Update as alerts join.
-        issued = await campus.rules.store.cap_documents(incident.id)  # type: ignore[union-attr]
+        issued = await campus.store.cap_documents(incident.id)
         for document in issued:
             cap.validate(document)
         assert "<msgType>Alert</msgType>" in issued[0] and "<category>Fire</category>" in issued[0]
@@ -254,7 +262,7 @@ async def test_fire_in_the_west_ebike_shed(settings: Settings, tmp_path: Path) -
         await until("the all-clear in the west PA zone",
                     lambda: len(campus.player.screens["pa-west"].announced) == 2)
         assert "解除" in campus.player.screens["pa-west"].announced[-1].text
-        docs = await campus.rules.store.cap_documents(incident.id)  # type: ignore[union-attr]
+        docs = await campus.store.cap_documents(incident.id)
         # What was issued stands; updates as alerts joined, and one all-clear, last.
         assert docs[:len(issued)] == issued
         assert ["<responseType>AllClear</responseType>" in d for d in docs].count(True) == 1
@@ -510,13 +518,13 @@ async def test_acknowledge_shelve_and_escalate(settings: Settings, tmp_path: Pat
             assert hooks[0]["alert"]["id"] == b.id and hooks[0]["alert"]["transition"] == \
                 "escalated"
 
-            history = await campus.rules.store.history(b.id)  # type: ignore[union-attr]
+            history = await campus.store.history(b.id)
             by_action = {h["action"]: h for h in history}
             assert by_action["shelved"]["by"] == "值班长李四"
             assert by_action["shelved"]["detail"]["until"] == until_ns
             assert by_action["shelve_expired"]["to_state"] == "active_unack"
             assert by_action["escalated"]["detail"]["team"] == "control-room-lead"
-            acked = [h for h in await campus.rules.store.history(a.id)  # type: ignore[union-attr]
+            acked = [h for h in await campus.store.history(a.id)
                      if h["action"] == "acknowledged"]
             assert acked[0]["by"] == "值班员张三" and acked[0]["comment"] == "已派人核查"
     finally:
@@ -556,10 +564,10 @@ async def test_restart_mid_alert(settings: Settings, tmp_path: Path, state_url: 
                                          error_code="GroundFailure",
                                          connector_temperature=30.0))
         [faulted] = campus.open_alerts("ev-charger-faulted")
-        history = await campus.rules.store.history(faulted.id)  # type: ignore[union-attr]
+        history = await campus.store.history(faulted.id)
         assert history[0]["action"] == "raised"
         assert history[0]["detail"]["timer_spanned_restart_s"] == 60.0
-        restarted = [h for h in await campus.rules.store.history(fire.id)  # type: ignore[union-attr]
+        restarted = [h for h in await campus.store.history(fire.id)
                      if h["action"] == "service_restarted"]
         assert restarted and restarted[0]["detail"]["down_s"] == 60.0
 
@@ -636,5 +644,7 @@ async def test_second_fire_under_the_same_panel_is_not_hidden(settings: Settings
         [north] = [a for a in campus.open_alerts("fire-detector-alarm")
                    if a.source == "fd-ebn-01"]
         assert west.state is AlertState.SUPPRESSED and north.state is AlertState.ACTIVE_UNACK
+        player = campus.player
+        assert player is not None
         await until("the north shed's PA zone announces",
-                    lambda: campus.player.screens["pa-north"].announced)  # type: ignore[union-attr]
+                    lambda: player.screens["pa-north"].announced)

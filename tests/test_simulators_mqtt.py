@@ -19,6 +19,7 @@ from zoneinfo import ZoneInfo
 
 import aiomqtt
 import pytest
+from pydantic import SecretStr
 
 from facility.localservers import MosquittoServer
 from facility.messages import Family
@@ -89,7 +90,7 @@ async def start_rig(server: MosquittoServer, prefix: str, *,
         await subscriber.subscribe(f"{prefix}#", qos=1)
         pump = asyncio.create_task(inbox.pump(subscriber), name="test-inbox")
         try:
-            mqtt = MqttSettings(url=server.url)  # type: ignore[arg-type]
+            mqtt = MqttSettings(url=SecretStr(server.url))
             async with Campus(SITE, mqtt, clock=clock, seed=3, families=families,
                               min_interval=min_interval, topic_prefix=prefix,
                               use_config_ports=False) as campus:
@@ -405,7 +406,7 @@ async def test_no_device_publishes_more_often_than_min_interval(fast_rig: Rig) -
 
 async def test_publishing_survives_a_broker_restart(own_mosquitto: MosquittoServer) -> None:
     clock = SimClock(start=MORNING, scale=0)
-    mqtt = MqttSettings(url=own_mosquitto.url)  # type: ignore[arg-type]
+    mqtt = MqttSettings(url=SecretStr(own_mosquitto.url))
     async with Campus(SITE, mqtt, clock=clock, seed=3, families={Family.GAS},
                       min_interval=0.02) as campus:
         publisher = campus.publisher
