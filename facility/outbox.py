@@ -14,10 +14,16 @@ import logging
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
-
-import aiomqtt
+from typing import Protocol
 
 from facility import sqlite
+
+
+class Publisher(Protocol):
+    """What drain() needs of a connection: aiomqtt's Client and facility.mqttlink's MqttLink."""
+
+    async def publish(self, topic: str, payload: bytes, qos: int = ...) -> None: ...
+
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +108,7 @@ class Outbox:
         self.memory.clear()
         self._last_loaded = 0
 
-    async def drain(self, client: aiomqtt.Client) -> None:
+    async def drain(self, client: Publisher) -> None:
         """Publish until cancelled or the connection fails (aiomqtt.MqttError)."""
         self.connected = True
         try:

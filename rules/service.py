@@ -240,8 +240,7 @@ class RulesService(Service):
         self._link_up("alerts")
         try:
             async with asyncio.TaskGroup() as tg:
-                # The outbox only calls publish(topic, payload, qos=...), which MqttLink has.
-                tg.create_task(self.outbox.drain(link),  # type: ignore[arg-type]
+                tg.create_task(self.outbox.drain(link),
                                name=f"{self.name} outbox")
                 tg.create_task(self._receive(link), name=f"{self.name} receive alerts")
                 tg.create_task(self._resend_on_connect(), name=f"{self.name} resend")

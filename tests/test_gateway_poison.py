@@ -158,7 +158,7 @@ async def test_a_command_that_meets_a_bug_is_answered_failed() -> None:
     command = m.Command(id="cmd-1", site=SITE, family=m.Family.BOLLARD, device="bollard-s01",
                         action="raise", issued_at=now, expires_at=now + 10**10,
                         issued_by="guard", reason="drill")
-    status = await CommandExecutor.execute(fake, command)  # type: ignore[arg-type]
+    status = await CommandExecutor.execute(fake, command)  # type: ignore[arg-type]  # not a library's: a stand-in with only what execute() touches
     assert status is m.CommandStatus.FAILED
     [(cid, stored, detail)] = finished
     assert cid == "cmd-1" and stored is m.CommandStatus.FAILED
