@@ -19,12 +19,12 @@ import hashlib
 import json
 import re
 import string
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, time
 from functools import cached_property
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 import pydantic
 from pydantic import (
@@ -452,6 +452,21 @@ def rule_files(directory: Path) -> list[Path]:
     return sorted([*directory.glob("*.yaml"), *directory.glob("*.yml")])
 
 
+_Entry = TypeVar("_Entry")
+
+
+def _merge(path: Path, kind: str, items: Mapping[str, _Entry], into: dict[str, _Entry],
+           owners: dict[tuple[str, str], Path], errors: list[str]) -> None:
+    """Add one file's named entries of a kind; a name defined twice is an error."""
+    for name, entry in items.items():
+        if name in into:
+            errors.append(f"{path}: {kind} {name!r} is already defined in "
+                          f"{owners[(kind, name)]}")
+            continue
+        into[name] = entry
+        owners[(kind, name)] = path
+
+
 def load_rules(paths: Iterable[Path], topology: Topology, endpoints: EndpointConfig) -> RuleSet:
     """Read, merge and check rule files; raise ConfigError naming file, rule and field."""
     paths = list(paths)
@@ -482,17 +497,10 @@ def load_rules(paths: Iterable[Path], topology: Topology, endpoints: EndpointCon
             if isinstance(area, list) and not set(area) <= zones:
                 errors.append(f"{path}: reach {category!r}: no zone "
                               f"{sorted(set(area) - zones)[0]!r}")
-        for kind, items, into in (("schedule", parsed.schedules, schedules),
-                                  ("template", parsed.templates, templates),
-                                  ("team", parsed.teams, teams),
-                                  ("reach", parsed.reach, reach)):
-            for name, entry in items.items():
-                if name in into:
-                    errors.append(f"{path}: {kind} {name!r} is already defined in "
-                                  f"{owners[(kind, name)]}")
-                    continue
-                into[name] = entry  # type: ignore[assignment]  # each dict takes its own kind
-                owners[(kind, name)] = path
+        _merge(path, "schedule", parsed.schedules, schedules, owners, errors)
+        _merge(path, "template", parsed.templates, templates, owners, errors)
+        _merge(path, "team", parsed.teams, teams, owners, errors)
+        _merge(path, "reach", parsed.reach, reach, owners, errors)
         inhibit += parsed.inhibit
     compiled: dict[str, CompiledRule] = {}
     for path, parsed, raw in files:

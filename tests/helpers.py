@@ -1,4 +1,4 @@
-"""Small helpers shared by the tests: publish, collect, and wait for a condition."""
+"""Small helpers shared by the tests: publish, collect, wait for a condition, and serve Modbus."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import aiomqtt
+from pymodbus.server import ModbusTcpServer
 
 from facility import messages as m
 from facility.influx import InfluxClient
@@ -112,3 +113,13 @@ async def count_points(influx: InfluxClient, measurement: str, where: str = "") 
     query = f'SELECT count("quality") FROM "{measurement}"' + (f" WHERE {where}" if where else "")
     found = await rows(influx, query)
     return int(found[0]["count"]) if found else 0
+
+
+def modbus_port(server: ModbusTcpServer) -> int:
+    """The port a started pymodbus server listens on."""
+    sockets = server.transport.sockets  # type: ignore[attr-defined]  # pymodbus: a server's transport (an asyncio.Server) is typed as BaseTransport
+    return int(sockets[0].getsockname()[1])
+
+
+async def stop_modbus(server: ModbusTcpServer) -> None:
+    await server.shutdown()  # type: ignore[no-untyped-call]  # pymodbus: ModbusBaseServer.shutdown is unannotated

@@ -26,7 +26,7 @@ from facility.settings import Settings
 from facility.site import SiteConfig, load_site
 from gateway.service import Gateway
 from tests.conftest import SITE_FILE, make_settings
-from tests.helpers import Collector, eventually, publish_all
+from tests.helpers import Collector, eventually, modbus_port, publish_all, stop_modbus
 
 SITE = "panyu-admin-centre"
 
@@ -170,7 +170,7 @@ class Meter:
 async def serve(*meters: Meter) -> tuple[ModbusTcpServer, int]:
     server = ModbusTcpServer(context=[mt.device for mt in meters], address=("127.0.0.1", 0))
     await server.serve_forever(background=True)
-    return server, server.transport.sockets[0].getsockname()[1]  # type: ignore[attr-defined]  # pymodbus: a server's transport (an asyncio.Server) is typed as BaseTransport
+    return server, modbus_port(server)
 
 
 def modbus_site(ports: dict[str, tuple[int, int]], period: float = 0.2) -> SiteConfig:
@@ -235,8 +235,8 @@ async def test_silent_unit_goes_offline_and_neighbours_keep_their_rate(settings:
                              "em-a1 back online")
     finally:
         a1.silent.clear()
-        await server_a.shutdown()  # type: ignore[no-untyped-call]  # pymodbus: ModbusBaseServer.shutdown is unannotated
-        await server_b.shutdown()  # type: ignore[no-untyped-call]  # pymodbus: ModbusBaseServer.shutdown is unannotated
+        await stop_modbus(server_a)
+        await stop_modbus(server_b)
 
 
 @pytest.mark.slow
@@ -267,7 +267,7 @@ async def test_gateway_spools_while_broker_is_down(tmp_path: Path, own_mosquitto
                                     lambda s: bool(s) and max(s) >= made, 20,
                                     "the replayed readings")
     finally:
-        await server.shutdown()  # type: ignore[no-untyped-call]  # pymodbus: ModbusBaseServer.shutdown is unannotated
+        await stop_modbus(server)
     # Every reading the gateway made arrived once or more (QoS 1), none lost, in order.
     assert sorted(set(seqs)) == list(range(1, max(seqs) + 1))
     assert seqs == sorted(seqs)

@@ -16,7 +16,7 @@ from facility.messages import Quality, Reading
 from facility.settings import Settings
 from gateway.service import Gateway
 from gateway.vendors import VendorDecoder
-from tests.helpers import Collector, eventually, publish_all
+from tests.helpers import Collector, eventually, publish_all, stop_modbus
 from tests.test_gateway import SITE, Meter, campus, modbus_site, serve, vendor_messages
 
 MARK = "POISON"
@@ -133,7 +133,7 @@ async def test_a_decode_bug_on_a_modbus_block_is_quarantined(
         assert set(hurt[0].errors.values()) == {"decode failed (registers quarantined)"}
         assert not set(hurt[0].errors) & set(hurt[0].values)
     finally:
-        await server.shutdown()  # type: ignore[no-untyped-call]  # pymodbus: ModbusBaseServer.shutdown is unannotated
+        await stop_modbus(server)
 
 
 async def test_a_command_that_meets_a_bug_is_answered_failed() -> None:

@@ -18,6 +18,7 @@ from facility.messages import Availability, Family
 from facility.site import Device, ModbusEndpoint
 from gateway.modbus.poller import HostPoller, PolledDevice, PollResult, Sink
 from gateway.modbus.registermap import RegisterMap, compile_plan, load_models
+from tests.helpers import modbus_port, stop_modbus
 
 CASES = Path(__file__).parent / "modbus_cases"
 MODELS = load_models(Path(__file__).parent.parent / "config" / "models")
@@ -76,7 +77,7 @@ async def poll_once(regmap: RegisterMap, units: int,
     server = ModbusTcpServer(context=[sim_device(1, registers)], address=("127.0.0.1", 0))
     await server.serve_forever(background=True)
     try:
-        port = server.transport.sockets[0].getsockname()[1]  # type: ignore[attr-defined]  # pymodbus: a server's transport (an asyncio.Server) is typed as BaseTransport
+        port = modbus_port(server)
         device = Device(id="dut", family=Family.ENERGY, kind="meter", gateway="gw", place="p",
                         modbus=ModbusEndpoint(host="127.0.0.1", port=port, unit=1,
                                               model=regmap.model, period=60, timeout=2))
@@ -90,7 +91,7 @@ async def poll_once(regmap: RegisterMap, units: int,
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
     finally:
-        await server.shutdown()  # type: ignore[no-untyped-call]  # pymodbus: ModbusBaseServer.shutdown is unannotated
+        await stop_modbus(server)
 
 
 def same(actual: Any, expected: Any) -> bool:
