@@ -482,5 +482,5 @@ class AlertStore:
 
 
 def to_builtins(item: Alert | Incident | Point) -> dict[str, Any]:
-    data = asdict(item)
-    return msgspec.to_builtins(data)  # type: ignore[no-any-return]
+    built: dict[str, Any] = msgspec.to_builtins(asdict(item))
+    return built

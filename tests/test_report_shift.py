@@ -9,6 +9,7 @@ from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
+from pydantic import SecretStr
 
 from facility import lineprotocol as lp
 from facility.influx import InfluxClient
@@ -160,7 +161,7 @@ def table(report: Report, key: str) -> Table:
 
 async def test_shift_report(settings: Settings, influx: InfluxClient, tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'state.sqlite'}"
-    settings = settings.model_copy(update={"state": StateSettings(url=url)})  # type: ignore[arg-type]
+    settings = settings.model_copy(update={"state": StateSettings(url=SecretStr(url))})
     await fill_store(url)
     await fill_audit(url)
     await fill_influx(influx, settings)

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any, Protocol
 
 from facility import sqlite
 from facility.db import create_engine
@@ -15,8 +16,14 @@ from rules.store import AlertStore
 WANTED = {"journal_mode": "wal", "synchronous": 1, "foreign_keys": 1}
 
 
-def pragmas(conn: object) -> dict[str, object]:
-    cursor = conn.cursor()  # type: ignore[attr-defined]
+class Connection(Protocol):
+    """sqlite3's connection, or the DB-API one SQLAlchemy hands out."""
+
+    def cursor(self) -> Any: ...
+
+
+def pragmas(conn: Connection) -> dict[str, object]:
+    cursor = conn.cursor()
     try:
         return {name: cursor.execute(f"PRAGMA {name}").fetchone()[0] for name in WANTED}
     finally:
@@ -50,5 +57,6 @@ async def test_the_state_store_gets_the_same_list(tmp_path: Path) -> None:
         assert store.writer is not None
         with store.writer.connect() as conn:
             raw_writer = conn.connection.driver_connection
+            assert raw_writer is not None
             assert pragmas(raw_writer) == WANTED
             assert conn.exec_driver_sql("PRAGMA wal_autocheckpoint").scalar() == 0
