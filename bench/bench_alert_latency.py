@@ -395,7 +395,7 @@ async def run(quick: bool) -> list[Figure]:
                                  "--config", str(config))
             processes.append(player)
             metrics_url = f"http://127.0.0.1:{free_port()}/metrics"
-            rules = await start(folder, "rules", "-m", "facility", "--config", str(config),
+            rules = await start(folder, "rules", "-m", "app", "--config", str(config),
                                 "--log-level", "WARNING", "rules", "run", "--metrics",
                                 metrics_url.split("//")[1].split("/")[0])
             processes.append(rules)

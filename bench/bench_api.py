@@ -91,11 +91,11 @@ async def run(quick: bool = False) -> list[Figure]:
                "FACILITY_API_SECRET": secrets.token_urlsafe(32),
                "FACILITY_STATE_URL": f"sqlite:///{folder / 'state.sqlite'}"}
         password = secrets.token_urlsafe(16)
-        subprocess.run([sys.executable, "-m", "facility", "users", "add", "bench", "--role",
+        subprocess.run([sys.executable, "-m", "app", "users", "add", "bench", "--role",
                         "viewer", "--zones", "*", "--password-stdin"], input=password.encode(),
                        env=env, cwd=REPO, check=True, capture_output=True)
         log = (folder / "api.log").open("wb")
-        api = subprocess.Popen([sys.executable, "-m", "facility", "api"], env=env, cwd=REPO,
+        api = subprocess.Popen([sys.executable, "-m", "app", "api"], env=env, cwd=REPO,
                                stdout=log, stderr=subprocess.STDOUT)
         try:
             base = f"http://127.0.0.1:{port}"

@@ -79,7 +79,7 @@ async def load(influx_url: str, database: str, start: datetime, days: int) -> in
 def facility(args: list[str], env: dict[str, str]) -> tuple[float, str]:
     """Wall time of the whole command, and what it said on stderr."""
     started = time.monotonic()
-    done = subprocess.run([sys.executable, "-m", "facility", *args], env={**os.environ, **env},
+    done = subprocess.run([sys.executable, "-m", "app", *args], env={**os.environ, **env},
                           cwd=REPO, check=True, stdout=subprocess.DEVNULL,
                           stderr=subprocess.PIPE, text=True)
     return time.monotonic() - started, done.stderr

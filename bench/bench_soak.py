@@ -677,7 +677,7 @@ async def run(quick: bool, minutes: float | None = None) -> list[Figure]:
         await asyncio.wait_for(ready.wait(), 30)
 
         started = time.monotonic()
-        base = ["-m", "facility", "--config", str(config), "--log-level", "WARNING"]
+        base = ["-m", "app", "--config", str(config), "--log-level", "WARNING"]
 
         def service(name: str, argv: list[str], metrics: bool = True) -> Supervised:
             port = free_port() if metrics else 0

@@ -37,13 +37,13 @@ def rss_mb(pid: int) -> float:
 
 
 class Service:
-    """`python -m facility <command>` with FACILITY_* settings and a metrics endpoint."""
+    """`python -m app <command>` with FACILITY_* settings and a metrics endpoint."""
 
     def __init__(self, command: list[str], env: dict[str, str], log: Path) -> None:
         self.metrics_port = free_port()
         self.log = log.open("wb")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "facility", *command, "--metrics",
+            [sys.executable, "-m", "app", *command, "--metrics",
              f"127.0.0.1:{self.metrics_port}"],
             env={**os.environ, **env}, cwd=REPO, stdout=self.log, stderr=subprocess.STDOUT)
 

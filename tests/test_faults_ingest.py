@@ -123,7 +123,7 @@ async def test_ingest_killed_before_writing_loses_nothing(
            "FACILITY_INGEST_SPOOL_DIR": str(tmp_path / "spool")}
     log = (tmp_path / "ingest.log").open("wb")
     process = subprocess.Popen(  # noqa: ASYNC220 (a process the test kills on purpose)
-        [sys.executable, "-m", "facility", "ingest", "--metrics", f"127.0.0.1:{metrics_port}"],
+        [sys.executable, "-m", "app", "ingest", "--metrics", f"127.0.0.1:{metrics_port}"],
         env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
     try:
         await eventually(lambda: asyncio.to_thread(_healthy, metrics_port), bool, 30,

@@ -37,7 +37,7 @@ async def test_will_says_offline_when_the_gateway_dies(tmp_path: Path,
            "FACILITY_GATEWAY_SPOOL_DIR": str(tmp_path / "spool")}
     log = (tmp_path / "gateway.log").open("wb")
     gateway = subprocess.Popen(  # noqa: ASYNC220 (a process the test kills on purpose)
-        [sys.executable, "-m", "facility", "gateway", "--id", "gw-iot"], env=env, cwd=REPO,
+        [sys.executable, "-m", "app", "gateway", "--id", "gw-iot"], env=env, cwd=REPO,
         stdout=log, stderr=subprocess.STDOUT)
     try:
         from facility.settings import MqttSettings
