@@ -9,9 +9,10 @@ counted by reason and either dead-lettered or ignored by design:
 | `contract`       | not JSON, wrong types, NaN/Inf, bad names, ...   | only on rules' topics   |
 | `mismatch`       | payload's site/device/family differs from topic  | only on rules' topics   |
 | `unknown_device` | a device the site file does not know             | no: nothing to judge    |
-| `failed`         | the engine raised on it (a bug): quarantined by  | yes, always             |
-|                  | facility.deadletters (class, text, last frame;   |                         |
-|                  | the traceback logged once per place), goes on    |                         |
+
+A message on which the engine raises (a bug, not a bad message) is not caught here: the
+service runs every message through facility.deadletters, which quarantines it (class, text,
+last frame, the traceback logged once per place) and goes on.
 
 Telemetry, statuses and events are also read by ingest, which dead-letters contract
 breaches, oversized payloads and topic mismatches itself; a second letter from the rules
@@ -31,7 +32,6 @@ from typing import Any
 
 from facility import messages as m
 from facility import topics
-from facility.deadletters import last_frame
 from facility.ops import OPS_FAMILY
 from facility.topics import Kind, ParsedTopic
 from rules.engine import Engine
@@ -80,7 +80,6 @@ class Intake:
         self.refused: Counter[str] = Counter()
         self.taken: Counter[str] = Counter()  # by kind
         self.letters = TokenBucket(letters_per_s, letters_per_s * 5)
-        self._failed_at: set[str] = set()
         self.dropped = 0  # dead letters the rate limit held back
         self._topics: dict[str, ParsedTopic | None] = {}
 
@@ -161,13 +160,6 @@ class Intake:
                                     payload, None), None
         except m.ContractError as exc:
             return self._refuse(topic, "contract", str(exc), payload, kind), None
-        except Exception as exc:  # a bug, not a bad message: keep going, keep the evidence
-            place = last_frame(exc)
-            if place not in self._failed_at:  # the traceback once per place
-                self._failed_at.add(place)
-                log.exception("%s: the engine failed on a message on %s", self.site_id, topic)
-            return self._refuse(topic, "failed", f"{type(exc).__name__}: {exc} (at {place})",
-                                payload, None), None
         self.taken[kind.value] += 1
         return None, None
 
@@ -183,8 +175,8 @@ class Intake:
     def _refuse(self, topic: str, reason: str, detail: str, payload: bytes,
                 kind: Kind | None) -> Refusal:
         self.refused[reason] += 1
-        letter = reason == "failed" or (reason in ("oversized", "contract", "mismatch")
-                                        and kind is not None and kind not in INGESTED)
+        letter = reason in ("oversized", "contract", "mismatch") \
+            and kind is not None and kind not in INGESTED
         if letter and not self.letters.take():
             self.dropped += 1
             letter = False

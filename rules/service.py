@@ -37,7 +37,7 @@ import sqlalchemy as sa
 from facility import messages as m
 from facility import topics
 from facility.configfile import ConfigError
-from facility.deadletters import QUARANTINED, REFUSED, DeadLetters, Letter
+from facility.deadletters import DeadLetters, Letter
 from facility.endpoints import EndpointConfig, load_endpoints
 from facility.metrics import Metrics
 from facility.mqtt import run_connected
@@ -328,7 +328,7 @@ class RulesService(Service):
                 for topic, payload in batch[start:start + chunk]:
                     out = self.letters.run(partial(self._take, topic, payload, now), topic,
                                            payload)
-                    if isinstance(out, Letter):  # a bug met outside the intake's own guard
+                    if isinstance(out, Letter):  # the engine failed on it: quarantined
                         self._send_letter(out)
                     if self.engine.urgent():  # tell the world now, not after the batch
                         await self._commit_step(now)
@@ -359,8 +359,7 @@ class RulesService(Service):
     def _dead_letter(self, refusal: Refusal, now: int) -> None:
         self._send_letter(self.letters.letter(
             refusal.topic, refusal.payload, refusal.reason,
-            f"{refusal.reason}: {refusal.detail}",
-            kind=QUARANTINED if refusal.reason == "failed" else REFUSED))
+            f"{refusal.reason}: {refusal.detail}"))
 
     def _send_letter(self, letter: Letter) -> None:
         # On the telemetry connection: letters must not queue before alert messages.

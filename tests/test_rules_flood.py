@@ -29,6 +29,7 @@ from pydantic import SecretStr
 
 from facility import messages as m
 from facility import topics
+from facility.deadletters import QUARANTINED
 from facility.localservers import MosquittoServer
 from facility.messages import Family
 from facility.mqtt import make_client
@@ -222,6 +223,7 @@ async def test_flood_of_bad_messages(tmp_path: Path, nodelay_broker: MosquittoSe
         assert len(set(lettered)) == len(got) and "" not in lettered  # each once, all ours
         assert all(d.source == "rules" and d.reason for d in got)
         assert rules.failed is None and rules.intake.refused["failed"] == 0
+        assert rules.letters.of_kind(QUARANTINED) == 0  # no bug met on any of them
         after = await fire_latency(campus, settings.mqtt, BUILDING_DETECTORS[0])
     assert during, "no fire was timed during the flood"
     print(f"\nfire -> 13 screens: calm {statistics.median(calm) * 1000:.0f} ms (median of "

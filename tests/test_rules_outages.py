@@ -5,6 +5,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
+from facility import messages as m
+from facility import topics
+from facility.deadletters import QUARANTINED
 from facility.endpoints import load_endpoints
 from facility.messages import (
     AlertAction,
@@ -25,6 +30,7 @@ from rules.config import load_rules, rule_files
 from rules.engine import Engine
 from rules.scope import Plan
 from tests.conftest import REPO, SITE_FILE
+from tests.helpers import Collector
 from tests.test_rules_scenarios import START, Campus, running, until
 
 
@@ -411,3 +417,32 @@ async def test_one_device_one_fault_one_alarm(settings: Settings, tmp_path: Path
             await campus.advance(1)
         [offline] = [a for a in campus.open_alerts("device-offline") if a.source == PLC]
         assert offline.suppressed_by == silent.id and silent.annunciated
+
+
+async def test_a_bug_met_on_a_message_is_quarantined_and_the_engine_goes_on(
+        settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The engine raises on one reading (a bug): the service's guard dead-letters it with
+    the class, the text and the place, and the next reading is taken as usual."""
+    original = Engine.reading
+
+    def reading(self: Engine, item: Reading, now: int) -> None:
+        if item.values.get("water_level") == 13.0:
+            raise ZeroDivisionError("a bug met on this reading")
+        original(self, item, now)
+
+    monkeypatch.setattr(Engine, "reading", reading)
+    clock = ManualClock(START)
+    campus = Campus(settings, tmp_path, clock)
+    async with running(campus), Collector(
+            settings.mqtt, topics.deadletter(campus.site_id, "rules")) as dead:
+        assert campus.rules is not None
+        await campus.send(campus.reading(Family.DRAINAGE, "wl-west-gate", water_level=13.0),
+                          wait=False)
+        [(_, raw)] = await dead.wait_for(1)
+        letter = m.decode(raw, m.DeadLetter)
+        assert letter.reason.startswith("ZeroDivisionError: a bug met on this reading (at "
+                                        "tests/test_rules_outages.py:")
+        assert campus.rules.letters.of_kind(QUARANTINED) == 1
+        await campus.send(campus.reading(Family.DRAINAGE, "wl-west-gate", water_level=46.0))
+        await campus.advance(1)
+        assert campus.open_alerts("waterlogging") and campus.rules.failed is None
