@@ -24,6 +24,7 @@ from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from facility.labels import COMMAND_ACTION, COMMAND_STATUS, label
 from facility.messages import (
     Availability,
     Command,
@@ -440,8 +441,8 @@ class Evaluator:
                     inst.deadline = None
                     inst.command = command.id
                     if inst.active:
-                        out.append(self._set(inst, -1, now, None,
-                                             text=f"superseded by {command.action}"))
+                        action = label(COMMAND_ACTION, command.action)
+                        out.append(self._set(inst, -1, now, None, text=f"被{action}指令取代"))
         return out
 
     def on_command_result(self, result: CommandResult, now: int) -> list[Signal]:
@@ -455,9 +456,10 @@ class Evaluator:
                 if inst.command == result.id and inst.deadline is not None:
                     inst.deadline = None
                     value, unit = self._value(compiled, "expect", source)
+                    # What the operator reads: the status in Chinese, the gateway's detail.
+                    said = f"{label(COMMAND_STATUS, result.status)}：{result.detail}".rstrip("：")
                     out.append(self._set(inst, 0, now, rule.severity, value=value, unit=unit,
-                                         text=f"{result.status.value}: {result.detail}".strip(),
-                                         detail={"command": result.id}))
+                                         text=said, detail={"command": result.id}))
         return out
 
     def _command_targets(self, command: Command) -> list[str]:
@@ -688,11 +690,11 @@ class Evaluator:
                             value, unit = self._value(compiled, "expect", inst.source)
                             out.append(self._set(inst, 0, now, rule.severity, value=value,
                                                  unit=unit, detail={"command": inst.command},
-                                                 text="no confirmation in time"))
+                                                 text="规定时间内未确认到位"))
             elif kind == "event" and rule.auto_clear is not None:
                 for inst in instances:
                     if inst.active and now - inst.since >= rule.auto_clear * NS:
-                        out.append(self._set(inst, -1, now, None, text="auto clear"))
+                        out.append(self._set(inst, -1, now, None, text="自动解除"))
             elif kind == "correlation":
                 for inst in instances:
                     if inst.active or inst.members:
@@ -701,7 +703,7 @@ class Evaluator:
                     and not self.in_schedules(rule.schedule, now):
                 for inst in instances:
                     if inst.active:
-                        out.append(self._set(inst, -1, now, None, text="outside schedule"))
+                        out.append(self._set(inst, -1, now, None, text="不在监视时段内"))
         return out
 
     def _clock_moves(self, compiled: CompiledRule, now: int) -> bool:
@@ -740,14 +742,14 @@ class Evaluator:
                 else:
                     deadline = None
                 since = data.status_since if data is not None else now
-                text = "offline"
+                text = "通信中断"
             else:
                 period = self.topology.sources[source].report_period
                 limit = rule.after if rule.after is not None else rule.after_periods * period
                 last = data.last_reading if data and data.last_reading else self.started_at
                 deadline = last + round(limit * NS)
                 since = last
-                text = f"no data for {(now - last) / NS:.0f}s"
+                text = f"{(now - last) / NS:.0f}秒无数据"
             missing = deadline is not None and now >= deadline
             inst = mine.get(source)
             active = inst is not None and inst.active

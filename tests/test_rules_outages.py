@@ -3,6 +3,7 @@ drives): a gateway's last will does not skip the offline hold."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -417,6 +418,9 @@ async def test_one_device_one_fault_one_alarm(settings: Settings, tmp_path: Path
             await campus.advance(1)
         [offline] = [a for a in campus.open_alerts("device-offline") if a.source == PLC]
         assert offline.suppressed_by == silent.id and silent.annunciated
+        # What the operator reads is Chinese: the rule's text and what the engine adds.
+        assert "秒无数据" in silent.text and "通信中断" in offline.text
+        assert not re.search("[A-Za-z]", silent.text + offline.text), (silent.text, offline.text)
 
 
 async def test_a_bug_met_on_a_message_is_quarantined_and_the_engine_goes_on(
