@@ -1,0 +1,305 @@
+"""The duty service: incidents from the broker in, notices to people out, acknowledgements
+back to the rules engine, work orders kept.
+
+- Reads AlertMessage on alert/+ of its site (a persistent QoS 1 session on the lean MQTT
+  link, as ingest does); each message goes through facility.deadletters, so a bad one is
+  a counted dead letter and the line moves on.
+- The Escalator says who to notify; each notice is recorded (the store's unique key
+  refuses a second copy) before a task delivers it through the Deliverer.
+- An acknowledge link, opened on a phone, comes to this service's small web server
+  (duty.web); the person is checked, the link used up and audited, and an AlertOperation
+  `acknowledge` goes to the rules engine on command/alert/{alert} (facility.ops, the
+  protocol the control-room page uses). The engine's AlertMessage that follows stops
+  the escalation and tells the others, like an acknowledgement on the page.
+- A timer ticks the chains and the work orders (open on persisting faults, verify,
+  SLA escalation through the same chains).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from contextlib import AbstractAsyncContextManager
+from datetime import UTC, datetime, timedelta
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import aiomqtt
+
+from duty.channels import Channel, build
+from duty.config import DutyFile, DutySettings, RouteSpec, load_duty
+from duty.deliver import Attempt, Deliverer
+from duty.escalate import Escalator, Notice, Page
+from duty.links import Claim, LinkError, Signer
+from duty.roster import Calendar
+from duty.store import DutyStore
+from duty.workorders import WorkOrder, WorkOrderBook
+from facility import labels, topics
+from facility import messages as m
+from facility.deadletters import DeadLetters, Letter
+from facility.metrics import Metrics
+from facility.mqtt import run_connected
+from facility.mqttlink import MqttLink, connector
+from facility.ops import Operations
+from facility.service import Service
+from facility.settings import Settings
+from facility.topics import Kind
+
+log = logging.getLogger(__name__)
+
+
+class DutyService(Service):
+    name = "duty"
+
+    def __init__(self, settings: Settings, site: str, *, duty: DutyFile | None = None,
+                 options: DutySettings | None = None,
+                 clock: Callable[[], float] = time.time,
+                 channels: Mapping[str, Channel] | None = None) -> None:
+        super().__init__()
+        self.settings = settings
+        self.site = site
+        self.options = options or DutySettings()
+        folder = settings.config_path.parent
+        self.config = duty or load_duty(folder / self.options.file)
+        self.calendar = Calendar.load(_resolve(folder, self.options.holidays_file))
+        self.clock = clock
+        self.client_id = f"{settings.mqtt.client_prefix}-duty-{site}"
+        secret = self.options.secret.get_secret_value() if self.options.secret else ""
+        self.signer = Signer(secret.encode() or uuid.uuid4().hex.encode() * 2,
+                             self.config.link_lifetime)
+        self._given_channels = channels
+        self.metrics = Metrics("duty")
+        self.letters = DeadLetters("duty", site, metrics=self.metrics)
+        self.store: DutyStore | None = None
+        self.escalator: Escalator | None = None
+        self.book = WorkOrderBook(self.config.workorders, clock, self._order_id)
+        self.deliverer: Deliverer | None = None
+        self._http: aiohttp.ClientSession | None = None
+        self._ops: Operations | None = None
+        self._sending: set[asyncio.Task[None]] = set()
+        self.delivered = 0
+
+    # --- life -------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        self.store = await DutyStore.open(self.settings.state_url, self.site)
+        roster = await self.store.roster()
+        if not roster.people:  # a fresh store: the roster file's rotations, 60 days on
+            now = datetime.fromtimestamp(self.clock(), UTC)
+            roster = self.config.roster(self.calendar, now - timedelta(days=1),
+                                        now + timedelta(days=self.options.days))
+            await self.store.save_roster(roster)
+        self.escalator = Escalator(self.config, roster, self.calendar, self.clock,
+                                   link=self.link)
+        for chain in {self.config.workorders.chain}:  # SLA pages run the work-order chain
+            if chain in self.config.chains:
+                self.escalator.routes[f"@{chain}"] = RouteSpec(name=f"@{chain}", chain=chain)
+        self._http = aiohttp.ClientSession()
+        channels: Mapping[str, Channel]
+        if self._given_channels is not None:
+            channels = self._given_channels
+        else:
+            channels, missing = build(self.config.channels, self._http, self.clock)
+            for line in missing:
+                log.warning("duty: %s; that channel is off", line)
+        self.deliverer = Deliverer(channels, self._record, self.clock)
+        for order in await self.store.orders():
+            self.book.orders[order.id] = order
+
+    async def close(self) -> None:
+        for task in self._sending:
+            task.cancel()
+        await asyncio.gather(*self._sending, return_exceptions=True)
+        if self._http is not None:
+            await self._http.close()
+        if self.store is not None:
+            await self.store.close()
+
+    async def run(self) -> None:
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(run_connected(self.settings.mqtt, self._connector(), self._session,
+                                         name=self.name), name="duty mqtt")
+            tg.create_task(self._ticker(), name="duty ticker")
+
+    def _connector(self) -> Callable[[], AbstractAsyncContextManager[MqttLink]]:
+        return connector(self.settings.mqtt, self.client_id, session_expiry=24 * 3600,
+                         receive_maximum=1000)
+
+    async def _session(self, link: MqttLink) -> None:
+        self._ops = Operations(self.site, link.publish)
+        await link.subscribe([topics.subscription(Kind.ALERT, self.site), self._ops.results()],
+                             qos=1)
+        self.ready.set()
+        try:
+            while True:
+                batch = await link.next_batch(100, None)
+                for message in batch:
+                    topic, payload = str(message.topic), bytes(message.payload)
+                    out = await self.letters.run_async(partial(self.take, topic, payload),
+                                                       topic, payload)
+                    if isinstance(out, Letter):
+                        await link.publish(out.topic, out.payload)
+                link.ack(batch)
+        finally:
+            self.ready.clear()
+            self._ops.cancel()
+            self._ops = None
+
+    async def take(self, topic: str, payload: bytes) -> None:
+        """One message from the broker."""
+        if topics.is_kind(topic, Kind.COMMAND_RESULT, self.site):
+            if self._ops is not None:
+                self._ops.take(payload)
+            return
+        alert = m.decode(payload, m.AlertMessage)
+        if alert.site != self.site:
+            raise m.ContractError(f"an alert of site {alert.site!r} on {self.site!r}'s topic")
+        assert self.escalator is not None
+        self.book.take(alert)
+        await self.send(self.escalator.take(alert))
+        await self._save_orders()
+
+    async def _ticker(self) -> None:
+        while True:
+            await asyncio.sleep(self.options.tick)
+            await self.tick()
+
+    async def tick(self) -> None:
+        assert self.escalator is not None
+        notices = self.escalator.tick()
+        opened, missed = self.book.tick()
+        for order in opened:
+            notices += self._order_page(order)
+        for order in missed:
+            notices += self._sla_page(order)
+        await self.send(notices)
+        await self._save_orders()
+
+    # --- notices ----------------------------------------------------------------------
+
+    async def send(self, notices: list[Notice]) -> None:
+        assert self.store is not None
+        assert self.escalator is not None
+        for notice in notices:
+            if not await self.store.add_notice(notice):
+                continue  # sent before (a redelivery, a restart): never twice
+            person = self.escalator.roster.people.get(notice.person)
+            if person is None:
+                continue
+            task = asyncio.create_task(self._deliver(notice),
+                                       name=f"duty deliver {notice.thread}")
+            self._sending.add(task)
+            task.add_done_callback(self._sending.discard)
+
+    async def _deliver(self, notice: Notice) -> None:
+        assert self.deliverer is not None
+        assert self.store is not None
+        assert self.escalator is not None
+        person = self.escalator.roster.people[notice.person]
+        channel = await self.deliverer.deliver(notice, person)
+        if channel:
+            self.delivered += 1
+            await self.store.delivered(notice, channel, self.clock())
+        else:
+            log.warning("duty: %s for %s not delivered on any channel", notice.event,
+                        notice.person)
+
+    async def _record(self, attempt: Attempt) -> None:
+        assert self.store is not None
+        await self.store.add_attempt(attempt)
+
+    async def idle(self, timeout: float = 10.0) -> None:
+        """Until every delivery under way has ended (tests, the scripted night)."""
+        async with asyncio.timeout(timeout):
+            while self._sending:
+                await asyncio.gather(*list(self._sending), return_exceptions=True)
+
+    # --- acknowledge links --------------------------------------------------------------
+
+    def link(self, person: str, incident: str) -> str:
+        return self.config.link_base + self.signer.token(person, incident, self.clock())
+
+    async def redeem(self, token: str) -> tuple[bool, str]:
+        """A phone opened an acknowledge link: (acknowledged, what to show, in Chinese)."""
+        assert self.store is not None
+        assert self.escalator is not None
+        now = self.clock()
+        try:
+            claim = self.signer.check(token, now)
+        except LinkError as exc:
+            await self.store.audit("?", "ack_link_refused", "", exc.reason, now)
+            return False, labels.DUTY_TEXT[f"ack_{exc.reason}"]
+        if not await self.store.redeem(claim.nonce, claim.person, claim.incident, now):
+            return False, labels.DUTY_TEXT["ack_used"]
+        person = self.escalator.roster.people.get(claim.person)
+        who = person.name if person is not None else claim.person
+        page = self.escalator.pages.get(claim.incident)
+        if page is None or not page.open:
+            return True, labels.DUTY_TEXT["ack_done"].format(who=who)
+        if claim.incident.startswith("wo-"):  # a work order's SLA page: ours alone
+            return True, await self._ack_page(page, who, claim)
+        return await self._ack_alerts(page, who, claim)
+
+    async def _ack_alerts(self, page: Page, who: str, claim: Claim) -> tuple[bool, str]:
+        assert self.store is not None
+        if self._ops is None:
+            return False, labels.HTTP_STATUS.get("503", "服务暂不可用")
+        details = []
+        for alert in sorted(page.unacked) or sorted(page.alerts):
+            try:
+                result = await self._ops.request(
+                    m.AlertAction.ACKNOWLEDGE, alert, who,
+                    comment=f"手机确认链接（{claim.person}）", timeout=self.options.ack_timeout)
+                details.append(f"{alert}: {'ok' if result.ok else result.detail}")
+            except (TimeoutError, aiomqtt.MqttError) as exc:
+                details.append(f"{alert}: {exc}")
+        await self.store.audit(claim.person, "ack_sent", claim.incident, "; ".join(details),
+                               self.clock())
+        return True, labels.DUTY_TEXT["ack_done"].format(who=who)
+
+    async def _ack_page(self, page: Page, who: str, claim: Claim) -> str:
+        assert self.escalator is not None
+        page.acked_by, page.acked_at = who, self.clock()
+        await self.send(self.escalator._update(page, "acknowledged", 0,
+                                               labels.DUTY_TEXT["acked_by"].format(who=who)))
+        return labels.DUTY_TEXT["ack_done"].format(who=who)
+
+    # --- work orders --------------------------------------------------------------------
+
+    def _order_id(self) -> str:
+        moment = datetime.fromtimestamp(self.clock(), UTC)
+        return f"wo-{moment:%Y%m%d}-{uuid.uuid4().hex[:6]}"
+
+    def _order_text(self, order: WorkOrder, key: str, **extra: Any) -> str:
+        return labels.DUTY_TEXT[key].format(
+            id=order.id, place=order.place, device=order.device, fault=order.fault,
+            priority=labels.label(labels.WORKORDER_PRIORITY, str(order.priority)), **extra)
+
+    def _order_page(self, order: WorkOrder) -> list[Notice]:
+        """A new fault order: the team's on-duty people hear of it, once."""
+        assert self.escalator is not None
+        text = self._order_text(order, "workorder_opened")
+        return self.escalator.announce(order.id, [f"on_duty:{order.team}"], text)
+
+    def _sla_page(self, order: WorkOrder) -> list[Notice]:
+        assert self.escalator is not None
+        hours = round(self.config.workorders.sla[order.priority] / 3600, 1)
+        text = self._order_text(order, "workorder_sla", hours=hours)
+        return self.escalator.page_chain(f"{order.id}-sla", self.config.workorders.chain,
+                                         text)
+
+    async def _save_orders(self) -> None:
+        assert self.store is not None
+        if self.book.changed:
+            changed = [self.book.orders[i] for i in self.book.changed]
+            self.book.changed.clear()
+            await self.store.save_orders(changed)
+
+
+def _resolve(folder: Path, path: Path) -> Path:
+    return path if path.is_absolute() else folder / path
