@@ -36,7 +36,7 @@ def acl(site: SiteConfig, vendor_topics: dict[str, list[str]]) -> str:
                 continue
             for kind in (Kind.TELEMETRY, Kind.STATUS, Kind.EVENT, Kind.COMMAND_RESULT):
                 out.append(f"topic write {acl_filter(kind, s, family.value, device_id)}")
-            if gateway.kind is GatewayKind.MODBUS:
+            if gateway.kind in (GatewayKind.MODBUS, GatewayKind.OCPP):
                 out.append(f"topic read {acl_filter(Kind.COMMAND, s, family.value, device_id)}")
         for vendor in gateway.vendors:
             out += [f"topic read {flt}" for flt in vendor_topics.get(vendor, [])]

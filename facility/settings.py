@@ -190,6 +190,27 @@ class ApiSettings(Section):
         return value
 
 
+class OcppSettings(Section):
+    """The OCPP 1.6J central system (csms/): where charge points connect, and how."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8180, ge=0, le=65535)
+    site: str = ""  # the site it serves (default: the site file's)
+    gateway: str = ""  # the site file's OCPP gateway (default: the only one)
+    config_file: Path = Path("ocpp.yaml")  # credentials (hashed) and staff cards
+    # 0: no authentication (a closed test bench only); 1: HTTP Basic per charge point;
+    # 2: Basic over TLS (tls_cert and tls_key). OCPP 1.6 security whitepaper profiles.
+    security_profile: int = Field(default=1, ge=0, le=2)
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    heartbeat_interval: int = Field(
+        default=60, ge=1, le=86_400,
+        description="s; a charge point silent this long is closed and offline")
+    call_timeout: float = Field(default=30.0, gt=0, le=600,
+                                description="s a charge point has to answer a command")
+    client_id: str = ""  # MQTT client id; default <client_prefix>-csms-<site>
+
+
 class Settings(BaseSettings):
     """Everything a service needs to connect. Secrets stay SecretStr and out of logs."""
 
@@ -210,6 +231,7 @@ class Settings(BaseSettings):
     grafana: GrafanaSettings = GrafanaSettings()
     reports: ReportSettings = ReportSettings()
     api: ApiSettings = ApiSettings()
+    ocpp: OcppSettings = OcppSettings()
     # Where this file came from, to resolve relative paths; not a setting.
     config_path: Path = Field(default=DEFAULT_CONFIG, exclude=True)
 

@@ -61,6 +61,7 @@ class Zone(Strict):
 class GatewayKind(StrEnum):
     MODBUS = "modbus"
     MQTT = "mqtt"
+    OCPP = "ocpp"  # the OCPP central system (csms/): its charge points connect to it
 
 
 class GatewaySpec(Strict):
@@ -87,6 +88,13 @@ class MqttEndpoint(Strict):
     key: str = Field(min_length=1, description="how the vendor names this device")
 
 
+class OcppEndpoint(Strict):
+    """A charge point that speaks OCPP 1.6J to the platform's central system (csms/)."""
+
+    id: Id = Field(description="the charge point id, the last level of its WebSocket path")
+    connectors: int = Field(default=1, ge=1, le=16)
+
+
 class Units(Strict):
     """Units behind one controller, e.g. the bollards of a PLC; ids from a format."""
 
@@ -106,13 +114,14 @@ class Device(Strict):
     tags: dict[TagName, str] = {}
     modbus: ModbusEndpoint | None = None
     mqtt: MqttEndpoint | None = None
+    ocpp: OcppEndpoint | None = None
     units: Units | None = None
     plan: PlanPoint | None = None
 
     @model_validator(mode="after")
     def _one_endpoint(self) -> Device:
-        if (self.modbus is None) == (self.mqtt is None):
-            raise ValueError("a device needs exactly one of 'modbus' or 'mqtt'")
+        if [self.modbus, self.mqtt, self.ocpp].count(None) != 2:
+            raise ValueError("a device needs exactly one of 'modbus', 'mqtt' or 'ocpp'")
         if self.units is not None and self.modbus is None:
             raise ValueError("'units' are only for Modbus controllers")
         return self
@@ -156,7 +165,8 @@ class SiteConfig(Strict):
                 raise ValueError(f"{where}: field 'gateway': {device.gateway!r} is not defined")
             if device.place not in places:
                 raise ValueError(f"{where}: field 'place': {device.place!r} is not defined")
-            wants = GatewayKind.MODBUS if device.modbus else GatewayKind.MQTT
+            wants = GatewayKind.MODBUS if device.modbus else \
+                GatewayKind.OCPP if device.ocpp else GatewayKind.MQTT
             if gateway.kind is not wants:
                 raise ValueError(
                     f"{where}: field 'gateway': {gateway.id!r} is a {gateway.kind} gateway, "
@@ -180,6 +190,7 @@ class SiteConfig(Strict):
         _unique("device", all_ids)
         keys = [(d.mqtt.vendor, d.mqtt.key) for d in self.devices if d.mqtt]
         _unique("vendor key", [f"{v}:{k}" for v, k in keys])
+        _unique("charge point", [d.ocpp.id for d in self.devices if d.ocpp])
         return self
 
     # Lookups used by every service.

@@ -1,0 +1,395 @@
+"""The OCPP 1.6J central system against real charge-point clients (the ocpp library's
+charge-point side, simulators/ocpp_chargers.py) and a real Mosquitto: every message, the
+security profiles, commands with the charge point's answers, bad frames, offline queues."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import json
+import ssl
+import subprocess
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from websockets.asyncio.client import connect
+from websockets.exceptions import InvalidMessage, InvalidStatus
+
+from csms.config import hash_password
+from csms.service import CentralSystem
+from facility import messages as m
+from facility import topics
+from facility.localservers import MosquittoServer
+from facility.settings import Settings
+from facility.site import load_site
+from facility.topics import Kind
+from simulators.ocpp_chargers import Settings as SimSettings
+from simulators.ocpp_chargers import SimChargePoint
+from tests.conftest import SITE_FILE, make_settings
+from tests.helpers import Collector, eventually, publish_all
+
+pytestmark = pytest.mark.servers
+
+CP1, CP2 = "PYGOV-OC-01", "PYGOV-OC-02"  # evc-oc-01 and evc-oc-02, two connectors each
+PASSWORDS = {CP1: uuid.uuid4().hex, CP2: uuid.uuid4().hex}
+HASHES = {cp: hash_password(pw) for cp, pw in PASSWORDS.items()}
+
+
+@dataclass
+class Rig:
+    csms: CentralSystem
+    settings: Settings
+    site: str
+    out: Collector
+
+    @property
+    def url(self) -> str:
+        scheme = "wss" if self.settings.ocpp.security_profile == 2 else "ws"
+        return f"{scheme}://127.0.0.1:{self.csms.port}/ocpp"
+
+    def point(self, cp: str = CP1, password: str | None = None, connectors: int = 2,
+              ssl_context: ssl.SSLContext | None = None) -> SimChargePoint:
+        return SimChargePoint(cp, SimSettings(self.url, PASSWORDS[cp] if password is None
+                                              else password, ssl_context=ssl_context,
+                                              meter_period=3600), connectors)
+
+    def of(self, kind: type[Any], topic_kind: Kind) -> list[Any]:
+        return [m.decode(p, kind) for t, p in self.out.messages if topics.is_kind(t, topic_kind)]
+
+    async def wait(self, what: str, check: Any, timeout: float = 10) -> Any:
+        async def probe() -> Any:
+            return check()
+        return await eventually(probe, bool, timeout, what, step=0.02)
+
+
+@contextlib.asynccontextmanager
+async def rig(tmp_path: Path, broker: MosquittoServer, **ocpp: Any) -> AsyncIterator[Rig]:
+    site = f"t{uuid.uuid4().hex[:8]}"
+    settings = make_settings(tmp_path, broker.url, "http://127.0.0.1:9", "unused",
+                             ocpp={"port": 0, "site": site, "heartbeat_interval": 2,
+                                   "call_timeout": 1.0, **ocpp})
+    csms = CentralSystem(settings, load_site(SITE_FILE), credentials=HASHES)
+    async with Collector(settings.mqtt, topics.subscription(Kind.TELEMETRY, site),
+                         topics.subscription(Kind.EVENT, site),
+                         topics.subscription(Kind.STATUS, site),
+                         topics.subscription(Kind.COMMAND_RESULT, site),
+                         topics.subscription(Kind.DEADLETTER, site)) as out, csms:
+        await csms.wait_ready(20)
+        yield Rig(csms, settings, site, out)
+
+
+@contextlib.asynccontextmanager
+async def running(point: SimChargePoint) -> AsyncIterator[SimChargePoint]:
+    task = asyncio.create_task(point.run())
+    try:
+        yield point
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        for t in list(point._tasks):
+            t.cancel()
+        await asyncio.gather(*point._tasks, return_exceptions=True)
+
+
+def readings(r: Rig, device: str = "evc-oc-01") -> list[m.Reading]:
+    return [x for x in r.of(m.Reading, Kind.TELEMETRY) if x.device == device]
+
+
+def events(r: Rig, name: str) -> list[m.Event]:
+    return [e for e in r.of(m.Event, Kind.EVENT) if e.name == name]
+
+
+def statuses(r: Rig, device: str = "evc-oc-01") -> list[str]:
+    return [s.state.value for s in r.of(m.DeviceStatus, Kind.STATUS) if s.device == device]
+
+
+async def test_a_charging_session_end_to_end(tmp_path: Path, mosquitto_server: MosquittoServer
+                                             ) -> None:
+    async with rig(tmp_path, mosquitto_server) as r, running(r.point()) as cp:
+        await asyncio.wait_for(cp.booted.wait(), 10)
+        assert cp.heartbeat_interval == 2
+        boot = (await r.wait("boot", lambda: events(r, "boot")))[0]
+        assert boot.attrs == {"vendor": "PYGOV-SIM", "model": "AC7-OCPP",
+                              "firmware_version": "1.0.0"}
+        await r.wait("online", lambda: "online" in statuses(r))
+        # Both connectors reported Available at boot.
+        first = await r.wait("statuses", lambda: len(readings(r)) >= 2 and readings(r))
+        assert [(x.values["connector"], x.values["connector_status"], x.values["status"],
+                 x.values["error_code"]) for x in first[:2]] == \
+            [(1, "available", "available", "NoError"), (2, "available", "available", "NoError")]
+        assert first[0].gateway == "csms" and first[0].tags["zone"] == "parking"
+
+        # Authorize against the staff list.
+        from ocpp.v16 import call
+        assert cp.client is not None
+        ok = await cp.client.call(call.Authorize(id_tag="PYGOV-STAFF-0001"))
+        blocked = await cp.client.call(call.Authorize(id_tag="PYGOV-STAFF-0099"))
+        unknown = await cp.client.call(call.Authorize(id_tag="NOBODY"))
+        assert [ok.id_tag_info["status"], blocked.id_tag_info["status"],
+                unknown.id_tag_info["status"]] == ["Accepted", "Blocked", "Invalid"]
+
+        # A session: start at 1000 Wh, one sample at 7.4 kW, stop.
+        cp.connectors[1].meter_wh = 1000
+        cp.settings.power_w = 7400.0
+        await cp.start_session(1, "PYGOV-STAFF-0001")
+        started = (await r.wait("started", lambda: events(r, "transaction_started")))[0]
+        tx = started.attrs["transaction_id"]
+        assert started.attrs == {"transaction_id": tx, "connector": 1, "meter_start": 1000,
+                                 "authorized": True}
+        await r.wait("tx id", lambda: cp.connectors[1].transaction_id == tx)
+        cp.advance(1, 1800)  # half an hour at 7.4 kW: 3700 Wh
+        await cp.send_meter(1)
+        sample = await r.wait("meter", lambda: [x for x in readings(r)
+                                                if "energy_import" in x.values])
+        assert sample[0].values == {
+            "energy_import": 4.7, "power": 7.4, "current_a": 32.17, "voltage_a": 230.1,
+            "connector_temperature": 41.5, "soc": 20, "connector": 1, "transaction_id": tx,
+            "session_energy": 3.7}
+        assert sample[0].units == {"energy_import": "kWh", "power": "kW", "current_a": "A",
+                                   "voltage_a": "V", "connector_temperature": "°C",
+                                   "soc": "%", "session_energy": "kWh"}
+        assert sample[0].tags["context"] == "Sample.Periodic"
+        charging = [x.values["status"] for x in readings(r) if "status" in x.values]
+        assert charging[-1] == "charging"
+        await cp.stop_session(1)
+        stopped = (await r.wait("stopped", lambda: events(r, "transaction_stopped")))[0]
+        assert stopped.attrs["energy_wh"] == 3700 and stopped.attrs["session_energy"] == 3.7
+        assert stopped.attrs["meter_start"] == 1000 and stopped.attrs["meter_stop"] == 4700
+        assert stopped.attrs["reason"] == "Local"
+        end = await r.wait("transaction end", lambda: [
+            x for x in readings(r) if x.tags.get("context") == "Transaction.End"])
+        assert end[0].values["session_energy"] == 3.7
+
+        # DataTransfer (logged), firmware and diagnostics status: events.
+        await cp.client.call(call.DataTransfer(vendor_id="PYGOV", message_id="m1", data="x"))
+        await cp.client.call(call.FirmwareStatusNotification(status="Installed"))
+        await cp.client.call(call.DiagnosticsStatusNotification(status="Uploaded"))
+        await r.wait("notifications", lambda: events(r, "data_transfer")
+                     and events(r, "firmware_status") and events(r, "diagnostics_status"))
+        assert events(r, "firmware_status")[0].attrs == {"status": "Installed"}
+        assert events(r, "diagnostics_status")[0].attrs == {"status": "Uploaded"}
+
+        # A fault: the charger's status is faulted (ev-charger-faulted's input).
+        await cp.fault(2, "GroundFailure")
+        faulted = await r.wait("faulted", lambda: [x for x in readings(r)
+                                                   if x.values.get("status") == "faulted"])
+        assert faulted[0].values["error_code"] == "GroundFailure"
+        assert faulted[0].values["connector"] == 2
+    # The connection closed: offline at once.
+    await r.wait("offline", lambda: statuses(r)[-1:] == ["offline"])
+
+
+async def test_security_profile_1(tmp_path: Path, mosquitto_server: MosquittoServer) -> None:
+    async with rig(tmp_path, mosquitto_server) as r:
+        async def refused(cp: str, password: str | None, path_id: str | None = None) -> int:
+            headers = {}
+            if password is not None:
+                token = base64.b64encode(f"{cp}:{password}".encode()).decode()
+                headers["Authorization"] = f"Basic {token}"
+            with pytest.raises(InvalidStatus) as info:
+                async with connect(f"{r.url}/{path_id or cp}", subprotocols=["ocpp1.6"],  # type: ignore[list-item]
+                                   additional_headers=headers):
+                    pass
+            return info.value.response.status_code
+
+        assert await refused("PYGOV-XX-99", "x") == 404  # not in the site file
+        assert await refused(CP1, None) == 401
+        assert await refused(CP1, "wrong") == 401
+        # CP2's own credentials do not open CP1's path: nobody speaks for another's id.
+        assert await refused(CP2, PASSWORDS[CP2], path_id=CP1) == 401
+        assert r.csms.refused == {"unknown_id": 1, "bad_credentials": 3}
+        async with running(r.point()) as cp:
+            await asyncio.wait_for(cp.booted.wait(), 10)
+        assert not r.of(m.DeadLetter, Kind.DEADLETTER)
+        for _, payload in r.out.messages:  # no password or hash reaches the broker
+            assert PASSWORDS[CP1].encode() not in payload and b"argon2" not in payload
+
+
+def _tls_files(folder: Path) -> tuple[Path, Path]:
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                    "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+                    "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
+    return cert, key
+
+
+async def test_security_profile_2_tls(tmp_path: Path, mosquitto_server: MosquittoServer
+                                      ) -> None:
+    cert, key = _tls_files(tmp_path)
+    async with rig(tmp_path, mosquitto_server, security_profile=2, tls_cert=str(cert),
+                   tls_key=str(key)) as r:
+        assert r.url.startswith("wss://")
+        trusted = ssl.create_default_context(cafile=str(cert))
+        async with running(r.point(ssl_context=trusted)) as cp:
+            await asyncio.wait_for(cp.booted.wait(), 10)
+            await r.wait("online", lambda: "online" in statuses(r))
+        # Plain ws:// to the TLS port does not get through, nor TLS without the password.
+        with pytest.raises((OSError, InvalidMessage)):
+            async with connect(f"ws://127.0.0.1:{r.csms.port}/ocpp/{CP1}",
+                               subprotocols=["ocpp1.6"], open_timeout=3):  # type: ignore[list-item]
+                pass
+        with pytest.raises(InvalidStatus) as info:
+            async with connect(f"{r.url}/{CP1}", subprotocols=["ocpp1.6"], ssl=trusted):  # type: ignore[list-item]
+                pass
+        assert info.value.response.status_code == 401
+
+
+async def test_bad_frames_are_answered_and_dead_lettered(tmp_path: Path,
+                                                         mosquitto_server: MosquittoServer
+                                                         ) -> None:
+    async with rig(tmp_path, mosquitto_server) as r:
+        token = base64.b64encode(f"{CP1}:{PASSWORDS[CP1]}".encode()).decode()
+        async with connect(f"{r.url}/{CP1}", subprotocols=["ocpp1.6"],  # type: ignore[list-item]
+                           additional_headers={"Authorization": f"Basic {token}"}) as ws:
+            async def ask(frame: str) -> list[Any]:
+                await ws.send(frame)
+                answer = json.loads(await asyncio.wait_for(ws.recv(), 5))
+                assert isinstance(answer, list)
+                return answer
+
+            assert (await ask("not json"))[:3] == [4, "-1", "FormatViolation"]
+            assert (await ask('{"a": 1}'))[:3] == [4, "-1", "ProtocolError"]
+            assert (await ask('[2, "u1", "NoSuchAction", {}]'))[:3] == \
+                [4, "u1", "NotSupported"]
+            bad_schema = await ask('[2, "u2", "StatusNotification", {"connectorId": 1}]')
+            assert bad_schema[:2] == [4, "u2"]
+            assert bad_schema[2] in ("FormationViolation", "OccurenceConstraintViolation",
+                                     "FormatViolation", "ProtocolError")
+            wrong_connector = await ask('[2, "u3", "StatusNotification", {"connectorId": 9, '
+                                        '"errorCode": "NoError", "status": "Available"}]')
+            assert wrong_connector[:3] == [4, "u3", "PropertyConstraintViolation"]
+            bad_time = await ask('[2, "u4", "MeterValues", {"connectorId": 1, "meterValue": '
+                                 '[{"timestamp": "yesterday", "sampledValue": '
+                                 '[{"value": "1"}]}]}]')
+            assert bad_time[:3] == [4, "u4", "PropertyConstraintViolation"]
+            # The connection goes on: a good frame is answered.
+            assert (await ask('[2, "u5", "Heartbeat", {}]'))[:2] == [3, "u5"]
+        letters = await r.wait("letters", lambda: len(r.of(m.DeadLetter, Kind.DEADLETTER)) >= 6
+                               and r.of(m.DeadLetter, Kind.DEADLETTER))
+        assert {x.source for x in letters} == {"csms"}
+        assert letters[0].payload == "not json"
+        assert r.csms.letters.total == 6
+
+
+async def _command(r: Rig, action: str, device: str = "evc-oc-01", expires: float = 30,
+                   command_id: str | None = None,
+                   params: dict[str, m.Scalar] | None = None) -> str:
+    now = __import__("time").time_ns()
+    cid = command_id or f"c-{uuid.uuid4().hex[:10]}"
+    expires_at = now + round(expires * 1e9)
+    command = m.Command(id=cid, site=r.site, family=m.Family.EV_CHARGER, device=device,
+                        action=action, issued_at=min(now, expires_at) - 10**9,
+                        expires_at=expires_at,
+                        issued_by="tester", reason="测试", params=params or {})
+    await publish_all(r.settings.mqtt, [(topics.command(r.site, "ev_charger", device),
+                                         m.encode(command))])
+    return cid
+
+
+async def _final(r: Rig, cid: str) -> m.CommandResult:
+    results = await r.wait(f"result of {cid}", lambda: [
+        x for x in r.of(m.CommandResult, Kind.COMMAND_RESULT)
+        if x.id == cid and x.status is not m.CommandStatus.ACCEPTED])
+    return results[0]  # type: ignore[no-any-return]
+
+
+async def test_commands_reach_the_charge_point(tmp_path: Path,
+                                               mosquitto_server: MosquittoServer) -> None:
+    async with rig(tmp_path, mosquitto_server) as r:
+        offline = await _final(r, await _command(r, "reset"))
+        assert (offline.status, offline.detail) == (m.CommandStatus.FAILED,
+                                                   "charge point not connected")
+        async with running(r.point()) as cp:
+            await asyncio.wait_for(cp.booted.wait(), 10)
+            cp.stuck.add(2)
+            cases: list[tuple[str, dict[str, m.Scalar], m.CommandStatus, str]] = [
+                ("reset", {"type": "hard"}, m.CommandStatus.DONE, "Accepted"),
+                ("unlock_connector", {"connector": 1}, m.CommandStatus.DONE, "Unlocked"),
+                ("unlock_connector", {"connector": 2}, m.CommandStatus.FAILED, "UnlockFailed"),
+                ("unlock_connector", {"connector": 3}, m.CommandStatus.REFUSED,
+                 "connector 3 is not 1..2"),
+                ("change_availability", {"connector": 2, "type": "inoperative"},
+                 m.CommandStatus.DONE, "Accepted"),
+                ("trigger_message", {"message": "Heartbeat"}, m.CommandStatus.DONE, "Accepted"),
+                ("trigger_message", {"message": "BootNotification"}, m.CommandStatus.REFUSED,
+                 "NotImplemented"),
+                ("change_configuration", {"key": "HeartbeatInterval", "value": 30},
+                 m.CommandStatus.DONE, "Accepted"),
+                ("change_configuration", {"key": "Nope", "value": "1"},
+                 m.CommandStatus.REFUSED, "NotSupported"),
+                ("get_configuration", {"key": "HeartbeatInterval,Nope"}, m.CommandStatus.DONE,
+                 '{"configuration": {"HeartbeatInterval": "30"}, "unknown": ["Nope"]}'),
+                ("remote_start_transaction", {"connector": 1}, m.CommandStatus.DONE,
+                 "Accepted"),
+            ]
+            for action, params, status, detail in cases:
+                result = await _final(r, await _command(r, action, params=params))
+                assert (action, result.status, result.detail) == (action, status, detail)
+            assert cp.resets == ["Hard"]
+            await r.wait("unavailable", lambda: cp.connectors[2].status == "Unavailable")
+            started = (await r.wait("remote start", lambda: events(r, "transaction_started")))
+            tx = started[0].attrs["transaction_id"]
+            await r.wait("tx", lambda: cp.connectors[1].transaction_id == tx)
+            stop = await _final(r, await _command(r, "remote_stop_transaction"))
+            assert (stop.status, stop.detail) == (m.CommandStatus.DONE, "Accepted")
+            await r.wait("stopped", lambda: events(r, "transaction_stopped"))
+            # At most once: the same id again is a duplicate; a late one expired.
+            cid = await _command(r, "reset", command_id="once-1")
+            assert (await _final(r, cid)).status is m.CommandStatus.DONE
+            await _command(r, "reset", command_id="once-1")
+            await r.wait("duplicate", lambda: [x for x in r.of(m.CommandResult,
+                                                               Kind.COMMAND_RESULT)
+                                               if x.status is m.CommandStatus.DUPLICATE])
+            late = await _final(r, await _command(r, "reset", expires=-0.5))
+            assert late.status is m.CommandStatus.EXPIRED
+            assert cp.resets == ["Hard", "Soft"]
+
+        # A charge point that never answers: the command times out (call_timeout 1 s).
+        token = base64.b64encode(f"{CP2}:{PASSWORDS[CP2]}".encode()).decode()
+        async with connect(f"{r.url}/{CP2}", subprotocols=["ocpp1.6"],  # type: ignore[list-item]
+                           additional_headers={"Authorization": f"Basic {token}"}):
+            await r.wait("cp2 online", lambda: "online" in statuses(r, "evc-oc-02"))
+            mute = await _final(r, await _command(r, "reset", device="evc-oc-02"))
+            assert (mute.status, mute.detail) == (m.CommandStatus.TIMED_OUT,
+                                                 "no answer from the charge point in 1s")
+
+
+async def test_offline_queue_taken_once(tmp_path: Path, mosquitto_server: MosquittoServer
+                                        ) -> None:
+    async with rig(tmp_path, mosquitto_server) as r:
+        cp = r.point()
+        cp.settings.power_w = 3600.0
+        cp.settings.meter_period = 600  # each queued sample: 600 Wh
+        async with running(cp):
+            await asyncio.wait_for(cp.booted.wait(), 10)
+            await cp.start_session(1, "PYGOV-STAFF-0002")
+            started = (await r.wait("started", lambda: events(r, "transaction_started")))[0]
+            tx = started.attrs["transaction_id"]
+            await r.wait("tx", lambda: cp.connectors[1].transaction_id == tx)
+        await r.wait("offline", lambda: statuses(r)[-1:] == ["offline"])
+        # Offline: three samples and the stop wait in the charger's queue.
+        await cp.meter_while_offline(1, 3)
+        await cp.stop_session(1)
+        assert len(cp.queue) == 4
+        async with running(cp):
+            await r.wait("queue drained", lambda: not cp.queue and cp.booted.is_set())
+            stopped = (await r.wait("stopped", lambda: events(r, "transaction_stopped")))
+            # The same StopTransaction again (its answer lost on the way): counted once.
+            from ocpp.v16 import call
+            assert cp.client is not None
+            again = await cp.client.call(call.StopTransaction(
+                meter_stop=1800, timestamp="2026-01-01T00:00:00Z", transaction_id=tx))
+            assert again is not None
+        assert len(events(r, "transaction_stopped")) == 1
+        assert stopped[0].attrs["energy_wh"] == 1800  # 3 x 600 Wh, none lost, none twice
+        samples = [(x.tags["context"], x.values["session_energy"]) for x in readings(r)
+                   if "session_energy" in x.values]
+        assert samples == [("Sample.Periodic", 0.6), ("Sample.Periodic", 1.2),
+                           ("Sample.Periodic", 1.8), ("Transaction.End", 1.8)]
+        assert r.csms.m_duplicates.labels("StopTransaction")._value.get() == 1
+        await r.wait("offline again", lambda: statuses(r)[-1:] == ["offline"])
