@@ -419,6 +419,10 @@ class AlertMessage(msgspec.Struct, frozen=True, kw_only=True):
     chattering: bool = False
     category: str = ""  # alarm (annunciated) or report
     late_s: int = 0  # raised by an input this many seconds old (a backlog after an outage)
+    # The highest level the alert reached (kept until it closes); `severity` and `value`
+    # are the level and value now. None/0 from a sender before these fields.
+    peak_severity: Severity | None = None
+    peak_priority: int = 0
     v: int = SCHEMA_VERSION
 
     def __post_init__(self) -> None:

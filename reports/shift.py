@@ -138,7 +138,7 @@ def _alerts_overview(alerts: list[Any], end: int, names: _Names, tz: ZoneInfo) -
         _group_table("by_family", "按系统", "系统", alarms, alerts,
                      lambda a: labels.FAMILY.get(a.family, a.family)),
         _group_table("by_severity", "按级别", "级别", alarms, alerts,
-                     lambda a: labels.SEVERITY.get(a.severity.value, a.severity.value),
+                     lambda a: labels.SEVERITY.get(a.peak.value, a.peak.value),
                      order=[labels.SEVERITY[s] for s in labels.SEVERITY_ORDER]),
         _group_table("by_place", "按地点", "地点", alarms, alerts, lambda a: names.place(a.place)),
     ]
@@ -147,13 +147,14 @@ def _alerts_overview(alerts: list[Any], end: int, names: _Names, tz: ZoneInfo) -
         Column("地点", kind="text"), Column("内容", kind="text"), Column("确认人", kind="text"),
         Column("确认用时", "分钟", 1), Column("消除用时", "分钟", 1), Column("状态", kind="text")],
         formulas=[F_ACK, F_CLEAR])
-    ordered = sorted(alerts, key=lambda a: (labels.SEVERITY_ORDER.index(a.severity.value)
-                                            if a.severity.value in labels.SEVERITY_ORDER else 9,
+    # An alert counts at its peak: a flood lowered to a warning as the water fell was critical.
+    ordered = sorted(alerts, key=lambda a: (labels.SEVERITY_ORDER.index(a.peak.value)
+                                            if a.peak.value in labels.SEVERITY_ORDER else 9,
                                             a.raised_at))
     for a in ordered[:200]:
         listing.rows.append([
             datetime.fromtimestamp(a.raised_at / NS, tz).strftime("%m-%d %H:%M:%S"),
-            labels.SEVERITY.get(a.severity.value, a.severity.value),
+            labels.SEVERITY.get(a.peak.value, a.peak.value),
             labels.FAMILY.get(a.family, a.family), names.place(a.place), a.title or a.text,
             a.acked_by or "—", (a.acked_at - a.raised_at) / NS / 60 if a.acked_at else None,
             (a.cleared_at - a.raised_at) / NS / 60 if a.cleared_at else None,

@@ -352,10 +352,15 @@ def check_template(text: str) -> None:
 
 
 def render(text: str, values: dict[str, Any]) -> str:
-    """Fill a checked template; a format that does not fit the value falls back to str()."""
+    """Fill a checked template; a format that does not fit the value falls back to str().
+
+    A name that already ends with the word the template puts after it is not doubled:
+    "{device_name}水位" for the device 西门水位 reads 西门水位…, not 西门水位水位."""
     out = []
+    name_before = ""  # the name just filled in, when it is text
     for literal, name, spec, _ in string.Formatter().parse(text):
-        out.append(literal)
+        out.append(literal[_overlap(name_before, literal):])
+        name_before = ""
         if name is None:
             continue
         value = values.get(name, "")
@@ -363,7 +368,17 @@ def render(text: str, values: dict[str, Any]) -> str:
             out.append(format(value, spec or ""))
         except (ValueError, TypeError):
             out.append(str(value))
+        if isinstance(value, str):
+            name_before = out[-1]
     return "".join(out)
+
+
+def _overlap(name: str, literal: str) -> int:
+    """How many characters (two or more) at the start of `literal` `name` ends with."""
+    for n in range(min(len(name), len(literal)), 1, -1):
+        if name.endswith(literal[:n]):
+            return n
+    return 0
 
 
 # --- the rule set: several files merged and checked against the site -------------------

@@ -33,13 +33,13 @@ from facility.topology import Topology
 from rules import cap
 from rules.alerts import (
     Alert,
-    AlertBook,
     ChatterPolicy,
     Incident,
     OperationError,
     Point,
     Transition,
 )
+from rules.book import AlertBook
 from rules.clock import NS
 from rules.config import CompiledRule, EventRule, IncidentSpec, RuleSet
 from rules.evaluate import RESTART_HOLD, Evaluator, Instance, Signal

@@ -19,7 +19,8 @@ import msgspec
 
 from facility.endpoints import Endpoint, EndpointConfig
 from facility.messages import SEVERITY_RANK, Broadcast, DisplayKind, DisplayMessage
-from rules.alerts import AlertBook, Incident, short_id
+from rules.alerts import Incident, short_id
+from rules.book import AlertBook
 from rules.clock import NS
 from rules.config import RuleSet, render
 

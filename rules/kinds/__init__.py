@@ -1,0 +1,1 @@
+"""One module per rule kind, each behind the small interface of `base.Kind`."""
