@@ -155,6 +155,7 @@ class Webhook(_Http):
     async def send(self, notice: Notice, person: Person) -> Outcome:
         body = {"incident": notice.incident, "person": person.id, "name": person.name,
                 "event": notice.event, "step": notice.step, "thread": notice.thread,
+                "ts": notice.ts, "first": notice.first,
                 "title": notice.title, "text": notice.text}
         data = json.dumps(body, ensure_ascii=False, separators=(",", ":"))
         ts = str(int(self.clock()))
@@ -181,17 +182,21 @@ class Apprise:
         quote = urllib.parse.quote
         if self.spec.type == "email":
             root = f"<{notice.incident}.{person.id}@facility-duty>"
-            return (f"{self.url}{sep}to={quote(person.contact('email'))}"
+            return (f"{self.url}{sep}to={quote(person.contact('email'))}&format=text"
                     f"&+In-Reply-To={quote(root)}&+References={quote(root)}")
         if self.spec.type == "sms":
             return f"{self.url}{sep}:to={quote(person.contact('mobile'))}"
         return self.url
 
     async def send(self, notice: Notice, person: Person) -> Outcome:
-        box = apprise.Apprise()
+        # In this worker thread and nowhere else: apprise's parallel mode and its service
+        # deadline each run the call on a process-wide thread pool of its own. The
+        # plugin's own socket timeouts bound it.
+        box = apprise.Apprise(asset=apprise.AppriseAsset(async_mode=False, service_timeout=0))
         if not box.add(self._target(notice, person)):
             return Outcome(False, False, "apprise does not take this URL")
-        ok = await asyncio.to_thread(box.notify, body=notice.text, title=notice.title)
+        ok = await asyncio.to_thread(box.notify, body=notice.text, title=notice.title,
+                                     body_format=apprise.NotifyFormat.TEXT)
         return Outcome(True) if ok else Outcome(False, True, "apprise: not delivered")
 
 

@@ -171,7 +171,7 @@ class DutySettings(BaseSettings):
     file: Path = Path("duty.yaml")  # relative to the settings file's folder
     holidays_file: Path = HOLIDAYS
     site: str = ""  # default: the site file's
-    tick: float = Field(default=1.0, gt=0, le=60, description="s between chain checks")
+    tick: float = Field(default=1.0, gt=0, le=3600, description="s between chain checks")
     days: int = Field(default=60, ge=1, description="days of rotations a fresh store gets")
     host: str = "127.0.0.1"  # the acknowledge-link server
     port: int = Field(default=8091, ge=0, le=65535)

@@ -30,14 +30,16 @@ from typing import Any
 
 import aiohttp
 import aiomqtt
+from aiohttp import web
 
 from duty.channels import Channel, build
 from duty.config import DutyFile, DutySettings, RouteSpec, load_duty
 from duty.deliver import Attempt, Deliverer
 from duty.escalate import Escalator, Notice, Page
 from duty.links import Claim, LinkError, Signer
-from duty.roster import Calendar
+from duty.roster import CHINA, Calendar
 from duty.store import DutyStore
+from duty.web import serve
 from duty.workorders import WorkOrder, WorkOrderBook
 from facility import labels, topics
 from facility import messages as m
@@ -59,7 +61,8 @@ class DutyService(Service):
     def __init__(self, settings: Settings, site: str, *, duty: DutyFile | None = None,
                  options: DutySettings | None = None,
                  clock: Callable[[], float] = time.time,
-                 channels: Mapping[str, Channel] | None = None) -> None:
+                 channels: Mapping[str, Channel] | None = None,
+                 places: Mapping[str, str] | None = None) -> None:
         super().__init__()
         self.settings = settings
         self.site = site
@@ -73,6 +76,7 @@ class DutyService(Service):
         self.signer = Signer(secret.encode() or uuid.uuid4().hex.encode() * 2,
                              self.config.link_lifetime)
         self._given_channels = channels
+        self.places = places or {}  # place id -> its name, for the messages
         self.metrics = Metrics("duty")
         self.letters = DeadLetters("duty", site, metrics=self.metrics)
         self.store: DutyStore | None = None
@@ -82,6 +86,8 @@ class DutyService(Service):
         self._http: aiohttp.ClientSession | None = None
         self._ops: Operations | None = None
         self._sending: set[asyncio.Task[None]] = set()
+        self._web: web.AppRunner | None = None
+        self.web_url = ""  # where the acknowledge links are answered
         self.delivered = 0
 
     # --- life -------------------------------------------------------------------------
@@ -95,7 +101,7 @@ class DutyService(Service):
                                         now + timedelta(days=self.options.days))
             await self.store.save_roster(roster)
         self.escalator = Escalator(self.config, roster, self.calendar, self.clock,
-                                   link=self.link)
+                                   link=self.link, places=self.places)
         for chain in {self.config.workorders.chain}:  # SLA pages run the work-order chain
             if chain in self.config.chains:
                 self.escalator.routes[f"@{chain}"] = RouteSpec(name=f"@{chain}", chain=chain)
@@ -110,11 +116,16 @@ class DutyService(Service):
         self.deliverer = Deliverer(channels, self._record, self.clock)
         for order in await self.store.orders():
             self.book.orders[order.id] = order
+        self._web = await serve(self.redeem, self.options.host, self.options.port)
+        host, port = self._web.addresses[0][:2]
+        self.web_url = f"http://{host}:{port}"
 
     async def close(self) -> None:
         for task in self._sending:
             task.cancel()
         await asyncio.gather(*self._sending, return_exceptions=True)
+        if self._web is not None:
+            await self._web.cleanup()
         if self._http is not None:
             await self._http.close()
         if self.store is not None:
@@ -272,12 +283,13 @@ class DutyService(Service):
     # --- work orders --------------------------------------------------------------------
 
     def _order_id(self) -> str:
-        moment = datetime.fromtimestamp(self.clock(), UTC)
+        moment = datetime.fromtimestamp(self.clock(), CHINA)
         return f"wo-{moment:%Y%m%d}-{uuid.uuid4().hex[:6]}"
 
     def _order_text(self, order: WorkOrder, key: str, **extra: Any) -> str:
         return labels.DUTY_TEXT[key].format(
-            id=order.id, place=order.place, device=order.device, fault=order.fault,
+            id=order.id, place=self.places.get(order.place, order.place),
+            device=order.device, fault=order.fault,
             priority=labels.label(labels.WORKORDER_PRIORITY, str(order.priority)), **extra)
 
     def _order_page(self, order: WorkOrder) -> list[Notice]:
