@@ -130,47 +130,6 @@ DUTY_TEXT: Mapping[str, str] = MappingProxyType({
     "ack_used": "此确认链接已使用过",
     "ack_expired": "此确认链接已过期，请登录控制室页面确认",
     "ack_invalid": "确认链接无效",
-    "workorder_opened": "新维修工单{id}：{place}{device}，{fault}，优先级{priority}",
-    "workorder_sla": "维修工单{id}已超过处理时限（{hours}小时）未解决",
-    "still_faulty": "设备仍处于故障状态（{fault}），不能标记为已解决",
-    "not_normal_long": "设备恢复正常不足{minutes}分钟"})
-
-WORKORDER_STATE: Mapping[str, str] = MappingProxyType({
-    "open": "待派单", "assigned": "已派单", "in_progress": "维修中", "resolved": "已修复",
-    "verified": "已验证", "closed": "已关闭"})
-
-WORKORDER_KIND: Mapping[str, str] = MappingProxyType({
-    "fault": "设备故障", "request": "人工报修", "hotline": "12345热线"})
-
-WORKORDER_PRIORITY: Mapping[str, str] = MappingProxyType({
-    "1": "紧急", "2": "高", "3": "中", "4": "低"})
-
-TEAM_KIND: Mapping[str, str] = MappingProxyType({
-    "control_room": "安防监控中心", "standby": "应急抢修队", "contractor": "维保单位",
-    "leaders": "值班领导"})
-
-CHANNEL: Mapping[str, str] = MappingProxyType({
-    "wecom": "企业微信", "dingtalk": "钉钉", "feishu": "飞书", "email": "电子邮件",
-    "sms": "短信", "webhook": "Webhook", "apprise": "通知"})
-
-
-# People in the loop (duty/): what a person's phone, mailbox or group robot says. Kept
-# apart from TABLES (the page's own words) as the messages leave the platform.
-DUTY_EVENT: Mapping[str, str] = MappingProxyType({
-    "raised": "新告警", "escalated": "已升级", "acknowledged": "已确认", "cleared": "已恢复",
-    "handover": "交接班", "workorder": "维修工单", "sla": "工单超时"})
-
-DUTY_TEXT: Mapping[str, str] = MappingProxyType({
-    "ack_prompt": "请点击确认（仅限本人，{minutes}分钟内有效）：",
-    "escalated_after": "{minutes}分钟内无人确认，已升级通知：",
-    "acked_by": "已由{who}确认",
-    "cleared": "告警已恢复",
-    "place": "地点", "time": "时间", "severity": "级别", "system": "系统",
-    "notified": "已通知", "nobody": "（无人值班）",
-    "ack_done": "已确认，谢谢。规则引擎已记录：{who}",
-    "ack_used": "此确认链接已使用过",
-    "ack_expired": "此确认链接已过期，请登录控制室页面确认",
-    "ack_invalid": "确认链接无效",
     "workorder_opened": "新维修工单{id}：{place} {device}，{fault}，优先级{priority}",
     "workorder_sla": "维修工单{id}已超过处理时限（{hours}小时）未解决",
     "still_faulty": "设备仍处于故障状态（{fault}），不能标记为已解决",
