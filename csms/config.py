@@ -72,10 +72,13 @@ class OcppConfig:
 
 
 _hasher = PasswordHasher()
+# For generated random tokens (the demo's simulated charge points, tests): a token of 24
+# random bytes has all the entropy a slow hash would add, so a light Argon2id will do.
+_light = PasswordHasher(time_cost=1, memory_cost=8192, parallelism=1)
 
 
-def hash_password(password: str) -> str:
-    return _hasher.hash(password)
+def hash_password(password: str, *, random_token: bool = False) -> str:
+    return (_light if random_token else _hasher).hash(password)
 
 
 def _verify(password_hash: str, password: str) -> bool:

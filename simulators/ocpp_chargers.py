@@ -410,11 +410,16 @@ class Fleet:
     """Many simulated charge points as one service for `facility up` and the benchmark."""
 
     points: list[SimChargePoint]
+    session_every: float = 0.0  # s between session starts across the fleet (0: none)
+    session_length: float = 1800.0  # s a session lasts
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     async def __aenter__(self) -> Fleet:
         self.tasks = [asyncio.create_task(p.run(), name=f"ocpp sim {p.id}")
                       for p in self.points]
+        if self.session_every > 0:
+            self.tasks.append(asyncio.create_task(
+                self.sessions(self.session_every, self.session_length), name="ocpp sessions"))
         return self
 
     async def __aexit__(self, *exc: object) -> None:

@@ -37,7 +37,7 @@ pytestmark = pytest.mark.servers
 
 CP1, CP2 = "PYGOV-OC-01", "PYGOV-OC-02"  # evc-oc-01 and evc-oc-02, two connectors each
 PASSWORDS = {CP1: uuid.uuid4().hex, CP2: uuid.uuid4().hex}
-HASHES = {cp: hash_password(pw) for cp, pw in PASSWORDS.items()}
+HASHES = {cp: hash_password(pw, random_token=True) for cp, pw in PASSWORDS.items()}
 
 
 @dataclass
@@ -393,3 +393,4 @@ async def test_offline_queue_taken_once(tmp_path: Path, mosquitto_server: Mosqui
                            ("Sample.Periodic", 1.8), ("Transaction.End", 1.8)]
         assert r.csms.m_duplicates.labels("StopTransaction")._value.get() == 1
         await r.wait("offline again", lambda: statuses(r)[-1:] == ["offline"])
+
