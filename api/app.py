@@ -18,7 +18,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.context import open_context
 from api.deps import SITE_NAMES, known_query, site_names
-from api.routes import alerts, auth, campus, commands, outputs, stream, system
+from api.routes import alerts, auth, campus, chargers, commands, outputs, stream, system
 from facility.settings import Settings
 from facility.site import SiteConfig
 
@@ -77,7 +77,7 @@ def create_app(settings: Settings, site: SiteConfig) -> FastAPI:
     app = FastAPI(title="facility control-room API", version="1.0.0",
                   description=DESCRIPTION, lifespan=lifespan,
                   dependencies=[Depends(known_query)])
-    for module in (auth, campus, alerts, outputs, commands, stream, system):
+    for module in (auth, campus, alerts, outputs, commands, chargers, stream, system):
         app.include_router(module.router)
     add_page(app)
     app.openapi = lambda: _described(app, site)  # type: ignore[method-assign]  # fastapi: replacing app.openapi is its documented hook, but it is typed as a method

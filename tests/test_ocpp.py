@@ -394,3 +394,64 @@ async def test_offline_queue_taken_once(tmp_path: Path, mosquitto_server: Mosqui
         assert r.csms.m_duplicates.labels("StopTransaction")._value.get() == 1
         await r.wait("offline again", lambda: statuses(r)[-1:] == ["offline"])
 
+
+async def test_commands_from_the_api_with_roles_zones_and_audit(
+        settings: Settings, tmp_path: Path) -> None:
+    from facility.settings import OcppSettings
+    from tests.test_api_stack import api_stack, new_site_id
+
+    site_id = new_site_id()
+    ocpp = settings.model_copy(update={"ocpp": OcppSettings(
+        port=0, site=site_id, heartbeat_interval=2, call_timeout=1.0)})
+    async with api_stack(settings, tmp_path, site_id=site_id) as s, \
+            CentralSystem(ocpp, load_site(SITE_FILE), credentials=HASHES) as central:
+        await central.wait_ready(20)
+        url = f"ws://127.0.0.1:{central.port}/ocpp"
+        point = SimChargePoint(CP1, SimSettings(url, PASSWORDS[CP1], meter_period=3600), 2)
+        async with running(point):
+            await asyncio.wait_for(point.booted.wait(), 10)
+
+            async def send(who: str, device: str, action: str, command_id: str | None = None,
+                           **params: Any) -> Any:
+                body = {"id": command_id or uuid.uuid4().hex, "action": action,
+                        "reason": "现场报修", **params}
+                return await s.post(f"/api/chargers/{device}/commands", who, body, wait=10)
+
+            unlocked = await send("otto", "evc-oc-01", "unlock_connector", "unlock-1",
+                                  connector=1)
+            assert unlocked.status_code == 201, unlocked.text
+            view = unlocked.json()
+            assert (view["status"], view["final"], view["zones"]) == ("done", True, ["parking"])
+            assert view["results"][0] == {"device": "evc-oc-01", "status": "done",
+                                          "detail": "Unlocked", "ts": view["results"][0]["ts"]}
+            again = await send("otto", "evc-oc-01", "unlock_connector", "unlock-1",
+                               connector=1)
+            assert again.status_code == 200 and again.json()["id"] == "unlock-1"
+
+            assert (await send("otto", "evc-oc-01", "reset", type="hard")).status_code == 403
+            assert (await send("olga", "evc-oc-01", "unlock_connector",
+                               connector=1)).status_code == 403  # not her zone
+            assert (await send("vera", "evc-oc-01", "unlock_connector",
+                               connector=1)).status_code == 403
+            assert (await send("sam", "evc-pb-01", "reset")).status_code == 404  # MQTT-JSON
+            assert (await send("sam", "bollard-s01", "reset")).status_code == 404
+            reset = await send("sam", "evc-oc-01", "reset", "reset-1", type="hard")
+            assert reset.status_code == 201 and reset.json()["status"] == "done"
+            assert point.resets == ["Hard"]
+            config = await send("otto", "evc-oc-01", "get_configuration",
+                                key="HeartbeatInterval")
+            assert json.loads(config.json()["detail"]) == {
+                "configuration": {"HeartbeatInterval": "60"}, "unknown": []}
+            offline = await send("otto", "evc-oc-02", "unlock_connector", connector=1)
+            assert (offline.json()["status"], offline.json()["detail"]) == \
+                ("failed", "charge point not connected")
+
+        audit = (await s.get("/api/audit", "sam", command="reset-1")).json()
+        assert [(a["event"], a["outcome"], a["detail"]) for a in reversed(audit)] == [
+            ("requested", "", ""), ("result", "accepted", "sent Reset"),
+            ("result", "done", "Accepted")]
+        assert audit[-1]["username"] == "sam" and audit[-1]["reason"] == "现场报修"
+        refused = (await s.get("/api/audit", "sam", user="olga")).json()
+        assert refused[0]["event"] == "refused" and "zone parking" in refused[0]["detail"]
+        listed = (await s.get("/api/chargers/commands")).json()
+        assert {v["id"] for v in listed} >= {"unlock-1", "reset-1"}
