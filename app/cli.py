@@ -19,6 +19,7 @@ from aiohttp import web
 
 import api.cli
 import dashboards.cli
+import duty.cli
 import reports.cli
 import rules.cli
 from app import wiring
@@ -110,6 +111,7 @@ def _parser() -> argparse.ArgumentParser:
     rules.cli.register(sub, run=cmd_rules_run)
     api.cli.register(sub)
     dashboards.cli.register(sub)
+    duty.cli.register(sub)
     reports.cli.register(sub)
     return parser
 

@@ -40,7 +40,7 @@ from duty.links import Claim, LinkError, Signer
 from duty.roster import CHINA, Calendar
 from duty.store import DutyStore
 from duty.web import serve
-from duty.workorders import WorkOrder, WorkOrderBook
+from duty.workorders import WorkOrder, WorkOrderBook, WorkOrderRefused
 from facility import labels, topics
 from facility import messages as m
 from facility.deadletters import DeadLetters, Letter
@@ -73,8 +73,8 @@ class DutyService(Service):
         self.clock = clock
         self.client_id = f"{settings.mqtt.client_prefix}-duty-{site}"
         secret = self.options.secret.get_secret_value() if self.options.secret else ""
-        self.signer = Signer(secret.encode() or uuid.uuid4().hex.encode() * 2,
-                             self.config.link_lifetime)
+        self.key = secret or uuid.uuid4().hex * 2  # unset: links and actions end with us
+        self.signer = Signer(self.key.encode(), self.config.link_lifetime)
         self._given_channels = channels
         self.places = places or {}  # place id -> its name, for the messages
         self.metrics = Metrics("duty")
@@ -116,7 +116,7 @@ class DutyService(Service):
         self.deliverer = Deliverer(channels, self._record, self.clock)
         for order in await self.store.orders():
             self.book.orders[order.id] = order
-        self._web = await serve(self.redeem, self.options.host, self.options.port)
+        self._web = await serve(self, self.key, self.options.host, self.options.port)
         host, port = self._web.addresses[0][:2]
         self.web_url = f"http://{host}:{port}"
 
@@ -304,6 +304,37 @@ class DutyService(Service):
         text = self._order_text(order, "workorder_sla", hours=hours)
         return self.escalator.page_chain(f"{order.id}-sla", self.config.workorders.chain,
                                          text)
+
+    async def open_order(self, fields: dict[str, Any], by: str) -> WorkOrder:
+        """An operator's request or a 12345 hotline ticket (or a device by hand)."""
+        assert self.store is not None
+        kind = str(fields.get("kind", "request"))
+        if kind not in ("request", "hotline", "fault"):
+            raise ValueError(f"kind {kind!r} is not request, hotline or fault")
+        if kind == "hotline" and not str(fields.get("number", "")).strip():
+            raise ValueError("a hotline ticket needs its 12345 number")
+        order = self.book.open(
+            kind=kind, device=str(fields.get("device", "")), place=str(fields.get("place", "")),
+            family=str(fields.get("family", "")), fault=str(fields["fault"]),
+            priority=int(fields.get("priority", 3)), team=str(fields.get("team", "repair")),
+            by=by, number=str(fields.get("number", "")))
+        await self.store.audit(by, "workorder_open", order.id, order.fault, self.clock())
+        await self._save_orders()
+        return order
+
+    async def move_order(self, order_id: str, state: str, by: str, assignee: str,
+                         note: str) -> WorkOrder:
+        assert self.store is not None
+        try:
+            order = self.book.move(order_id, state, by, assignee=assignee, note=note)
+        except WorkOrderRefused as exc:
+            await self.store.audit(by, f"workorder_{state}_refused", order_id, str(exc),
+                                   self.clock())
+            raise
+        await self.store.audit(by, f"workorder_{state}", order_id, note or assignee,
+                               self.clock())
+        await self._save_orders()
+        return order
 
     async def _save_orders(self) -> None:
         assert self.store is not None

@@ -122,7 +122,8 @@ class WorkOrderBook:
                 opened.append(self._open_fault(device, fault))
         missed = []
         for order in self.orders.values():
-            if order.state == RESOLVED and order.device and order.device not in self.faults:
+            # A ticket with no device (a hotline call) is verified after the same wait.
+            if order.state == RESOLVED and order.device not in self.faults:
                 since = self.normal_since.get(order.device, order.resolved_at)
                 if now - max(since, order.resolved_at) >= self.spec.verify_after:
                     order.state, order.verified_at = VERIFIED, now

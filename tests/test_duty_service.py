@@ -8,6 +8,7 @@ test moves; nothing sleeps for a fixed time (every wait is for a condition, boun
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import json
@@ -22,7 +23,9 @@ import aiohttp
 import aiomqtt
 import pytest
 from aiohttp import web
+from pydantic import SecretStr
 
+from duty import cli
 from duty.config import ChannelSpec, DutyFile, DutySettings, load_duty
 from duty.roster import CHINA
 from duty.service import DutyService
@@ -31,6 +34,7 @@ from facility import messages as m
 from facility import topics
 from facility.localservers import MosquittoServer
 from facility.mqtt import parse_url
+from facility.site import load_site
 from facility.topics import Kind
 from tests.conftest import make_settings
 from tests.helpers import eventually
@@ -181,7 +185,8 @@ async def duty(tmp_path: Path, server: MosquittoServer, state_url: str, clock: C
     monkeypatch.setenv("FACILITY_DUTY_WEBHOOK_SECRET", "h" * 32)
     settings = make_settings(tmp_path, server.url, "http://127.0.0.1:1", "unused",
                              state={"url": state_url})
-    options = DutySettings(port=0, tick=3600)  # the test ticks the fake clock itself
+    # The test ticks the fake clock itself.
+    options = DutySettings(port=0, tick=3600, secret=SecretStr("s" * 40))
     service = DutyService(settings, SITE, duty=duty_file(), options=options, clock=clock,
                           places=PLACES)
     config = service.config.model_copy(update={"link_base": ""})
@@ -247,6 +252,47 @@ async def test_incident_to_phone_to_engine_and_back(
         assert len(await svc.store.attempts("inc-fire-1")) == 4
         audit = [(r["who"], r["action"]) for r in await svc.store.audit_rows()]
         assert ("guard-li", "ack_link") in audit and ("guard-li", "ack_sent") in audit
+
+
+async def test_work_orders_from_the_command_line(
+        tmp_path: Path, mosquitto_server: MosquittoServer, monkeypatch: pytest.MonkeyPatch,
+        phones: Phones, capsys: pytest.CaptureFixture[str]) -> None:
+    """A 12345 hotline ticket through `facility workorders`: the CLI acts through the
+    running service and reads the store."""
+    clock = phones.clock
+    state_url = f"sqlite:///{tmp_path / 'state.sqlite'}"
+    async with duty(tmp_path, mosquitto_server, state_url, clock, monkeypatch, phones) as svc:
+        settings = svc.settings
+        monkeypatch.setenv("FACILITY_DUTY_PORT", svc.web_url.rsplit(":", 1)[1])
+        monkeypatch.setenv("FACILITY_DUTY_SECRET", "s" * 40)
+        monkeypatch.setenv("FACILITY_DUTY_SITE", SITE)
+        site = load_site(REPO / "config" / "site.yaml")
+        opened = argparse.Namespace(fault="西门积水，市民来电", device="", place="west-gate",
+                                    priority=2, team="repair", hotline="12345-0042",
+                                    by="guard-li")
+        assert await cli.cmd_wo_open(opened, settings, site) == 0
+        order_id = capsys.readouterr().out.strip()
+        assert order_id.startswith("wo-")
+        for action, extra in (("assign", {"assignee": "repair-sun"}), ("start", {}),
+                              ("resolve", {})):
+            args = argparse.Namespace(id=order_id, action=action, by="repair-sun",
+                                      note="疏通", **extra)
+            assert await cli.cmd_wo_move(args, settings, site) == 0
+        args = argparse.Namespace(id=order_id, action="assign", by="x", note="",
+                                  assignee="repair-xu")
+        assert await cli.cmd_wo_move(args, settings, site) == 1
+        assert "不能改为" in capsys.readouterr().err
+        clock.at(600)
+        await svc.tick()
+        assert await cli.cmd_wo_list(argparse.Namespace(all=True, json=False), settings,
+                                     site) == 0
+        listed = capsys.readouterr().out
+        assert order_id in listed and "已验证" in listed and "12345-0042" in listed
+        assert svc.store is not None
+        audit = [(r["who"], r["action"]) for r in await svc.store.audit_rows()]
+        assert ("guard-li", "workorder_open") in audit
+        assert ("repair-sun", "workorder_resolved") in audit
+        assert ("x", "workorder_assigned_refused") in audit
 
 
 async def test_a_fire_at_three_on_a_rest_day(
