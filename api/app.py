@@ -4,6 +4,7 @@ MQTT connection, the state store and InfluxDB (api/context.py)."""
 from __future__ import annotations
 
 import contextlib
+import importlib.resources
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -18,8 +19,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.context import open_context
 from api.deps import SITE_NAMES, known_query, site_names
-from api.routes import alerts, auth, campus, chargers, commands, outputs, stream, system
-from api.routes import duty as duty_routes
+from api.routes import alerts, auth, campus, chargers, commands, desk, outputs, stream, system
 from facility.settings import Settings
 from facility.site import SiteConfig
 
@@ -46,14 +46,59 @@ SECURITY_HEADERS = {
 
 
 MEDIA_TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8",
-               ".css": "text/css; charset=utf-8", ".svg": "image/svg+xml"}
+               ".css": "text/css; charset=utf-8", ".svg": "image/svg+xml",
+               ".png": "image/png"}
+
+DOCS_HTML = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>{title} - Swagger UI</title>
+<link rel="stylesheet" href="/docs/assets/swagger-ui.css">
+<link rel="icon" type="image/png" href="/docs/assets/favicon-32x32.png"></head>
+<body><div id="swagger-ui"></div>
+<script src="/docs/assets/swagger-ui-bundle.js"></script>
+<script src="/docs/assets/init.js"></script></body></html>
+"""
+
+# Swagger UI is started by a script file, not an inline one: the CSP allows no inline code.
+DOCS_INIT = b"""window.ui = SwaggerUIBundle({url: "/openapi.json", dom_id: "#swagger-ui",
+  deepLinking: true, presets: [SwaggerUIBundle.presets.apis], layout: "BaseLayout"});
+"""
+
+
+def _files(folder: Path) -> dict[str, tuple[bytes, str]]:
+    return {p.name: (p.read_bytes(), MEDIA_TYPES[p.suffix]) for p in folder.iterdir()
+            if p.suffix in MEDIA_TYPES}
+
+
+def add_docs(app: FastAPI) -> None:
+    """/docs: Swagger UI 5 (it reads OpenAPI 3.1, which FastAPI writes) from the
+    swagger-ui-py package, served by the API itself: no CDN, so the page works offline and
+    under the API's own Content-Security-Policy. (swagger-ui-bundle, the obvious package,
+    ships Swagger UI 4.15, which cannot render OpenAPI 3.1.)"""
+    wanted = ("swagger-ui.css", "swagger-ui-bundle.js", "favicon-32x32.png")
+    static = Path(str(importlib.resources.files("swagger_ui") / "static"))
+    assets = {name: body for name, body in _files(static).items() if name in wanted}
+    assets["init.js"] = (DOCS_INIT, MEDIA_TYPES[".js"])
+    html = DOCS_HTML.format(title=app.title).encode()
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs() -> Response:
+        return Response(html, media_type=MEDIA_TYPES[".html"])
+
+    @app.get("/docs/assets/{name}", include_in_schema=False)
+    async def docs_asset(name: str) -> Response:
+        if name not in assets:
+            raise HTTPException(404, "no such file")
+        body, media_type = assets[name]
+        return Response(body, media_type=media_type,
+                        headers={"Cache-Control": "public, max-age=86400"})
 
 
 def add_page(app: FastAPI) -> None:
     """The control-room page: a few small files, read once and served from memory (no
-    file I/O, so no worker threads, per request)."""
-    files = {p.name: (p.read_bytes(), MEDIA_TYPES[p.suffix]) for p in STATIC.iterdir()
-             if p.suffix in MEDIA_TYPES}
+    file I/O, so no worker threads, per request). Third-party files (uPlot) are in
+    static/vendor/, served under /static/vendor/."""
+    files = _files(STATIC)
+    vendor = _files(STATIC / "vendor")
 
     @app.get("/", include_in_schema=False)
     async def page() -> Response:
@@ -67,6 +112,13 @@ def add_page(app: FastAPI) -> None:
         body, media_type = files[name]
         return Response(body, media_type=media_type, headers={"Cache-Control": "no-cache"})
 
+    @app.get("/static/vendor/{name}", include_in_schema=False)
+    async def vendored(name: str) -> Response:
+        if name not in vendor:
+            raise HTTPException(404, "no such file")
+        body, media_type = vendor[name]
+        return Response(body, media_type=media_type, headers={"Cache-Control": "no-cache"})
+
 
 def create_app(settings: Settings, site: SiteConfig) -> FastAPI:
     @contextlib.asynccontextmanager
@@ -77,11 +129,12 @@ def create_app(settings: Settings, site: SiteConfig) -> FastAPI:
 
     app = FastAPI(title="facility control-room API", version="1.0.0",
                   description=DESCRIPTION, lifespan=lifespan,
-                  dependencies=[Depends(known_query)])
-    for module in (auth, campus, alerts, outputs, commands, chargers, stream, system):
+                  dependencies=[Depends(known_query)], docs_url=None, redoc_url=None)
+    for module in (auth, campus, alerts, desk, outputs, commands, chargers, stream,
+                   system):
         app.include_router(module.router)
-    app.include_router(duty_routes.router)  # the duty roster and work orders
     add_page(app)
+    add_docs(app)
     app.openapi = lambda: _described(app, site)  # type: ignore[method-assign]  # fastapi: replacing app.openapi is its documented hook, but it is typed as a method
 
     @app.exception_handler(405)

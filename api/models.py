@@ -458,6 +458,14 @@ class Labels(BaseModel):
     availability: dict[str, str]
     delivery: dict[str, str]
     role: dict[str, str]
+    value: dict[str, str] = Field(description="names of the values devices report")
+    device_state: dict[str, str]
+    event: dict[str, str]
+    device_kind: dict[str, str]
+    http_status: dict[str, str] = Field(description="what the page says for an error answer")
+    aggregate: dict[str, str]
+    plan_state: dict[str, str] = Field(description="a device's colour on the campus plan")
+    incident_state: dict[str, str]
 
 
 DeviceDetail.model_rebuild()

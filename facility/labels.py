@@ -91,11 +91,80 @@ DELIVERY: Mapping[str, str] = MappingProxyType({
 ROLE: Mapping[str, str] = MappingProxyType({
     "viewer": "观察员", "operator": "值班员", "supervisor": "值班长", "admin": "管理员"})
 
+# The names of the values devices report (readings, as the page's detail and charts show).
+VALUE: Mapping[str, str] = MappingProxyType({
+    "alarm_count": "报警点数", "backup_power": "备用电源", "battery": "电池电压",
+    "bollard_count": "升降柱数量", "bollards_down": "降下数量", "bollards_fault": "故障数量",
+    "bollards_up": "升起数量", "cabinet_temperature": "控制柜温度",
+    "cable_temperature_1": "线缆温度1", "cable_temperature_2": "线缆温度2",
+    "cmd_ack_seq": "指令确认序号", "cmd_result": "指令结果", "connector": "充电枪号",
+    "connector_temperature": "充电枪温度", "current": "电流", "current_a": "A相电流",
+    "current_b": "B相电流", "current_c": "C相电流", "cycle_count": "动作次数",
+    "door_open": "柜门打开", "emergency_rise": "紧急升起", "energy_export": "反向电量",
+    "energy_import": "正向电量", "error_code": "故障代码", "fault_code": "故障代码",
+    "fault_count": "故障点数", "frame_counter": "帧计数", "frequency": "频率",
+    "h2s": "硫化氢", "heartbeat": "心跳", "hydraulic_pressure": "液压压力",
+    "main_power": "主电源", "mains_present": "市电", "mode": "运行模式",
+    "motor_current": "电机电流", "nh3": "氨气", "oil_temperature": "油温",
+    "position": "位置", "power": "功率", "power_a": "A相功率", "power_b": "B相功率",
+    "power_c": "C相功率", "power_factor": "功率因数", "power_total": "总有功功率",
+    "pump_current": "水泵电流", "pump_fault": "水泵故障", "pump_run_hours": "水泵运行时长",
+    "pump_running": "水泵运行", "rain_rate": "雨强", "rain_total": "累计雨量",
+    "reactive_power_total": "总无功功率", "residual_current": "剩余电流",
+    "residual_current_alarm": "剩余电流报警", "rssi": "信号强度", "session_energy": "本次充电量",
+    "smoke": "烟雾浓度", "snr": "信噪比", "state": "状态", "status": "状态",
+    "supply_pressure": "供油压力", "target": "目标位置", "temperature": "温度",
+    "temperature_alarm": "温度报警", "ups_charge": "UPS电量", "vehicle_on_loop": "地感有车",
+    "voltage": "电压", "voltage_a": "A相电压", "voltage_b": "B相电压", "voltage_c": "C相电压",
+    "water_level": "水位"})
+
+# The state a fire detector or panel reports (a reading's `state` value).
+DEVICE_STATE: Mapping[str, str] = MappingProxyType({
+    "normal": "正常", "pre_alarm": "预警", "alarm": "火警", "fault": "故障",
+    "disabled": "已屏蔽"})
+
+# Device events (fire panels, chargers, ...) by name.
+EVENT: Mapping[str, str] = MappingProxyType({
+    "fire_alarm": "火警", "pre_alarm": "预警", "fault": "故障", "fault_restore": "故障恢复",
+    "restore": "复位", "disabled": "屏蔽", "enabled": "解除屏蔽", "state_change": "状态变化"})
+
+DEVICE_KIND: Mapping[str, str] = MappingProxyType({
+    "smoke_detector": "感烟探测器", "heat_detector": "感温探测器", "fire_panel": "火灾报警控制器",
+    "electrical_fire_monitor": "电气火灾监控", "bollard": "升降柱", "plc": "升降柱控制器",
+    "water_level": "水位计", "rain_gauge": "雨量计", "sump_pump": "排涝泵",
+    "gas_sensor": "气体探测器", "ac_charger": "交流充电桩", "dc_charger": "直流充电桩",
+    "meter": "电能表", "gateway": "网关"})
+
+# A device's colour on the campus plan (from its alerts, its own reading, its status).
+PLAN_STATE: Mapping[str, str] = MappingProxyType({
+    "ok": "正常", "warn": "预警", "alarm": "告警", "fault": "故障", "degraded": "数据异常",
+    "offline": "离线", "unknown": "无数据"})
+
+# An incident as the page lists it.
+INCIDENT_STATE: Mapping[str, str] = MappingProxyType({
+    "active": "进行中", "cleared": "已恢复", "closed": "已关闭"})
+
+# What the page says for an answer of the API that is not a success (the server's
+# detail is for the log; the operator reads these).
+HTTP_STATUS: Mapping[str, str] = MappingProxyType({
+    "400": "请求有误", "401": "登录已失效", "403": "无权限：不在您的角色或负责区域内",
+    "404": "对象不存在", "409": "与当前状态冲突，操作未执行", "422": "输入有误",
+    "429": "尝试次数过多，请稍后再试", "500": "服务器内部错误",
+    "503": "服务暂不可用，操作未执行", "504": "规则引擎未及时响应", "0": "网络不通"})
+
+# The aggregates a trend chart can ask InfluxDB for.
+AGGREGATE: Mapping[str, str] = MappingProxyType({
+    "mean": "平均值", "min": "最小值", "max": "最大值", "last": "末值", "first": "首值",
+    "count": "次数"})
+
 TABLES: Mapping[str, Mapping[str, str]] = MappingProxyType({
     "severity": SEVERITY, "alert_state": ALERT_STATE, "history_action": HISTORY_ACTION,
     "command_action": COMMAND_ACTION, "command_status": COMMAND_STATUS,
     "approval": APPROVAL, "bollard": BOLLARD, "ev_status": EV_STATUS, "family": FAMILY,
-    "quality": QUALITY, "availability": AVAILABILITY, "delivery": DELIVERY, "role": ROLE})
+    "quality": QUALITY, "availability": AVAILABILITY, "delivery": DELIVERY, "role": ROLE,
+    "value": VALUE, "device_state": DEVICE_STATE, "event": EVENT, "device_kind": DEVICE_KIND,
+    "http_status": HTTP_STATUS, "aggregate": AGGREGATE, "plan_state": PLAN_STATE,
+    "incident_state": INCIDENT_STATE})
 
 
 def label(table: Mapping[str, str], key: str) -> str:

@@ -90,6 +90,7 @@ async def test_control_room_page(settings: Settings, tmp_path: Path) -> None:
 
             # Acknowledged from the page: the store has it, with who and when.
             await row.locator("button.ack").click()
+            await page.click("#ack-ok")  # the dialog: a comment is optional
             await expect(row).to_have_attribute("data-state", "active_ack", timeout=20_000)
             assert s.rules is not None
             store = s.rules.store
@@ -109,8 +110,8 @@ async def test_control_room_page(settings: Settings, tmp_path: Path) -> None:
             # offers no commands.
             viewer = await log_in(browser, s, "vera", 1366, 768)
             await expect(viewer.locator("#emergency")).to_be_disabled()
-            await expect(viewer.locator(f"#alerts tr[data-alert='{alert_id}'] button")) \
-                .to_have_count(0)
+            actions = f"#alerts tr[data-alert='{alert_id}'] td.alert-actions button"
+            await expect(viewer.locator(actions)).to_have_count(0)
             guard = await log_in(browser, s, "otto", 1366, 768)
             await guard.click("#bollards [data-bollard=bollard-s07]")
             await guard.fill("#reason", "放行救护车")

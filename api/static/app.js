@@ -8,6 +8,9 @@
 // (facility/labels.py), loaded once at start from GET /api/labels; the page keeps no copy.
 let SEVERITY = {}, SEVERITY_RANK = {}, ALERT_STATE = {}, BOLLARD = {}, EV_STATUS = {};
 let COMMAND_STATUS = {}, ACTION = {}, DELIVERY = {}, ROLE = {}, AVAILABILITY = {}, QUALITY = {};
+let SEVERITY_ORDER = [], HISTORY_ACTION = {}, FAMILY = {}, VALUE = {}, DEVICE_STATE = {};
+let EVENT = {}, DEVICE_KIND = {}, HTTP_STATUS = {}, AGGREGATE = {}, PLAN_STATE = {};
+let INCIDENT_STATE = {};
 const STALE_AFTER_MS = 35000; // the server sends something at least every 15 s
 
 const state = {
@@ -23,6 +26,11 @@ const state = {
   lastEventId: "",
   streamAbort: null,
   dirty: new Set(),
+  manual: new Map(), // screen id -> its manual message (only these can be withdrawn)
+  incidents: [],
+  history: null, // closed alerts too, when the alert history is shown
+  sounding: new Map(), // unacknowledged critical alerts: id -> alert
+  silenced: new Set(),
 };
 
 // --- small helpers ------------------------------------------------------------------
@@ -68,12 +76,66 @@ class ApiError extends Error {
   constructor(status, detail) { super(detail); this.status = status; }
 }
 
+// What the operator reads for a refusal: the label table's words for the status; the
+// server's own detail only where it is already Chinese (it is written for the log).
+function chinese(text) { return /[\u4e00-\u9fff]/.test(text || "") ? text : ""; }
+
 function explain(error) {
-  const words = { 401: "登录已失效", 403: "无权限", 404: "不存在", 409: "与当前状态冲突",
-                  422: "输入有误", 429: "尝试次数过多", 503: "服务暂不可用（指令未发出）",
-                  504: "规则引擎未响应" };
-  const head = words[error.status] || "操作失败";
-  return `${head}：${error.message}`;
+  const head = HTTP_STATUS[String(error.status)] || HTTP_STATUS["500"] || "操作失败";
+  const said = chinese(error.message);
+  return said ? `${head}：${said}` : head;
+}
+
+// A source's name: a device's, or a place's or zone's (correlation alerts have those).
+function deviceName(id) {
+  const d = state.devices.get(id);
+  return d ? d.name : named(id);
+}
+
+function placeName(id) {
+  const p = state.site && state.site.places.find((x) => x.id === id);
+  return p ? p.name : id;
+}
+
+function zoneName(id) {
+  const z = state.site && state.site.zones.find((x) => x.id === id);
+  return z ? z.name : id;
+}
+
+function valueName(key) { return VALUE[key] || key; }
+
+// A text from the rules engine that still carries an id (a place, zone or device) reads
+// with the name instead: the operator never meets a raw id where a name exists.
+function named(text) {
+  if (!text || !/[a-z][a-z0-9]*[-_][a-z0-9]/.test(text)) return text || "";
+  if (!named.pattern) {
+    const names = new Map();
+    for (const p of state.site.places) names.set(p.id, p.name);
+    for (const z of state.site.zones) if (!names.has(z.id)) names.set(z.id, z.name);
+    for (const d of state.devices.values()) names.set(d.id, d.name);
+    const ids = [...names.keys()].sort((a, b) => b.length - a.length)
+      .map((id) => id.replace(/[.*+?^${}()|[\]\\]/g, "\\$&"));
+    named.names = names;
+    named.pattern = new RegExp(`(?<![A-Za-z0-9_-])(${ids.join("|")})(?![A-Za-z0-9_-])`, "g");
+  }
+  return text.replace(named.pattern, (id) => named.names.get(id) || id);
+}
+
+function showValue(key, v) {
+  if (typeof v === "boolean") return v ? "是" : "否";
+  if (key === "state" || key === "position" || key === "target") {
+    return DEVICE_STATE[v] || BOLLARD[v] || v;
+  }
+  if (key === "status") return EV_STATUS[v] || v;
+  return fmt(v, 2);
+}
+
+// May this user act on things of these zones (the API checks it again)?
+function mayIn(role, zones) {
+  if (!can(role)) return false;
+  const mine = state.user.zones || [];
+  if (mine.includes("*")) return true;
+  return (zones || []).filter(Boolean).every((z) => mine.includes(z));
 }
 
 async function api(method, path, body) {
@@ -118,6 +180,8 @@ function logout(message) {
   $("logout").hidden = true;
   $("user").textContent = "";
   $("login").hidden = false;
+  state.sounding.clear();
+  updateAlarm();
   setLive("unknown");
   if (message) $("login-error").textContent = message;
 }
@@ -127,7 +191,11 @@ async function loadLabels() {
   ({ severity: SEVERITY, severity_rank: SEVERITY_RANK, alert_state: ALERT_STATE,
      bollard: BOLLARD, ev_status: EV_STATUS, command_status: COMMAND_STATUS,
      command_action: ACTION, delivery: DELIVERY, role: ROLE,
-     availability: AVAILABILITY, quality: QUALITY } = table);
+     availability: AVAILABILITY, quality: QUALITY, severity_order: SEVERITY_ORDER,
+     history_action: HISTORY_ACTION, family: FAMILY, value: VALUE,
+     device_state: DEVICE_STATE, event: EVENT, device_kind: DEVICE_KIND,
+     http_status: HTTP_STATUS, aggregate: AGGREGATE, plan_state: PLAN_STATE,
+     incident_state: INCIDENT_STATE } = table);
 }
 
 async function start() {
@@ -139,10 +207,13 @@ async function start() {
   $("board").hidden = false;
   state.site = await api("GET", "/api/site");
   $("site-name").textContent = state.site.name;
-  buildPlan();
+  buildFilters();
   await reload();
+  buildPlan();
   follow();
   refreshEnergy();
+  refreshIncidents();
+  offerSound();
 }
 
 function can(role) {
@@ -153,15 +224,18 @@ function can(role) {
 // --- loading state ------------------------------------------------------------------
 
 async function reload() {
-  const [devices, alerts, displays, commands, approvals] = await Promise.all([
+  const [devices, alerts, displays, commands, approvals, manual] = await Promise.all([
     api("GET", "/api/devices"), api("GET", "/api/alerts"), api("GET", "/api/displays"),
     api("GET", "/api/commands?hours=12"), api("GET", "/api/commands?pending=true"),
+    api("GET", "/api/displays/manual"),
   ]);
+  state.manual = new Map(manual.map((m) => [m.display, m]));
   state.devices = new Map(devices.map((d) => [d.id, d]));
   state.alerts = new Map(alerts.map((a) => [a.id, a]));
   state.displays = new Map(displays.map((d) => [d.id, d]));
   state.commands = new Map(commands.map((c) => [c.id, c]));
   state.approvals = new Map(approvals.map((c) => [c.id, c]));
+  for (const a of state.alerts.values()) considerAlarm(a, false);
   ["plan", "alerts", "bollards", "water", "ev", "displays", "commands"].forEach(mark);
 }
 
@@ -277,14 +351,20 @@ const HANDLERS = {
     mark("plan"); mark("bollards");
   },
   alert(a) {
+    const known = state.alerts.get(a.id);
     if (a.state === "normal") state.alerts.delete(a.id);
-    else state.alerts.set(a.id, a);
+    else state.alerts.set(a.id, Object.assign({}, known || {}, a));
+    considerAlarm(a, !known && a.transition !== "snapshot");
+    if (state.history) state.history.set(a.id, Object.assign({}, state.history.get(a.id) || {}, a));
     mark("alerts"); mark("plan"); mark("bollards");
+    clearTimeout(HANDLERS.alert.timer);
+    HANDLERS.alert.timer = setTimeout(refreshIncidents, 1000);
   },
   display(d) {
     const view = state.displays.get(d.display);
     if (view) { view.shown = d; view.delivery = { message: d.id, status: "pending" }; }
     mark("displays");
+    refreshManual();
   },
   display_ack(a) {
     const view = state.displays.get(a.endpoint);
@@ -308,8 +388,9 @@ const HANDLERS = {
     else state.approvals.delete(c.id);
     mark("commands");
     if (c.final && c.requested_by === (state.user && state.user.username)) {
+      const said = chinese(c.detail);
       notice(`指令 ${ACTION[c.action] || c.action}：${COMMAND_STATUS[c.status] || c.status}` +
-             (c.detail ? `（${c.detail}）` : ""), c.status !== "done");
+             (said ? `（${said}）` : ""), c.status !== "done");
     }
   },
 };
@@ -345,43 +426,130 @@ function render() {
   if (dirty.has("commands")) renderCommands();
 }
 
+const QUIET = ["shelved", "suppressed", "out_of_service"]; // not annunciated (ISA-18.2)
+
+// The worst active alert of each device, whatever its state: a suppressed or shelved alarm
+// is still an alarm on the plan (shown quieter), never "normal".
 function alertsBySource() {
   const by = new Map();
   for (const a of state.alerts.values()) {
-    if (QUIET.includes(a.state)) continue;
+    if (a.active === false) continue;
     const worst = by.get(a.source);
-    if (!worst || SEVERITY_RANK[a.severity] > SEVERITY_RANK[worst]) by.set(a.source, a.severity);
+    if (!worst || SEVERITY_RANK[a.severity] > SEVERITY_RANK[worst.severity]) by.set(a.source, a);
   }
   return by;
 }
 
+// What the device itself says, from its latest reading: a detector in ALARM is an alarm
+// even where no alert is annunciated for it.
+function readingState(device) {
+  const v = device.latest ? device.latest.values : {};
+  if (v.state === "alarm" || v.residual_current_alarm === true || v.temperature_alarm === true) {
+    return "alarm";
+  }
+  if (v.state === "fault" || v.pump_fault === true || v.status === "faulted") return "fault";
+  if (v.state === "pre_alarm") return "warn";
+  return "";
+}
+
+const STATE_ORDER = ["unknown", "ok", "degraded", "offline", "fault", "warn", "alarm"];
+
+function worse(a, b) { return STATE_ORDER.indexOf(a) >= STATE_ORDER.indexOf(b) ? a : b; }
+
 function deviceState(device, alerts) {
-  const severity = alerts.get(device.id);
-  if (severity === "critical" || severity === "major") return "alarm";
-  if (severity) return "warn";
+  const alert = alerts.get(device.id);
+  let s = "";
+  if (alert) s = SEVERITY_RANK[alert.severity] >= 4 ? "alarm" : "warn";
+  const said = readingState(device);
+  if (said) s = s ? worse(s, said) : said;
+  if (s) return s;
   if (device.online === false) return "offline";
   if (device.latest && device.latest.quality !== "good") return "degraded";
   if (device.latest || device.online === true) return "ok";
   return "unknown";
 }
 
-// The plan: places at their coordinates; devices in a small spiral around their place.
+function quietOnly(device, alerts) {
+  const alert = alerts.get(device.id);
+  return Boolean(alert && QUIET.includes(alert.state));
+}
+
+// The plan: every place is a labelled chip at its plan coordinates holding the dots of its
+// devices; chips are nudged apart so that no name is covered.
 function buildPlan() {
   const plan = $("plan");
   plan.replaceChildren();
+  const byPlace = new Map();
+  for (const device of state.devices.values()) {
+    if (device.controller && device.family === "bollard") continue; // the PLC stands for them
+    if (!byPlace.has(device.place)) byPlace.set(device.place, []);
+    byPlace.get(device.place).push(device);
+  }
   for (const place of state.site.places) {
     if (!place.plan) continue;
     const ring = el("div", { class: "ring", dataset: { place: place.id }, hidden: "" });
     ring.style.left = `${place.plan.x}%`;
     ring.style.top = `${place.plan.y}%`;
     plan.append(ring);
-    if (!["building", "gate", "car_park", "ebike_shed"].includes(place.kind)) continue;
-    const name = place.kind === "ebike_shed" ? place.name.replace("电动自行车停车棚", "车棚")
-      .replace("电动自行车停放点", "车棚") : place.name;
-    const label = el("div", { class: `place ${place.kind}` }, name);
-    label.style.left = `${place.plan.x}%`;
-    label.style.top = `${place.plan.y}%`;
-    plan.append(label);
+    const devices = (byPlace.get(place.id) || []).sort((a, b) => a.id.localeCompare(b.id));
+    const dots = el("span", { class: "dots" }, ...devices.map((d) => el("button", {
+      type: "button", class: "dev state-unknown", dataset: { device: d.id },
+      "aria-label": d.name, onclick: () => openDevice(d.id) })));
+    const chip = el("div", { class: `place ${place.kind}`, dataset: { place: place.id } },
+      el("span", { class: "place-name" }, place.name), dots,
+      place.id === gatePlace() ? el("span", { class: "gate-state", "aria-live": "polite" }) : null);
+    chip.style.left = `${place.plan.x}%`;
+    chip.style.top = `${place.plan.y}%`;
+    plan.append(chip);
+  }
+  layoutPlan();
+  if (!buildPlan.observer) {
+    buildPlan.observer = new ResizeObserver(() => layoutPlan());
+    buildPlan.observer.observe(plan);
+  }
+  mark("plan");
+}
+
+function gatePlace() {
+  const plc = [...state.devices.values()].find((d) => d.kind === "plc");
+  return plc ? plc.place : "";
+}
+
+// Keep every chip's name readable: a chip that overlaps one placed before it moves by the
+// least distance (up, down, then sideways) that frees it, staying inside the plan.
+function layoutPlan() {
+  const plan = $("plan");
+  const box = plan.getBoundingClientRect();
+  if (!box.width) return;
+  const chips = [...plan.querySelectorAll(".place")];
+  for (const chip of chips) { chip.style.marginTop = "0px"; chip.style.marginLeft = "0px"; }
+  // Buildings first: they are the landmarks; then top to bottom.
+  chips.sort((a, b) => (b.classList.contains("building") - a.classList.contains("building"))
+    || (parseFloat(a.style.top) - parseFloat(b.style.top)));
+  const placed = [];
+  const moves = [[0, 0]];
+  for (let d = 3; d <= 240; d += 3) moves.push([0, -d], [0, d]);
+  for (let d = 6; d <= 240; d += 6) {
+    for (let e = 0; e <= 120; e += 6) moves.push([-d, e], [d, e], [-d, -e], [d, -e]);
+  }
+  for (const chip of chips) {
+    const r = chip.getBoundingClientRect();
+    // Inside the plan first (a gate on the edge would stick out).
+    const fx = Math.max(box.left + 1 - r.left, 0) - Math.max(r.right - (box.right - 1), 0);
+    const fy = Math.max(box.top + 1 - r.top, 0) - Math.max(r.bottom - (box.bottom - 1), 0);
+    let best = [fx, fy];
+    for (const [mx, my] of moves) {
+      const dx = fx + mx, dy = fy + my;
+      const left = r.left + dx, right = r.right + dx, top = r.top + dy, bottom = r.bottom + dy;
+      if (top < box.top || bottom > box.bottom || left < box.left || right > box.right) continue;
+      const clash = placed.some((p) => left < p.right + 2 && right > p.left - 2
+                                       && top < p.bottom + 2 && bottom > p.top - 2);
+      if (!clash) { best = [dx, dy]; break; }
+    }
+    chip.style.marginLeft = `${best[0]}px`;
+    chip.style.marginTop = `${best[1]}px`;
+    placed.push({ left: r.left + best[0], right: r.right + best[0],
+                  top: r.top + best[1], bottom: r.bottom + best[1] });
   }
 }
 
@@ -398,44 +566,56 @@ function renderRings() {
   }
 }
 
+function stateWord(s) { return PLAN_STATE[s] || s; }
+
 function renderPlan() {
   const plan = $("plan");
   const alerts = alertsBySource();
-  const around = new Map();
   let live = 0, total = 0;
-  for (const device of state.devices.values()) {
-    if (device.controller && device.family === "bollard") continue; // the PLC stands for them
-    if (!device.plan) continue;
-    const key = `${device.plan.x},${device.plan.y}`;
-    const n = around.get(key) || 0;
-    around.set(key, n + 1);
-    let dot = plan.querySelector(`[data-device="${CSS.escape(device.id)}"]`);
-    if (!dot) {
-      dot = el("div", { class: "dev", dataset: { device: device.id } });
-      const angle = n * 2.4, radius = n === 0 ? 0 : 1.6 + 0.7 * Math.sqrt(n);
-      dot.style.left = `${Math.min(99, Math.max(1, device.plan.x + radius * Math.cos(angle)))}%`;
-      dot.style.top = `${Math.min(99, Math.max(1, device.plan.y + radius * Math.sin(angle) * 1.3))}%`;
-      plan.append(dot);
-    }
+  for (const dot of plan.querySelectorAll(".dev")) {
+    const device = state.devices.get(dot.dataset.device);
+    if (!device) continue;
     let status = deviceState(device, alerts);
+    let quiet = quietOnly(device, alerts);
     if (device.kind === "plc") status = worstBollard(status, alerts);
-    dot.className = `dev state-${status}`;
-    dot.title = `${device.name}（${device.place_name}）\n${describe(device)}`;
+    if (status !== "alarm" && status !== "warn") quiet = false;
+    dot.className = `dev state-${status}${quiet ? " quiet" : ""}`;
+    dot.dataset.state = status;
+    const text = `${device.name}：${stateWord(status)}${quiet ? "（告警已搁置/抑制）" : ""}\n${describe(device)}`;
+    dot.title = text;
+    dot.setAttribute("aria-label", text.replace("\n", "，"));
     total += 1;
     if (status !== "unknown") live += 1;
   }
   $("plan-summary").textContent = `${live}/${total} 台设备有数据`;
+  const gate = plan.querySelector(".gate-state");
+  if (gate) {
+    const counts = bollardCounts();
+    const parts = Object.entries(counts).map(([k, v]) => `${BOLLARD[k] || "无数据"} ${v}`);
+    const said = `升降柱：${parts.join("，") || "无数据"}`;
+    if (gate.textContent !== said) { gate.textContent = said; layoutPlan(); }
+    gate.className = `gate-state ${counts.down || counts.fault ? "open" : ""}`;
+    gate.dataset.down = String(counts.down || 0);
+  }
   renderRings();
 }
 
+function bollardCounts() {
+  const counts = {};
+  for (const d of bollards()) {
+    const s = d.latest ? d.latest.values.state || "unknown" : "unknown";
+    counts[s] = (counts[s] || 0) + 1;
+  }
+  return counts;
+}
+
 function worstBollard(status, alerts) {
-  const order = ["unknown", "ok", "degraded", "offline", "warn", "alarm"];
   let worst = status;
   for (const d of state.devices.values()) {
     if (d.family !== "bollard" || !d.controller) continue;
     let s = deviceState(d, alerts);
     if (d.latest && d.latest.values.state === "fault") s = "alarm";
-    if (order.indexOf(s) > order.indexOf(worst)) worst = s;
+    worst = worse(s, worst);
   }
   return worst;
 }
@@ -444,48 +624,98 @@ function describe(device) {
   if (!device.latest) return device.online === false ? AVAILABILITY.offline : "暂无数据";
   const parts = Object.entries(device.latest.values).slice(0, 6).map(([k, v]) => {
     const unit = (device.latest.units || {})[k] || "";
-    return `${k} ${fmt(v, 2)}${unit}`;
+    return `${valueName(k)} ${showValue(k, v)}${unit}`;
   });
   return `${parts.join("，")}（${time(device.latest.ts)}）`;
 }
 
-const QUIET = ["shelved", "suppressed", "out_of_service"]; // not annunciated (ISA-18.2)
+// --- alerts: filters, list, history -----------------------------------------------
+
+function buildFilters() {
+  const fill = (id, entries) => {
+    const select = $(id);
+    select.replaceChildren(el("option", { value: "" }, "全部"),
+      ...entries.map(([value, text]) => el("option", { value }, text)));
+  };
+  fill("f-severity", SEVERITY_ORDER.map((s) => [s, SEVERITY[s]]));
+  fill("f-zone", state.site.zones.map((z) => [z.id, z.name]));
+  fill("f-family", Object.entries(FAMILY).filter(([k]) => k && k !== "gateway"));
+  fill("f-state", Object.entries(ALERT_STATE));
+}
+
+async function toggleHistory() {
+  if ($("f-history").checked) {
+    try {
+      const list = await api("GET", "/api/alerts?open=false&limit=500");
+      state.history = new Map(list.map((a) => [a.id, a]));
+    } catch (error) {
+      notice(explain(error), true);
+      $("f-history").checked = false;
+    }
+  } else {
+    state.history = null;
+  }
+  mark("alerts");
+}
+
+function filtered(list) {
+  const want = { severity: $("f-severity").value, zone: $("f-zone").value,
+                 family: $("f-family").value, state: $("f-state").value };
+  return list.filter((a) => (!want.severity || a.severity === want.severity)
+    && (!want.zone || a.zone === want.zone) && (!want.family || a.family === want.family)
+    && (!want.state || a.state === want.state));
+}
 
 function renderAlerts() {
   const body = $("alerts").tBodies[0];
+  const source = state.history || state.alerts;
   // Annunciated first, then by severity, then newest; quiet ones stay visible, dimmed.
-  const alerts = [...state.alerts.values()].sort((a, b) =>
+  const alerts = filtered([...source.values()]).sort((a, b) =>
     (QUIET.includes(a.state) - QUIET.includes(b.state))
     || (SEVERITY_RANK[b.severity] - SEVERITY_RANK[a.severity]) || (b.raised_at - a.raised_at));
   body.replaceChildren(...alerts.map(alertRow));
-  $("alert-count").textContent = `${alerts.length} 条`;
+  $("alert-count").textContent = `${alerts.length} 条${state.history ? "（含历史）" : ""}`;
   $("no-alerts").hidden = alerts.length > 0;
+  $("no-alerts").textContent = source.size ? "没有符合筛选条件的告警" : "当前无告警";
 }
 
+// The alert's level and text as raised, and its current value beside them where the
+// rules engine gives one (peak_severity, current_value: read if present).
 function alertRow(a) {
-  const actions = el("td", {});
-  if (can("operator")) {
-    if (!a.acknowledged && a.state !== "normal") {
+  const actions = el("td", { class: "alert-actions" });
+  if (mayIn("operator", [a.zone]) && a.state !== "normal") {
+    if (!a.acknowledged) {
       actions.append(el("button", { type: "button", class: "ack", onclick: () => acknowledge(a) },
                         "确认"));
     }
     if (a.state === "shelved") {
-      actions.append(el("button", { type: "button", onclick: () => operate(a, "unshelve", {}) },
-                        "取消搁置"));
-    } else {
-      actions.append(el("button", { type: "button", onclick: () => shelve(a) }, "搁置"));
+      actions.append(el("button", { type: "button", class: "unshelve",
+                                    onclick: () => operate(a, "unshelve", {}) }, "取消搁置"));
+    } else if (a.active !== false) {
+      actions.append(el("button", { type: "button", class: "shelve", onclick: () => shelve(a) },
+                        "搁置"));
     }
   }
-  const place = (state.site.places.find((p) => p.id === a.place) || {}).name || a.place;
-  const look = a.state === "active_unack" ? "unack" : QUIET.includes(a.state) ? "quiet" : "";
+  const look = a.state === "active_unack" ? "unack" : QUIET.includes(a.state) ? "quiet"
+    : a.state === "normal" ? "closed" : "";
+  const peak = a.peak_severity && a.peak_severity !== a.severity ? a.peak_severity : "";
+  const current = a.current_value !== undefined && a.current_value !== null ? a.current_value
+    : null;
   return el("tr", { class: `alert ${look}`,
                     dataset: { alert: a.id, state: a.state, family: a.family || "",
-                               rule: a.rule } },
-    el("td", {}, el("span", { class: `sev sev-${a.severity}` }, SEVERITY[a.severity] || a.severity)),
-    el("td", {}, time(a.raised_at)),
-    el("td", {}, el("b", {}, a.title), el("br"), a.text,
+                               rule: a.rule, source: a.source, severity: a.severity } },
+    el("td", {}, el("span", { class: `sev sev-${peak || a.severity}` },
+                    SEVERITY[peak || a.severity] || a.severity),
+       peak ? el("small", { class: "now-sev" }, ` 现${SEVERITY[a.severity]}`) : ""),
+    el("td", { class: "nowrap" }, time(a.raised_at)),
+    el("td", {}, el("button", { type: "button", class: "link", onclick: () => openAlert(a.id) },
+                    named(a.title)), el("br"), named(a.text),
+       current !== null ? el("span", { class: "current" }, `（当前 ${fmt(current, 1)}${a.unit || ""}）`) : "",
        a.late_s ? el("span", { class: "late" }, `（迟到${a.late_s}秒）`) : ""),
-    el("td", {}, place),
+    el("td", {}, state.devices.has(a.source)
+      ? el("button", { type: "button", class: "link", onclick: () => openDevice(a.source) },
+           deviceName(a.source)) : deviceName(a.source),
+       el("br"), el("small", {}, placeName(a.place))),
     el("td", { class: "alert-state" }, ALERT_STATE[a.state] || a.state),
     actions);
 }
@@ -496,24 +726,329 @@ async function operate(alert, action, body) {
     if (result.alert) {
       const known = state.alerts.get(alert.id) || {};
       state.alerts.set(alert.id, Object.assign({}, known, result.alert));
-      mark("alerts");
+      considerAlarm(result.alert, false);
+      mark("alerts"); mark("plan");
     }
+    return true;
+  } catch (error) {
+    notice(explain(error), true);
+    return false;
+  }
+}
+
+// A <dialog> that resolves with the button pressed ("ok" or "cancel").
+function ask(dialog, check) {
+  return new Promise((resolve) => {
+    const form = dialog.querySelector("form");
+    const onSubmit = (event) => {
+      if (event.submitter && event.submitter.value === "ok" && check && !check()) {
+        event.preventDefault();
+        return;
+      }
+    };
+    form.addEventListener("submit", onSubmit);
+    dialog.addEventListener("close", () => {
+      form.removeEventListener("submit", onSubmit);
+      resolve(dialog.returnValue);
+    }, { once: true });
+    dialog.returnValue = "cancel";
+    dialog.showModal();
+  });
+}
+
+async function acknowledge(alert) {
+  $("ack-alert").textContent = `${SEVERITY[alert.severity] || ""} ${named(alert.title)}：${named(alert.text)}`;
+  $("ack-comment").value = "";
+  if (await ask($("ack-dialog")) !== "ok") return false;
+  return operate(alert, "acknowledge", { comment: $("ack-comment").value.trim() });
+}
+
+async function shelve(alert) {
+  $("shelve-alert").textContent = `${named(alert.title)}：${named(alert.text)}`;
+  $("shelve-reason").value = "";
+  $("shelve-error").textContent = "";
+  const answer = await ask($("shelve-dialog"), () => {
+    if ($("shelve-reason").value.trim()) return true;
+    $("shelve-error").textContent = "搁置需要填写原因";
+    $("shelve-reason").focus();
+    return false;
+  });
+  if (answer !== "ok") return;
+  operate(alert, "shelve", { minutes: Number($("shelve-minutes").value),
+                             comment: $("shelve-reason").value.trim() });
+}
+
+async function openAlert(id) {
+  try {
+    const a = await api("GET", `/api/alerts/${encodeURIComponent(id)}`);
+    $("alert-title").textContent = `告警详情：${named(a.title)}`;
+    $("alert-summary").replaceChildren(el("p", {},
+      el("span", { class: `sev sev-${a.severity}` }, SEVERITY[a.severity]), " ", named(a.text)),
+      el("p", {}, `设备：${deviceName(a.source)}，位置：${placeName(a.place)}，状态：` +
+                  `${ALERT_STATE[a.state] || a.state}，发生：${dateTime(a.raised_at)}` +
+                  (a.cleared_at ? `，恢复：${dateTime(a.cleared_at)}` : "")));
+    $("alert-history").replaceChildren(...[
+      el("li", {}, `${dateTime(a.raised_at)} 告警发生`),
+      ...a.history.map((h) => el("li", { dataset: { action: h.action } },
+        `${dateTime(h.ts)} ${HISTORY_ACTION[h.action] || ALERT_STATE[h.to_state] || "状态变化"}`,
+        h.by ? ` · ${h.by}` : "", h.to_state ? ` → ${ALERT_STATE[h.to_state] || h.to_state}` : "",
+        chinese(h.comment) || (h.comment && h.by ? h.comment : "") ? `：${h.comment}` : ""))]);
+    $("alert-dialog").showModal();
   } catch (error) {
     notice(explain(error), true);
   }
 }
 
-function acknowledge(alert) { return operate(alert, "acknowledge", { comment: "" }); }
-
-function shelve(alert) {
-  const minutes = Number(prompt("搁置多少分钟？（到期自动恢复）", "30"));
-  if (!minutes || minutes <= 0) return;
-  const comment = prompt("搁置原因（必填）", "");
-  if (!comment) { notice("搁置需要填写原因", true); return; }
-  operate(alert, "shelve", { minutes, comment });
+function dateTime(ns) {
+  if (!ns) return "";
+  return new Date(Number(ns) / 1e6).toLocaleString("zh-CN", { hour12: false });
 }
 
-// The bollards: a grid of the 42, with their state; click to select.
+// --- incidents ----------------------------------------------------------------------
+
+async function refreshIncidents() {
+  try {
+    const since = new Date(Date.now() - 24 * 3600e3).toISOString();
+    state.incidents = await api("GET", `/api/incidents?open=false&since=${encodeURIComponent(since)}&limit=50`);
+  } catch (error) {
+    return;
+  }
+  const list = state.incidents;
+  $("incidents").tBodies[0].replaceChildren(...list.map((i) => el("tr", {
+    class: i.active ? "" : "quiet", dataset: { incident: i.id } },
+    el("td", {}, el("span", { class: `sev sev-${i.severity}` }, SEVERITY[i.severity])),
+    el("td", { class: "nowrap" }, time(i.opened_at)),
+    el("td", {}, el("button", { type: "button", class: "link", onclick: () => openIncident(i.id) },
+                    named(i.title))),
+    el("td", {}, (i.zones.length ? i.zones : [i.zone]).map(zoneName).join("、")),
+    el("td", {}, INCIDENT_STATE[i.closed_at ? "closed" : i.active ? "active" : "cleared"]))));
+  $("incident-count").textContent = `${list.length} 起`;
+  $("no-incidents").hidden = list.length > 0;
+}
+
+async function openIncident(id) {
+  try {
+    const t = await api("GET", `/api/incidents/${encodeURIComponent(id)}/timeline`);
+    $("incident-title").textContent = `事件详情：${named(t.incident.title)}`;
+    $("incident-summary").textContent = `${SEVERITY[t.incident.severity]} · 开始 ` +
+      `${dateTime(t.incident.opened_at)}` +
+      (t.incident.cleared_at ? ` · 恢复 ${dateTime(t.incident.cleared_at)}` : "") +
+      ` · ${t.alerts.length} 条告警`;
+    $("incident-timeline").replaceChildren(...t.entries.map((e) => el("li", {
+      dataset: { action: e.action } },
+      `${dateTime(e.ts)} ${e.action === "raised" ? "告警发生" : HISTORY_ACTION[e.action]
+        || (ALERT_STATE[e.to_state] ? `转为${ALERT_STATE[e.to_state]}` : "状态变化")}：${named(e.title)}`,
+      e.by ? ` · ${e.by}` : "", chinese(e.comment) ? `（${e.comment}）` : "")));
+    $("cap-count").textContent = `${t.cap_documents.length} 份`;
+    $("incident-cap").textContent = t.cap_documents.length
+      ? t.cap_documents[t.cap_documents.length - 1] : "尚未生成";
+    $("incident-dialog").showModal();
+  } catch (error) {
+    notice(explain(error), true);
+  }
+}
+
+// --- device detail and trends -------------------------------------------------------
+
+async function openDevice(id) {
+  const dialog = $("device-dialog");
+  dialog.dataset.device = id;
+  try {
+    const [d, activity] = await Promise.all([
+      api("GET", `/api/devices/${encodeURIComponent(id)}`),
+      api("GET", `/api/devices/${encodeURIComponent(id)}/activity?hours=168`)]);
+    openDevice.activity = activity;
+    $("device-title").textContent = `${d.name}（${DEVICE_KIND[d.kind] || FAMILY[d.family] || ""}）`;
+    $("device-where").textContent = `位置：${d.place_name} · 区域：${d.zone_name} · 状态：` +
+      `${d.online === null ? "未知" : d.online ? AVAILABILITY.online : AVAILABILITY.offline}` +
+      (d.latest ? ` · 数据质量：${QUALITY[d.latest.quality] || d.latest.quality} · ` +
+                  `更新于 ${dateTime(d.latest.ts)}` : " · 暂无数据");
+    const values = d.latest ? Object.entries(d.latest.values) : [];
+    $("device-values").tBodies[0].replaceChildren(...values.map(([k, v]) => el("tr", {},
+      el("th", { scope: "row" }, valueName(k)),
+      el("td", { class: "num" }, `${showValue(k, v)} ${(d.latest.units || {})[k] || ""}`))),
+      ...Object.entries(d.latest ? d.latest.errors : {}).map(([k]) => el("tr", {},
+        el("th", { scope: "row" }, valueName(k)), el("td", { class: "q-bad" }, "读取失败"))));
+    const numeric = d.value_names.filter((k) => !d.latest || typeof d.latest.values[k] === "number"
+      || d.latest.values[k] === undefined);
+    const field = $("trend-field");
+    field.replaceChildren(...numeric.map((k) => el("option", { value: k }, valueName(k))));
+    $("device-events").replaceChildren(...(activity.events.length ? activity.events.map((e) =>
+      el("li", {}, `${dateTime(e.ts)} ${EVENT[e.name] || "事件"}`, chinese(e.text) ? `：${e.text}` : ""))
+      : [el("li", { class: "empty" }, activity.events_error ? "事件暂不可读" : "无")]));
+    $("device-alerts").replaceChildren(...(activity.alerts.length ? activity.alerts.map((a) =>
+      el("li", {}, el("span", { class: `sev sev-${a.severity}` }, SEVERITY[a.severity]),
+         ` ${dateTime(a.raised_at)} ${named(a.title)} · ${ALERT_STATE[a.state] || a.state}`))
+      : [el("li", { class: "empty" }, "无")]));
+    $("device-commands").replaceChildren(...(activity.commands.length ? activity.commands.map(
+      (c) => el("li", {}, commandText(c))) : [el("li", { class: "empty" }, "无")]));
+    if (!dialog.open) dialog.showModal();
+    drawTrend();
+  } catch (error) {
+    notice(explain(error), true);
+  }
+}
+
+async function drawTrend() {
+  const id = $("device-dialog").dataset.device;
+  const field = $("trend-field").value;
+  const box = $("trend-chart");
+  const hours = Number($("trend-range").value);
+  if (drawTrend.chart) { drawTrend.chart.destroy(); drawTrend.chart = null; }
+  box.replaceChildren();
+  $("trend-marks").replaceChildren();
+  if (!field) { $("trend-status").textContent = "该设备没有数值型数据"; return; }
+  $("trend-status").textContent = "加载中……";
+  const end = new Date(), start = new Date(end.getTime() - hours * 3600e3);
+  let data;
+  try {
+    data = await api("GET", `/api/devices/${encodeURIComponent(id)}/history?field=${field}` +
+      `&start=${encodeURIComponent(start.toISOString())}&end=${encodeURIComponent(end.toISOString())}&points=400`);
+  } catch (error) {
+    $("trend-status").textContent = explain(error);
+    return;
+  }
+  const xs = data.points.map((p) => p.t / 1000);
+  const ys = data.points.map((p) => (typeof p.v === "number" ? p.v : null));
+  // The alerts of this device within the range: raise and clear marked on the chart.
+  const marks = [];
+  for (const a of (openDevice.activity || { alerts: [] }).alerts) {
+    if (a.raised_at / 1e6 >= start.getTime()) marks.push({ t: a.raised_at / 1e9, kind: "raise", a });
+    if (a.cleared_at && a.cleared_at / 1e6 >= start.getTime()) {
+      marks.push({ t: a.cleared_at / 1e9, kind: "clear", a });
+    }
+  }
+  $("trend-marks").replaceChildren(...marks.map((m) => el("li", { dataset: { kind: m.kind } },
+    el("i", { class: `mark-${m.kind}` }), `${dateTime(m.t * 1e9)} ${m.kind === "raise" ? "告警发生" : "告警恢复"}：${named(m.a.title)}`)));
+  const unit = ((state.devices.get(id) || {}).latest || { units: {} }).units[field] || "";
+  $("trend-status").textContent = xs.length
+    ? `${xs.length} 个点，每 ${data.interval_s} 秒${AGGREGATE[data.aggregate] || ""}`
+    : "该时间范围内没有数据";
+  if (!xs.length) return;
+  const width = Math.max(300, box.getBoundingClientRect().width || 600);
+  const marker = {
+    hooks: {
+      draw: [(u) => {
+        const ctx = u.ctx;
+        ctx.save();
+        for (const m of marks) {
+          const x = u.valToPos(m.t, "x", true);
+          if (x < u.bbox.left || x > u.bbox.left + u.bbox.width) continue;
+          ctx.strokeStyle = m.kind === "raise" ? "#ff5a52" : "#4cd07d";
+          ctx.lineWidth = 2 * devicePixelRatio;
+          ctx.setLineDash(m.kind === "raise" ? [] : [6, 4]);
+          ctx.beginPath();
+          ctx.moveTo(x, u.bbox.top);
+          ctx.lineTo(x, u.bbox.top + u.bbox.height);
+          ctx.stroke();
+        }
+        ctx.restore();
+      }],
+    },
+  };
+  const axis = { stroke: "#c8d3de", grid: { stroke: "#2a3b4d" }, ticks: { stroke: "#2a3b4d" } };
+  const lo = Math.min(xs[0], ...marks.map((m) => m.t)), hi = Math.max(xs[xs.length - 1], ...marks.map((m) => m.t));
+  drawTrend.chart = new uPlot({
+    width, height: 260, plugins: [marker], legend: { show: true },
+    scales: { x: { time: true, range: () => [lo - 1, hi + 1] } },
+    axes: [Object.assign({}, axis), Object.assign({ label: unit }, axis)],
+    series: [{ label: "时间", value: (u, v) => (v == null ? "—" : dateTime(v * 1e9)) },
+             { label: `${valueName(field)}${unit ? `（${unit}）` : ""}`, stroke: "#5aa9ff",
+               width: 2, spanGaps: false }],
+  }, [xs, ys], box);
+  box.dataset.points = String(xs.length);
+}
+
+// --- the alarm: heard and seen until acknowledged or silenced ----------------------
+
+function considerAlarm(a, fresh) {
+  const critical = a.severity === "critical" && a.state === "active_unack" && a.active !== false;
+  if (critical) {
+    if (!state.sounding.has(a.id) && fresh) notify(a);
+    state.sounding.set(a.id, a);
+  } else {
+    state.sounding.delete(a.id);
+  }
+  updateAlarm();
+}
+
+function updateAlarm() {
+  const loud = [...state.sounding.values()].filter((a) => !state.silenced.has(a.id));
+  const banner = $("alarm-banner");
+  const newest = [...state.sounding.values()].sort((a, b) => b.raised_at - a.raised_at)[0];
+  banner.hidden = !newest;
+  if (newest) {
+    $("alarm-text").textContent = `紧急告警：${named(newest.title)}（${placeName(newest.place)}）` +
+      (state.sounding.size > 1 ? `，共 ${state.sounding.size} 条未确认` : "");
+    banner.dataset.alert = newest.id;
+    $("alarm-ack").hidden = !mayIn("operator", [newest.zone]);
+    $("alarm-silence").hidden = !loud.length;
+  }
+  if (loud.length) tone.start(); else tone.stop();
+  document.body.dataset.alarm = loud.length ? "sounding" : newest ? "silenced" : "";
+}
+
+// A two-tone alarm made with WebAudio (no sound file): 880/660 Hz, alternating twice a second.
+const tone = {
+  ctx: null, osc: null, gain: null, timer: null,
+  start() {
+    if (this.osc) return;
+    try {
+      this.ctx = this.ctx || new AudioContext();
+      if (this.ctx.state === "suspended") this.ctx.resume().catch(() => {});
+      this.osc = this.ctx.createOscillator();
+      this.gain = this.ctx.createGain();
+      this.osc.type = "square";
+      this.osc.frequency.value = 880;
+      this.gain.gain.value = 0.15;
+      this.osc.connect(this.gain).connect(this.ctx.destination);
+      this.osc.start();
+      let high = true;
+      this.timer = setInterval(() => {
+        high = !high;
+        this.osc.frequency.setValueAtTime(high ? 880 : 660, this.ctx.currentTime);
+      }, 500);
+    } catch (error) {
+      this.osc = null;
+    }
+    $("alarm-banner").dataset.sound = this.ctx ? this.ctx.state : "none";
+  },
+  stop() {
+    clearInterval(this.timer);
+    if (this.osc) { this.osc.stop(); this.osc.disconnect(); }
+    this.osc = null;
+    $("alarm-banner").dataset.sound = "off";
+  },
+};
+
+function notify(a) {
+  if (!("Notification" in window) || Notification.permission !== "granted") return;
+  try {
+    const n = new Notification(`紧急告警：${named(a.title)}`, {
+      body: `${named(a.text)}（${placeName(a.place)}）`, tag: a.id, requireInteraction: true });
+    n.onclick = () => { window.focus(); openAlert(a.id); };
+  } catch (error) {
+    // a browser without page notifications: the banner and the sound remain
+  }
+}
+
+// Sound and notifications need the operator's permission (one click, once per login).
+function offerSound() {
+  const need = ("Notification" in window && Notification.permission === "default")
+    || (tone.ctx === null && navigator.userActivation && !navigator.userActivation.hasBeenActive);
+  $("enable-sound").hidden = !need;
+}
+
+function enableSound() {
+  try { tone.ctx = tone.ctx || new AudioContext(); tone.ctx.resume(); } catch (error) { /* none */ }
+  if ("Notification" in window && Notification.permission === "default") {
+    Notification.requestPermission().finally(offerSound);
+  }
+  $("enable-sound").hidden = true;
+}
+
+// --- bollards -------------------------------------------------------------------------
+
 function bollards() {
   return [...state.devices.values()].filter((d) => d.family === "bollard" && d.controller)
     .sort((a, b) => a.id.localeCompare(b.id));
@@ -532,17 +1067,16 @@ function wireCommandButtons() {
 function renderBollards() {
   const grid = $("bollards");
   const list = bollards();
-  const counts = {};
   const alerts = alertsBySource();
   grid.replaceChildren(...list.map((d) => {
     const values = d.latest ? d.latest.values : {};
     const s = values.state || "unknown";
-    counts[s] = (counts[s] || 0) + 1;
     const n = Number(d.id.replace(/\D+/g, ""));
     const cell = el("button", {
       type: "button",
       class: `bollard b-${BOLLARD[s] ? s : "unknown"} ${state.selected.has(d.id) ? "selected" : ""}`,
       dataset: { bollard: d.id, state: s },
+      "aria-pressed": state.selected.has(d.id) ? "true" : "false",
       title: `${d.name}：${BOLLARD[s] || "无数据"}，液压 ${fmt(values.hydraulic_pressure)} bar` +
              (alerts.get(d.id) ? "，有告警" : ""),
       onclick: () => {
@@ -552,12 +1086,15 @@ function renderBollards() {
     }, el("b", {}, n), BOLLARD[s] || "—");
     return cell;
   }));
+  const counts = bollardCounts();
   const summary = Object.entries(counts).map(([k, v]) => `${BOLLARD[k] || "无数据"} ${v}`);
   $("bollard-summary").textContent = summary.join("，");
-  const allowed = can("operator");
+  const zones = [...new Set(list.map((d) => d.zone))];
+  const allowed = mayIn("operator", zones.length ? zones : ["south-gate"]);
   for (const id of ["raise-selected", "lower-selected", "raise-all", "lower-all", "emergency"]) {
     $(id).disabled = !allowed;
   }
+  $("reason").disabled = !allowed;
 }
 
 function newId() {
@@ -597,24 +1134,30 @@ async function decide(view, approve) {
   }
 }
 
+function commandText(c) {
+  const targets = c.targets.length === 1 ? ` ${deviceName(c.targets[0])}`
+    : `（${c.targets.length} 个目标）`;
+  const said = chinese(c.detail);
+  return `${time(c.requested_at)} ${ACTION[c.action] || c.action}${targets} · ${c.requested_by}` +
+    (c.approval.decided_by ? ` · 审批 ${c.approval.decided_by}` : "") +
+    ` · ${COMMAND_STATUS[c.status] || c.status}` + (said ? `（${said}）` : "");
+}
+
 function renderCommands() {
   const now = Date.now() * 1e6;
   const pending = [...state.approvals.values()].filter((c) => c.approval.expires_at > now);
   $("approvals").replaceChildren(...(pending.length ? pending.map((c) => el("li", {},
     `${time(c.requested_at)} ${c.requested_by} 申请「${ACTION[c.action] || c.action}」：${c.reason} `,
-    can("supervisor") && c.requested_by !== state.user.username
+    mayIn("supervisor", c.zones) && c.requested_by !== state.user.username
       ? el("button", { type: "button", onclick: () => decide(c, true) }, "批准") : null,
     " ",
-    can("supervisor") || c.requested_by === state.user.username
+    mayIn("supervisor", c.zones) || c.requested_by === state.user.username
       ? el("button", { type: "button", onclick: () => decide(c, false) }, "驳回") : null,
   )) : [el("li", { class: "empty" }, "无")]));
   const recent = [...state.commands.values()].sort((a, b) => b.requested_at - a.requested_at)
     .slice(0, 20);
   $("commands").replaceChildren(...recent.map((c) => el("li", { dataset: { command: c.id } },
-    `${time(c.requested_at)} ${ACTION[c.action] || c.action}`,
-    c.targets.length === 1 ? ` ${c.targets[0]}` : `（${c.targets.length} 个目标）`,
-    ` · ${c.requested_by}`, c.approval.decided_by ? ` · 审批 ${c.approval.decided_by}` : "",
-    ` · ${COMMAND_STATUS[c.status] || c.status}`, c.detail ? `（${c.detail}）` : "")));
+    commandText(c))));
 }
 
 // Water levels, pumps and the rain gauge.
@@ -629,7 +1172,8 @@ function renderWater() {
       const level = Math.max(0, Math.min(100, Number(v.water_level || 0)));
       const inner = el("i");
       inner.style.width = `${level}%`;
-      bar = el("div", { class: `bar ${alerts.get(d.id) ? "high" : ""}` }, inner);
+      bar = el("div", { class: `bar ${alerts.get(d.id) ? "high" : ""}`, role: "img",
+                        "aria-label": `水位 ${fmt(v.water_level, 0)} 厘米` }, inner);
     } else if (d.kind === "rain_gauge") {
       value = `${fmt(v.rain_rate, 1)} mm/h`;
     } else if (d.kind === "sump_pump") {
@@ -637,7 +1181,8 @@ function renderWater() {
     }
     const quality = d.latest && d.latest.quality !== "good"
       ? QUALITY[d.latest.quality] || d.latest.quality : "";
-    return el("tr", { dataset: { device: d.id } }, el("td", {}, d.name),
+    return el("tr", { dataset: { device: d.id } },
+              el("td", {}, el("button", { type: "button", class: "link", onclick: () => openDevice(d.id) }, d.name)),
               el("td", { class: "num" }, value), el("td", {}, bar),
               el("td", { class: "q-bad" }, d.online === false ? AVAILABILITY.offline : quality));
   }));
@@ -647,45 +1192,74 @@ function renderEv() {
   const rows = [...state.devices.values()].filter((d) => d.family === "ev_charger");
   $("ev").tBodies[0].replaceChildren(...rows.map((d) => {
     const v = d.latest ? d.latest.values : {};
-    return el("tr", { dataset: { device: d.id } }, el("td", {}, d.name),
+    return el("tr", { dataset: { device: d.id } },
+              el("td", {}, el("button", { type: "button", class: "link", onclick: () => openDevice(d.id) }, d.name)),
               el("td", {}, EV_STATUS[v.status] || (d.online === false ? AVAILABILITY.offline : "—")),
               el("td", { class: "num" }, `${fmt(v.power, 1)} kW`),
               el("td", { class: "num" }, `${fmt(v.connector_temperature, 0)} °C`));
   }));
 }
 
-// Screens, terminals and PA zones.
+// Screens, terminals and PA zones; 发布 and 撤回 only where this user may, 撤回 only
+// where a manual message is.
+function displayZones(d) { return d.zone ? [d.zone] : d.covers; }
+
+async function refreshManual() {
+  clearTimeout(refreshManual.timer);
+  refreshManual.timer = setTimeout(async () => {
+    try {
+      const manual = await api("GET", "/api/displays/manual");
+      state.manual = new Map(manual.map((m) => [m.display, m]));
+      mark("displays");
+    } catch (error) { /* shown at the next reload */ }
+  }, 300);
+}
+
 function renderDisplays() {
   const rows = [...state.displays.values()];
   $("displays").tBodies[0].replaceChildren(...rows.map((d) => {
     const shown = d.shown || {};
     const delivery = d.delivery ? d.delivery.status : "";
     const actions = el("td", { class: "display-actions" });
-    if (can("operator") && d.kind !== "pa_zone") {
-      actions.append(
-        el("button", { type: "button", onclick: () => setMessage(d) }, "发布"), " ",
-        el("button", { type: "button", onclick: () => withdraw(d) }, "撤回"));
+    if (d.kind !== "pa_zone" && mayIn("operator", displayZones(d))) {
+      actions.append(el("button", { type: "button", class: "publish", onclick: () => setMessage(d) }, "发布"));
+      if (state.manual.has(d.id)) {
+        actions.append(" ", el("button", { type: "button", class: "withdraw",
+                                           onclick: () => withdraw(d) }, "撤回"));
+      }
     }
     return el("tr", { class: `d-${shown.kind || "normal"}`, dataset: { display: d.id } },
       el("td", {}, d.name),
-      el("td", { class: "display-text" }, shown.text || "（无内容）"),
+      el("td", { class: "display-text" }, shown.text || "（无内容）",
+         state.manual.has(d.id) && state.manual.get(d.id).text !== shown.text
+           ? el("small", { class: "waiting" }, `（人工信息排队中：${state.manual.get(d.id).text}）`) : ""),
       el("td", { class: `delivery-${delivery}` }, DELIVERY[delivery] || ""),
       actions);
   }));
   const select = $("pa-zone");
   if (!select.options.length) {
-    select.append(...rows.filter((d) => d.kind === "pa_zone")
-      .map((d) => el("option", { value: d.id }, d.name)));
+    const mine = rows.filter((d) => d.kind === "pa_zone" && mayIn("operator", displayZones(d)));
+    select.append(...mine.map((d) => el("option", { value: d.id }, d.name)));
+    const none = !mine.length;
+    $("pa-none").hidden = !none;
+    for (const node of $("broadcast-form").querySelectorAll("select, input, button")) {
+      node.disabled = none;
+    }
   }
 }
 
 async function setMessage(display) {
-  const text = prompt(`在「${display.name}」发布的内容（紧急告警仍会优先显示）`, "");
-  if (!text) return;
+  $("message-display").textContent = `在「${display.name}」发布`;
+  $("message-text").value = "";
+  const answer = await ask($("message-dialog"), () => Boolean($("message-text").value.trim()));
+  if (answer !== "ok") return;
   try {
-    const view = await api("PUT", `/api/displays/${encodeURIComponent(display.id)}/message`, { text });
+    const view = await api("PUT", `/api/displays/${encodeURIComponent(display.id)}/message`,
+                           { text: $("message-text").value.trim(),
+                             priority: Number($("message-priority").value) });
     state.displays.set(view.id, view);
     mark("displays");
+    refreshManual();
   } catch (error) {
     notice(explain(error), true);
   }
@@ -695,7 +1269,9 @@ async function withdraw(display) {
   try {
     const view = await api("DELETE", `/api/displays/${encodeURIComponent(display.id)}/message`);
     state.displays.set(view.id, view);
+    state.manual.delete(display.id);
     mark("displays");
+    refreshManual();
   } catch (error) {
     notice(explain(error), true);
   }
@@ -722,9 +1298,29 @@ function tick() {
 }
 
 document.addEventListener("DOMContentLoaded", () => {
-  $("login-form").addEventListener("submit", login);
+  $("login-form").addEventListener("submit", (event) => { enableSound(); login(event); });
   $("logout").addEventListener("click", () => logout(""));
   $("broadcast-form").addEventListener("submit", broadcast);
+  $("enable-sound").addEventListener("click", enableSound);
+  $("alarm-silence").addEventListener("click", () => {
+    for (const id of state.sounding.keys()) state.silenced.add(id);
+    updateAlarm();
+  });
+  $("alarm-ack").addEventListener("click", () => {
+    const a = state.alerts.get($("alarm-banner").dataset.alert);
+    if (a) acknowledge(a);
+  });
+  $("alert-filters").addEventListener("change", (event) => {
+    if (event.target.id === "f-history") toggleHistory(); else mark("alerts");
+  });
+  $("trend-field").addEventListener("change", drawTrend);
+  $("trend-range").addEventListener("change", drawTrend);
+  for (const name of ["device", "alert", "incident"]) {
+    $(`${name}-close`).addEventListener("click", () => $(`${name}-dialog`).close());
+  }
+  $("device-dialog").addEventListener("close", () => {
+    if (drawTrend.chart) { drawTrend.chart.destroy(); drawTrend.chart = null; }
+  });
   wireCommandButtons();
   tick();
   setInterval(tick, 1000);
