@@ -20,6 +20,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from api.context import open_context
 from api.deps import SITE_NAMES, known_query, site_names
 from api.routes import alerts, auth, campus, chargers, commands, desk, outputs, stream, system
+from api.routes import duty as duty_routes
 from facility.settings import Settings
 from facility.site import SiteConfig
 
@@ -133,6 +134,7 @@ def create_app(settings: Settings, site: SiteConfig) -> FastAPI:
     for module in (auth, campus, alerts, desk, outputs, commands, chargers, stream,
                    system):
         app.include_router(module.router)
+    app.include_router(duty_routes.router)  # the duty roster and work orders
     add_page(app)
     add_docs(app)
     app.openapi = lambda: _described(app, site)  # type: ignore[method-assign]  # fastapi: replacing app.openapi is its documented hook, but it is typed as a method

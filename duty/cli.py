@@ -185,7 +185,7 @@ async def cmd_handover(args: argparse.Namespace, settings: Settings, site: Any) 
         if not args.outgoing or not args.incoming:
             print("a handover needs --from and --to", file=sys.stderr)
             return 2
-        items = await handover_items(store, args.note)
+        items = await store.handover_items(args.note)
         number = await store.add_handover(args.team, args.outgoing, args.incoming, items,
                                           time.time())
     print(f"handover {number}: {len(items['incidents'])} incidents not closed, "
@@ -193,20 +193,6 @@ async def cmd_handover(args: argparse.Namespace, settings: Settings, site: Any) 
           f"the incoming person confirms with: facility duty handover --ack {number} --by "
           f"{args.incoming}")
     return 0
-
-
-async def handover_items(store: DutyStore, notes: list[str]) -> dict[str, Any]:
-    """What the outgoing shift leaves open: incidents it was paged for that have not been
-    both acknowledged and cleared, work orders not yet verified, and the notes."""
-    seen: dict[str, set[str]] = {}
-    for row in await store.notices(limit=2000):
-        seen.setdefault(row["incident"], set()).add(row["event"])
-    incidents = sorted(i for i, events in seen.items()
-                       if "workorder" not in events
-                       and not {"acknowledged", "cleared"} <= events)
-    orders = [{"id": o.id, "state": o.state, "device": o.device, "fault": o.fault}
-              for o in await store.orders(("open", "assigned", "in_progress", "resolved"))]
-    return {"incidents": incidents, "workorders": orders, "notes": notes}
 
 
 async def cmd_wo_list(args: argparse.Namespace, settings: Settings, site: Any) -> int:

@@ -5,26 +5,10 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
 
 from duty.channels import Channel, Outcome
-from duty.escalate import Notice
+from duty.escalate import Attempt, Notice
 from duty.roster import Person
-
-
-@dataclass(frozen=True, slots=True)
-class Attempt:
-    incident: str
-    person: str
-    event: str
-    step: int
-    channel: str
-    n: int  # 1, 2, ... on this channel
-    ts: float
-    ok: bool
-    retryable: bool
-    detail: str
-
 
 Record = Callable[[Attempt], Awaitable[None]]
 Sleep = Callable[[float], Awaitable[None]]

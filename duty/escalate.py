@@ -48,6 +48,22 @@ class Notice:
         return (self.incident, self.person, self.event, self.step)
 
 
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    """One try of one channel for one notice (the delivery log's row)."""
+
+    incident: str
+    person: str
+    event: str
+    step: int
+    channel: str
+    n: int  # 1, 2, ... on this channel
+    ts: float
+    ok: bool
+    retryable: bool
+    detail: str
+
+
 @dataclass(slots=True)
 class Page:
     incident: str

@@ -34,8 +34,8 @@ from aiohttp import web
 
 from duty.channels import Channel, build
 from duty.config import DutyFile, DutySettings, RouteSpec, load_duty
-from duty.deliver import Attempt, Deliverer
-from duty.escalate import Escalator, Notice, Page
+from duty.deliver import Deliverer
+from duty.escalate import Attempt, Escalator, Notice, Page
 from duty.links import Claim, LinkError, Signer
 from duty.roster import CHINA, Calendar
 from duty.store import DutyStore

@@ -25,8 +25,7 @@ import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from duty.deliver import Attempt
-from duty.escalate import Notice
+from duty.escalate import Attempt, Notice
 from duty.roster import Person, Roster, Shift, Team, merge_shifts
 from duty.workorders import WorkOrder
 from facility.db import open_store
@@ -312,6 +311,19 @@ class DutyStore:
             key = result.inserted_primary_key
             assert key is not None
             return int(key[0])
+
+    async def handover_items(self, notes: list[str]) -> dict[str, Any]:
+        """What the outgoing shift leaves open: incidents it was paged for that have not
+        been both acknowledged and cleared, work orders not yet verified, the notes."""
+        seen: dict[str, set[str]] = {}
+        for row in await self.notices(limit=2000):
+            seen.setdefault(row["incident"], set()).add(row["event"])
+        incidents = sorted(i for i, events in seen.items()
+                           if "workorder" not in events
+                           and not {"acknowledged", "cleared"} <= events)
+        orders = [{"id": o.id, "state": o.state, "device": o.device, "fault": o.fault}
+                  for o in await self.orders(("open", "assigned", "in_progress", "resolved"))]
+        return {"incidents": incidents, "workorders": orders, "notes": notes}
 
     async def ack_handover(self, handover: int, by: str, ts: float) -> bool:
         c = handovers_t.c

@@ -23,8 +23,8 @@ from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from duty.channels import Channel, build
 from duty.config import ChannelSpec
-from duty.deliver import Attempt, Deliverer
-from duty.escalate import Notice
+from duty.deliver import Deliverer
+from duty.escalate import Attempt, Notice
 from duty.roster import Person
 
 pytestmark = pytest.mark.servers
