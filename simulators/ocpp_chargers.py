@@ -72,6 +72,8 @@ class Settings:
     ssl_context: ssl.SSLContext | None = None
     meter_period: float = 10.0
     power_w: float = 7000.0
+    meter_when_idle: bool = False  # clock-aligned meter values without a session too
+    meter_phase: float = 0.0  # s after connecting before the first sample
     vendor: str = "PYGOV-SIM"
     model: str = "AC7-OCPP"
 
@@ -384,12 +386,16 @@ class SimChargePoint:
             await self.heartbeat()
 
     async def _meter_loop(self) -> None:
+        if self.settings.meter_phase:  # chargers started at different moments
+            await asyncio.sleep(self.settings.meter_phase % self.settings.meter_period)
         while True:
             await asyncio.sleep(self.settings.meter_period)
             for c in self.connectors.values():
                 if c.transaction_id is not None:
                     self.advance(c.id)
                     await self.send_meter(c.id)
+                elif self.settings.meter_when_idle:
+                    await self.send_meter(c.id, "Sample.Clock")
 
     async def meter_while_offline(self, connector_id: int, samples: int) -> None:
         """Queue `samples` periodic meter values as if the link were down that long."""
