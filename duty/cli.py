@@ -63,6 +63,10 @@ def register(sub: Any) -> None:
     d.add_argument("--ack", type=int, metavar="ID", help="acknowledge handover ID")
     d.add_argument("--by", help="who acknowledges (with --ack)")
     d.set_defaults(func=cmd_handover)
+    d = ds.add_parser("report", help="notifications, time to acknowledge per person, work "
+                                     "orders, MTTR and SLA kept per system, with formulas")
+    d.add_argument("--hours", type=float, default=24.0, help="the last N hours (default 24)")
+    d.set_defaults(func=cmd_report)
 
     p = sub.add_parser(
         "workorders", help="repair work orders (报修): list, open, assign, start, resolve",
@@ -192,6 +196,16 @@ async def cmd_handover(args: argparse.Namespace, settings: Settings, site: Any) 
           f"{len(items['workorders'])} work orders open, {len(items['notes'])} notes; "
           f"the incoming person confirms with: facility duty handover --ack {number} --by "
           f"{args.incoming}")
+    return 0
+
+
+async def cmd_report(args: argparse.Namespace, settings: Settings, site: Any) -> int:
+    from duty.report import figures
+
+    until = time.time()
+    async with await _store(settings, site) as store:
+        found = await figures(store, until - args.hours * 3600, until)
+    print("\n".join(found.lines()))
     return 0
 
 

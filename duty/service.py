@@ -171,8 +171,17 @@ class DutyService(Service):
         if alert.site != self.site:
             raise m.ContractError(f"an alert of site {alert.site!r} on {self.site!r}'s topic")
         assert self.escalator is not None
+        assert self.store is not None
         self.book.take(alert)
+        incident = alert.incident or alert.id
+        before = self.escalator.pages.get(incident)
+        was_acked = before is not None and bool(before.acked_by)
         await self.send(self.escalator.take(alert))
+        page = self.escalator.pages.get(incident)
+        if page is not None and page.acked_by and not was_acked:
+            # The time to acknowledge, for the reports (who, after how many seconds).
+            await self.store.audit(page.acked_by, "incident_ack", incident,
+                                   f"{page.acked_at - page.raised_at:.0f}", self.clock())
         await self._save_orders()
 
     async def _ticker(self) -> None:

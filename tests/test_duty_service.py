@@ -27,6 +27,7 @@ from pydantic import SecretStr
 
 from duty import cli
 from duty.config import ChannelSpec, DutyFile, DutySettings, load_duty
+from duty.report import figures
 from duty.roster import CHINA
 from duty.service import DutyService
 from duty.workorders import WorkOrderRefused
@@ -346,10 +347,14 @@ async def test_a_fire_at_three_on_a_rest_day(
             "acknowledged at 03:04:10: the office leader sleeps on"
         keys = [(b["person"], b["event"], b["step"]) for b in phones.got]
         assert len(keys) == len(set(keys)), "nobody told the same thing twice"
+        report = await figures(svc.store, clock.start - 1, clock.start + 3600)
+        text = "\n".join(report.lines())
+        assert report.acked == {"黄国平": [250.0]}
+        assert "通知：共12条，已送达12条" in text and "MTTR 0.4小时" in text
         attempts = await svc.store.attempts("inc-fire-1")
         assert all(a["ok"] for a in attempts)
         print("\n" + night_report(phones.got, rules.operations, order, len(attempts),
-                                  str(refused.value)))
+                                  str(refused.value)) + "\n" + text)
 
 
 def seen(phones: Phones, event: str) -> set[str]:
