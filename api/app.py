@@ -21,6 +21,7 @@ from api.context import open_context
 from api.deps import SITE_NAMES, known_query, site_names
 from api.routes import alerts, auth, campus, chargers, commands, desk, outputs, stream, system
 from api.routes import duty as duty_routes
+from facility.catalog import Catalog
 from facility.settings import Settings
 from facility.site import SiteConfig
 
@@ -121,10 +122,10 @@ def add_page(app: FastAPI) -> None:
         return Response(body, media_type=media_type, headers={"Cache-Control": "no-cache"})
 
 
-def create_app(settings: Settings, site: SiteConfig) -> FastAPI:
+def create_app(settings: Settings, catalog: Catalog) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        async with open_context(settings, site) as ctx:
+        async with open_context(settings, catalog) as ctx:
             app.state.ctx = ctx
             yield
 
@@ -137,7 +138,7 @@ def create_app(settings: Settings, site: SiteConfig) -> FastAPI:
     app.include_router(duty_routes.router)  # the duty roster and work orders
     add_page(app)
     add_docs(app)
-    app.openapi = lambda: _described(app, site)  # type: ignore[method-assign]  # fastapi: replacing app.openapi is its documented hook, but it is typed as a method
+    app.openapi = lambda: _described(app, catalog.site)  # type: ignore[method-assign]  # fastapi: replacing app.openapi is its documented hook, but it is typed as a method
 
     @app.exception_handler(405)
     async def method_not_allowed(request: Request, exc: Exception) -> Response:

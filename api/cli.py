@@ -9,6 +9,7 @@ import getpass
 import sys
 from typing import Any
 
+from facility.catalog import Catalog
 from facility.configfile import ConfigError
 from facility.settings import Settings
 from facility.site import SiteConfig
@@ -59,11 +60,11 @@ def register(sub: Any) -> None:
         u.set_defaults(func=cmd_enable, disabled=disabled)
 
 
-async def cmd_api(args: argparse.Namespace, settings: Settings, site: SiteConfig) -> int:
+async def cmd_api(args: argparse.Namespace, settings: Settings, catalog: Catalog) -> int:
     from api.service import ApiService
     from facility.service import forever
 
-    api = ApiService(settings, site, host=args.host, port=args.port)
+    api = ApiService(settings, catalog, host=args.host, port=args.port)
     async with api:
         await api.wait_ready(60)
         print(f"control-room API and page at {api.url}/ (OpenAPI: {api.url}/docs)",
@@ -102,7 +103,7 @@ async def _open(settings: Settings) -> Any:
     return await ApiStore.open(settings.state_url)
 
 
-async def cmd_add(args: argparse.Namespace, settings: Settings, site: SiteConfig) -> int:
+async def cmd_add(args: argparse.Namespace, settings: Settings, catalog: Catalog) -> int:
     import re
 
     from api.auth import Passwords, Role, User
@@ -111,7 +112,7 @@ async def cmd_add(args: argparse.Namespace, settings: Settings, site: SiteConfig
     if not re.fullmatch(USERNAME_PATTERN, args.username):
         raise ConfigError(f"username {args.username!r}: 2-32 of a-z 0-9 _ . -, "
                           "starting with a letter")
-    zones = _zones(args.zones, site)
+    zones = _zones(args.zones, catalog.site)
     passwords = Passwords(settings.api.min_password_length)
     hashed = await passwords.hash(_password(args, passwords))
     store = await _open(settings)
@@ -128,7 +129,7 @@ async def cmd_add(args: argparse.Namespace, settings: Settings, site: SiteConfig
     return 0
 
 
-async def cmd_list(args: argparse.Namespace, settings: Settings, site: SiteConfig) -> int:
+async def cmd_list(args: argparse.Namespace, settings: Settings, catalog: Catalog) -> int:
     store = await _open(settings)
     try:
         users = await store.users()
@@ -142,7 +143,7 @@ async def cmd_list(args: argparse.Namespace, settings: Settings, site: SiteConfi
     return 0
 
 
-async def cmd_passwd(args: argparse.Namespace, settings: Settings, site: SiteConfig) -> int:
+async def cmd_passwd(args: argparse.Namespace, settings: Settings, catalog: Catalog) -> int:
     from api.auth import Passwords
 
     passwords = Passwords(settings.api.min_password_length)
@@ -159,10 +160,10 @@ async def cmd_passwd(args: argparse.Namespace, settings: Settings, site: SiteCon
     return 0
 
 
-async def cmd_set(args: argparse.Namespace, settings: Settings, site: SiteConfig) -> int:
+async def cmd_set(args: argparse.Namespace, settings: Settings, catalog: Catalog) -> int:
     from api.auth import Role
 
-    zones = _zones(args.zones, site) if args.zones is not None else None
+    zones = _zones(args.zones, catalog.site) if args.zones is not None else None
     store = await _open(settings)
     try:
         changed = await store.update_user(args.username,
@@ -177,7 +178,7 @@ async def cmd_set(args: argparse.Namespace, settings: Settings, site: SiteConfig
     return 0
 
 
-async def cmd_enable(args: argparse.Namespace, settings: Settings, site: SiteConfig) -> int:
+async def cmd_enable(args: argparse.Namespace, settings: Settings, catalog: Catalog) -> int:
     store = await _open(settings)
     try:
         changed = await store.update_user(args.username, disabled=args.disabled)

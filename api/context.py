@@ -23,11 +23,12 @@ from api.store import ApiStore
 from audit.commands import CommandView
 from facility import messages as m
 from facility.backoff import Backoff
-from facility.endpoints import EndpointConfig, load_endpoints
+from facility.catalog import Catalog
+from facility.endpoints import EndpointConfig
 from facility.influx import InfluxClient, InfluxError
 from facility.metrics import Metrics
 from facility.settings import Settings
-from facility.site import SiteConfig, site_for
+from facility.site import SiteConfig
 from facility.topics import Kind, ParsedTopic
 from facility.topology import Topology
 from rules.alerts import Alert
@@ -190,13 +191,14 @@ class Context:
                        for t in self.workers)
 
 
-def api_site(settings: Settings, site: SiteConfig) -> SiteConfig:
-    return site_for(site, settings.api.site or site.site.id)
+def api_catalog(settings: Settings, catalog: Catalog) -> Catalog:
+    return catalog.for_site(settings.api.site or catalog.site.site.id)
 
 
 @contextlib.asynccontextmanager
-async def open_context(settings: Settings, site: SiteConfig) -> AsyncIterator[Context]:
-    site = api_site(settings, site)
+async def open_context(settings: Settings, catalog: Catalog) -> AsyncIterator[Context]:
+    catalog = api_catalog(settings, catalog)
+    site = catalog.site
     site_id = site.site.id
     api = settings.api
     secret = api.secret.get_secret_value() if api.secret else ""
@@ -204,8 +206,8 @@ async def open_context(settings: Settings, site: SiteConfig) -> AsyncIterator[Co
         secret = secrets.token_urlsafe(48)
         log.warning("api %s: no FACILITY_API_SECRET; logins end when this process stops",
                     site_id)
-    topology = Topology(site)
-    endpoints = load_endpoints(settings.resolve(settings.rules.endpoints_file), site)
+    topology = Topology(catalog)
+    endpoints = catalog.endpoints
     async with contextlib.AsyncExitStack() as stack:
         store = await ApiStore.open(settings.state_url)
         stack.push_async_callback(store.close)

@@ -1,4 +1,4 @@
-"""The API as a facility Service: `async with ApiService(settings, site) as api:` serves
+"""The API as a facility Service: `async with ApiService(settings, catalog) as api:` serves
 the API and the page with uvicorn on the service's own event loop.
 
 The listening socket is bound in open(), so `url` is known (port 0 picks a free port) and
@@ -19,9 +19,9 @@ import uvicorn
 from fastapi import FastAPI
 
 from api.app import create_app
+from facility.catalog import Catalog
 from facility.service import Service
 from facility.settings import Settings
-from facility.site import SiteConfig
 
 log = logging.getLogger(__name__)
 
@@ -36,11 +36,11 @@ class _Server(uvicorn.Server):
 
 
 class ApiService(Service):
-    def __init__(self, settings: Settings, site: SiteConfig, *, host: str | None = None,
+    def __init__(self, settings: Settings, catalog: Catalog, *, host: str | None = None,
                  port: int | None = None) -> None:
         super().__init__()
         self.settings = settings
-        self.app: FastAPI = create_app(settings, site)
+        self.app: FastAPI = create_app(settings, catalog)
         self.host = host if host is not None else settings.api.host
         self.port = port if port is not None else settings.api.port
         self.name = "api"

@@ -25,13 +25,12 @@ import rules.cli
 from app import wiring
 from app.up import run_up
 from facility import brokeracl, logs
+from facility.catalog import Catalog
 from facility.configfile import ConfigError
 from facility.metrics import serve_metrics
 from facility.service import Service, forever
-from facility.settings import Settings, load_settings, redact_url
-from facility.site import SiteConfig, load_site
-from gateway.service import VENDORS_DIR, Gateway
-from gateway.vendors import load_vendors
+from facility.settings import Settings, redact_url
+from gateway.service import Gateway
 from ingest.service import Ingest
 from rules.service import RulesService
 from simulators import campus
@@ -40,15 +39,18 @@ log = logging.getLogger("facility")
 
 DESCRIPTION = """\
 Campus monitoring platform of the Panyu District administrative office centre.
-Connection settings come from config/facility.yaml (or --config / FACILITY_CONFIG) and
-can be overridden by environment variables such as FACILITY_MQTT_URL,
-FACILITY_INFLUX_URL and FACILITY_INFLUX_DATABASE."""
+Settings come from facility.yaml in the configuration folder (FACILITY_CONFIG_DIR, by
+default the one shipped with the code), or from --config / FACILITY_CONFIG, and can be
+overridden by environment variables such as FACILITY_MQTT_URL, FACILITY_INFLUX_URL and
+FACILITY_INFLUX_DATABASE. The site, register maps, vendor mappings, endpoints and rules
+are files in the configuration folder."""
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="facility", description=DESCRIPTION,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", type=Path, help="settings file (default: config/facility.yaml)")
+    parser.add_argument("--config", type=Path,
+                        help="settings file (default: facility.yaml in the configuration folder)")
     parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING (default INFO)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -143,31 +145,33 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logs.setup(args.log_level)
     try:
-        settings = load_settings(args.config)
-        site = load_site(settings.site_path)
-        func: Callable[[argparse.Namespace, Settings, SiteConfig],
+        settings, catalog = wiring.configuration(args.config)
+        func: Callable[[argparse.Namespace, Settings, Catalog],
                        Coroutine[Any, Any, int]] = args.func
         with contextlib.suppress(KeyboardInterrupt):
-            return asyncio.run(func(args, settings, site))
+            return asyncio.run(func(args, settings, catalog))
         return 0
     except ConfigError as exc:
         print(f"configuration error:\n{exc}", file=sys.stderr)
         return 2
 
 
-async def cmd_check(args: argparse.Namespace, settings: Settings, site: SiteConfig) -> int:
+async def cmd_check(args: argparse.Namespace, settings: Settings, catalog: Catalog) -> int:
+    site = catalog.site  # the catalog checked the files against each other
     for spec in site.gateways:
-        Gateway(settings, site, spec.id)  # validates models and vendor mappings
+        Gateway(settings, catalog, spec.id)  # compiles its read plans and decoders
     devices = list(site.all_device_ids())
+    print(f"configuration in {settings.config_folder}")
     print(f"site {site.site.id} ({site.site.name}): {len(site.places)} places, "
-          f"{len(site.gateways)} gateways, {len(devices)} devices")
+          f"{len(site.gateways)} gateways, {len(devices)} devices, "
+          f"{len(catalog.models)} register maps, {len(catalog.vendors)} vendor mappings, "
+          f"{len(catalog.endpoints.endpoints)} endpoints")
     return 0
 
 
-async def cmd_broker(args: argparse.Namespace, settings: Settings, site: SiteConfig) -> int:
-    vendor_topics = {v: m.subscriptions() for v, m in load_vendors(VENDORS_DIR).items()}
-    text = brokeracl.acl(site, vendor_topics) if args.what == "acl" \
-        else "\n".join(brokeracl.users(site, vendor_topics)) + "\n"
+async def cmd_broker(args: argparse.Namespace, settings: Settings, catalog: Catalog) -> int:
+    text = brokeracl.acl(catalog) if args.what == "acl" \
+        else "\n".join(brokeracl.users(catalog)) + "\n"
     if args.out:
         args.out.write_text(text, encoding="utf-8")
     else:
@@ -175,9 +179,9 @@ async def cmd_broker(args: argparse.Namespace, settings: Settings, site: SiteCon
     return 0
 
 
-async def cmd_gateway(args: argparse.Namespace, settings: Settings, site: SiteConfig) -> int:
-    ids = args.ids or [g.id for g in site.gateways]
-    gateways = [Gateway(settings, site, gid) for gid in ids]
+async def cmd_gateway(args: argparse.Namespace, settings: Settings, catalog: Catalog) -> int:
+    ids = args.ids or [g.id for g in catalog.site.gateways]
+    gateways = [Gateway(settings, catalog, gid) for gid in ids]
     async with contextlib.AsyncExitStack() as stack:
         for gw in gateways:
             await stack.enter_async_context(gw)
@@ -189,7 +193,7 @@ async def cmd_gateway(args: argparse.Namespace, settings: Settings, site: SiteCo
     return 0
 
 
-async def cmd_ingest(args: argparse.Namespace, settings: Settings, site: SiteConfig) -> int:
+async def cmd_ingest(args: argparse.Namespace, settings: Settings, catalog: Catalog) -> int:
     async with Ingest(settings, client_id=args.client_id) as ingest:
         runner = await _serve_metrics(args.metrics, [ingest])
         log.info("ingest running into %s database %s", settings.influx.url,
@@ -202,19 +206,19 @@ async def cmd_ingest(args: argparse.Namespace, settings: Settings, site: SiteCon
     return 0
 
 
-async def cmd_simulate(args: argparse.Namespace, settings: Settings, site: SiteConfig) -> int:
-    await campus.run(site, settings.mqtt, seed=args.seed, scale=args.speed,
+async def cmd_simulate(args: argparse.Namespace, settings: Settings, catalog: Catalog) -> int:
+    await campus.run(catalog.site, settings.mqtt, seed=args.seed, scale=args.speed,
               start=args.start.timestamp() if args.start else None)
     return 0
 
 
-async def cmd_up(args: argparse.Namespace, settings: Settings, site: SiteConfig) -> int:
-    return await run_up(args, settings, site)
+async def cmd_up(args: argparse.Namespace, settings: Settings, catalog: Catalog) -> int:
+    return await run_up(args, settings, catalog)
 
 
-async def cmd_rules_run(args: argparse.Namespace, settings: Settings, site: SiteConfig) -> int:
+async def cmd_rules_run(args: argparse.Namespace, settings: Settings, catalog: Catalog) -> int:
     """`facility rules run`: the engine, and with --displays the simulated screens and PA."""
-    engine = RulesService(settings, site)
+    engine = RulesService(settings, catalog)
     engine.on_reload = wiring.freeze
     services: list[Service] = []
     if args.displays:

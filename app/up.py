@@ -13,6 +13,7 @@ import contextlib
 import logging
 import time
 from collections import Counter, deque
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import aiomqtt
@@ -20,10 +21,11 @@ import aiomqtt
 from api.service import ApiService
 from app import wiring
 from facility import topics
+from facility.catalog import Catalog
 from facility.localservers import InfluxServer, MosquittoServer, port_open
 from facility.mqtt import make_client, parse_url
 from facility.service import Service
-from facility.settings import REPO_ROOT, Settings
+from facility.settings import Settings
 from facility.site import GatewayKind, SiteConfig
 from facility.topics import Kind
 from gateway.service import Gateway
@@ -82,7 +84,7 @@ class RateMonitor(Service):
 
 def _start_servers(settings: Settings, stack: contextlib.ExitStack) -> None:
     """Start InfluxDB and Mosquitto on the configured ports if nothing answers there."""
-    var = REPO_ROOT / "var"
+    var = settings.resolve(settings.spool.dir).parent  # beside the spools: var/ in the demo
     influx = urlsplit(settings.influx.url)
     host, port = influx.hostname or "127.0.0.1", influx.port or 8086
     if not port_open(host, port):
@@ -93,14 +95,15 @@ def _start_servers(settings: Settings, stack: contextlib.ExitStack) -> None:
     broker = parse_url(settings.mqtt.url.get_secret_value())
     if not port_open(broker.host, broker.port):
         mqtt = MosquittoServer(var / "mosquitto", host=broker.host, port=broker.port,
-                               extra_config=(REPO_ROOT / "config" / "mosquitto" / "demo.conf")
+                               extra_config=settings.resolve(Path("mosquitto/demo.conf"))
                                .read_text(encoding="utf-8"))
         log.info("starting Mosquitto on %s:%d", broker.host, broker.port)
         mqtt.start()
         stack.callback(mqtt.stop)
 
 
-async def run_up(args: argparse.Namespace, settings: Settings, site: SiteConfig) -> int:
+async def run_up(args: argparse.Namespace, settings: Settings, catalog: Catalog) -> int:
+    site = catalog.site
     with contextlib.ExitStack() as servers:
         if args.start_servers:
             _start_servers(settings, servers)
@@ -118,14 +121,14 @@ async def run_up(args: argparse.Namespace, settings: Settings, site: SiteConfig)
             await start("ingest", ingest)
             monitor = RateMonitor(settings)
             await stack.enter_async_context(monitor)
-            engine = RulesService(settings, site)
+            engine = RulesService(settings, catalog)
             engine.on_reload = wiring.freeze
             for svc in (wiring.display_player(settings, engine), engine,
-                        ApiService(settings, site)):
+                        ApiService(settings, catalog)):
                 await start(svc.name, svc)
             for spec in site.gateways:
                 if spec.kind is GatewayKind.MQTT:
-                    await start(f"gateway {spec.id}", Gateway(settings, site, spec.id))
+                    await start(f"gateway {spec.id}", Gateway(settings, catalog, spec.id))
             if not args.no_simulators:
                 clock = SimClock(start=args.start.timestamp() if args.start else None,
                                  scale=args.speed)
@@ -134,7 +137,7 @@ async def run_up(args: argparse.Namespace, settings: Settings, site: SiteConfig)
                 log.info("simulators running (seed %d, speed x%g)", args.seed, args.speed)
             for spec in site.gateways:
                 if spec.kind is GatewayKind.MODBUS:
-                    await start(f"gateway {spec.id}", Gateway(settings, site, spec.id))
+                    await start(f"gateway {spec.id}", Gateway(settings, catalog, spec.id))
             wiring.freeze()  # everything is up: its long-lived objects stay out of gc
             stack.callback(wiring.thaw)
             await _report(running, monitor, args.every, site)

@@ -3,10 +3,21 @@
 from __future__ import annotations
 
 import gc
+from pathlib import Path
 
-from facility.settings import Settings
+from facility.catalog import Catalog, load_catalog
+from facility.settings import Settings, load_settings
 from rules.service import RulesService
 from simulators.display_player import DisplayPlayer
+
+
+def configuration(path: Path | None = None) -> tuple[Settings, Catalog]:
+    """The settings and the catalog, read once for every service of this process.
+
+    The settings file is `path`, else FACILITY_CONFIG, else facility.yaml in the
+    configuration folder (FACILITY_CONFIG_DIR, or the one shipped with the code)."""
+    settings = load_settings(path)
+    return settings, load_catalog(settings)
 
 
 def display_player(settings: Settings, engine: RulesService) -> DisplayPlayer:

@@ -35,9 +35,11 @@ import mqtt5
 import msgspec
 
 from bench.campus_load import (
+    CONFIG_DIR,
     ENDPOINTS_FILE,
     RULES_DIR,
     Readings,
+    catalog_of,
     generated_rules,
     scaled_site,
     write_yaml,
@@ -79,15 +81,15 @@ def write_config(folder: Path, mqtt_url: str) -> Path:
     rules.mkdir()
     for path in RULES_DIR.glob("*.yaml"):
         shutil.copy(path, rules / path.name)
-    write_yaml(rules / "generated.yaml", generated_rules(Topology(site)))
+    write_yaml(rules / "generated.yaml", generated_rules(Topology(catalog_of(site))))
     return write_yaml(folder / "facility.yaml", {
+        "config_dir": str(CONFIG_DIR),  # the shipped maps, mappings and endpoints
         "site_file": str(folder / "site.yaml"),
         "mqtt": {"url": mqtt_url, "client_prefix": "bench"},
         "state": {"url": f"sqlite:///{folder / 'state.sqlite'}"},
-        "gateway": {"spool_dir": str(folder / "spool")},
+        "spool": {"dir": str(folder / "spool")},
         # Trials one after another: no anti-flap hold keeping the last one's evacuation up.
-        "rules": {"rules_dir": str(rules), "endpoints_file": str(ENDPOINTS_FILE),
-                  "incident_hold": 0}})
+        "rules": {"rules_dir": str(rules), "incident_hold": 0}})
 
 
 def log_file(folder: Path, name: str) -> Any:
@@ -136,7 +138,7 @@ async def run_load(config: Path, rate: float, skip: set[str], status: Path) -> N
     stopped; write 'sent acked' to `status` every second."""
     settings = load_settings(config)
     site = load_site(settings.site_path)
-    readings = Readings(site, Topology(site), seed=7)
+    readings = Readings(site, Topology(catalog_of(site)), seed=7)
     devices = [d for d in readings.devices if d.id not in skip]
     # A few sets of normal values per device, so values change from one reading to the
     # next as they do; time and sequence number are fresh in every message.
@@ -375,7 +377,7 @@ async def run(quick: bool) -> list[Figure]:
         config = write_config(folder, broker.url)
         settings = load_settings(config)
         site = load_site(settings.site_path)
-        readings = Readings(site, Topology(site))
+        readings = Readings(site, Topology(catalog_of(site)))
         screens = [e.id for e in load_endpoints(ENDPOINTS_FILE, site).endpoints
                    if not e.is_pa]
         # Smoke detectors of buildings: each fire is one detector, so neither correlation
@@ -383,7 +385,7 @@ async def run(quick: bool) -> list[Figure]:
         # together) joins in and each trial ends when its detector's alert is handled.
         buildings = {"main-building", "east-annex", "west-annex", "conference-centre",
                      "canteen"}
-        detectors = [s.id for s in Topology(site).sources.values()
+        detectors = [s.id for s in Topology(catalog_of(site)).sources.values()
                      if s.kind == "smoke_detector" and s.place in buildings][:60]
         probe = Probe(settings.mqtt, site.site.id, screens)
         probe_ready = asyncio.Event()

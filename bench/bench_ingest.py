@@ -19,7 +19,7 @@ from facility.settings import InfluxSettings
 def ingest_env(broker: MosquittoServer, influx: InfluxServer, database: str, folder: Path,
                **options: object) -> dict[str, str]:
     env = {"FACILITY_MQTT_URL": broker.url, "FACILITY_INFLUX_URL": influx.url,
-           "FACILITY_INFLUX_DATABASE": database, "FACILITY_INGEST_SPOOL_DIR": str(folder),
+           "FACILITY_INFLUX_DATABASE": database, "FACILITY_SPOOL_DIR": str(folder),
            "FACILITY_INGEST_CLIENT_ID": f"ingest-{database}"}
     env.update({f"FACILITY_INGEST_{k.upper()}": str(v) for k, v in options.items()})
     return env

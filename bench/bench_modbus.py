@@ -83,8 +83,8 @@ async def run(quick: bool = False) -> list[Figure]:
             site = write_config(folder, ports)
             env = {"FACILITY_MQTT_URL": broker.url, "FACILITY_INFLUX_URL": influx.url,
                    "FACILITY_SITE_FILE": str(site),
-                   "FACILITY_GATEWAY_MODELS_DIR": str(folder / "models"),
-                   "FACILITY_GATEWAY_SPOOL_DIR": str(folder / "spool")}
+                   "FACILITY_MODELS_DIR": str(folder / "models"),
+                   "FACILITY_SPOOL_DIR": str(folder / "spool")}
             gateway = Service(["gateway"], env, folder / "gateway.log")
             try:
                 gateway.wait_ready()

@@ -32,6 +32,7 @@ from bench.campus_load import (
     RULES_DIR,
     Device,
     Readings,
+    catalog_of,
     generated_rules,
     scaled_site,
     write_yaml,
@@ -140,7 +141,7 @@ def stream(readings: Readings, injected: list[Fault], seconds: float
 def build(folder: Path, quick: bool) -> tuple[Engine, Readings, RuleSet]:
     extra = {k: v // 4 for k, v in EXTRA.items()} if quick else EXTRA
     site = load_site(write_yaml(folder / "site.yaml", scaled_site(extra)))
-    topology = Topology(site)
+    topology = Topology(catalog_of(site))
     generated = write_yaml(folder / "generated.yaml", generated_rules(topology))
     endpoints = load_endpoints(ENDPOINTS_FILE, site)
     rules = load_rules([*rule_files(RULES_DIR), generated], topology, endpoints)

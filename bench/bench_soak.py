@@ -58,7 +58,7 @@ import msgspec
 
 from bench import mutate
 from bench.bench_alert_latency import Probe, Trial, percentiles
-from bench.campus_load import ENDPOINTS_FILE, RULES_DIR, SITE_FILE, write_yaml
+from bench.campus_load import CONFIG_DIR, ENDPOINTS_FILE, RULES_DIR, SITE_FILE, write_yaml
 from bench.common import Figure, figure
 from facility import messages as m
 from facility import topics
@@ -111,11 +111,10 @@ def write_config(folder: Path, mqtt_url: str, influx_url: str) -> tuple[Path, st
         "mqtt": {"url": mqtt_url, "client_prefix": "soak", "keepalive": 10},
         "influx": {"url": influx_url, "database": "facility"},
         "state": {"url": f"sqlite:///{folder / 'state.sqlite'}"},
-        "gateway": {"spool_dir": str(folder / "spool"),
-                    "models_dir": str(REPO / "config" / "models"),
-                    "vendors_dir": str(mutate.VENDORS_DIR)},
-        "ingest": {"spool_dir": str(folder / "ingest-spool")},
-        "rules": {"rules_dir": str(RULES_DIR), "endpoints_file": str(ENDPOINTS_FILE)}})
+        "config_dir": str(CONFIG_DIR),  # the shipped maps, mappings, endpoints and rules
+        "vendors_dir": str(mutate.VENDORS_DIR),
+        "spool": {"dir": str(folder / "spool")},
+        "rules": {"rules_dir": str(RULES_DIR)}})
     return config, f"127.0.0.1:{silenced}"
 
 
@@ -707,7 +706,7 @@ async def run(quick: bool, minutes: float | None = None) -> list[Figure]:
                             timeout=120)
         await sim.start()
 
-        shapes = mutate.load_shapes(settings.resolve(settings.gateway.vendors_dir))
+        shapes = mutate.load_shapes(settings.resolve(settings.vendors_dir))
         keys: dict[str, list[str]] = defaultdict(list)
         for d in site.devices:
             if d.mqtt is not None and not d.id.startswith("soak-"):

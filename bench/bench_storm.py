@@ -50,7 +50,7 @@ from typing import Any
 from pydantic import SecretStr
 
 from app import wiring
-from bench.campus_load import Readings
+from bench.campus_load import Readings, catalog_of
 from bench.common import Figure, figure
 from facility import messages as m
 from facility import topics
@@ -261,7 +261,7 @@ class Run:
         self.site_id = f"storm-{name}-{uuid.uuid4().hex[:6]}"
         site = site_for(load_site(SITE_FILE), self.site_id)
         self.clock = ManualClock(T0)
-        self.rules = RulesService(settings, site, clock=self.clock,
+        self.rules = RulesService(settings, catalog_of(site), clock=self.clock,
                                   state_url=f"sqlite:///{folder / f'{name}.sqlite'}",
                                   client_id=f"rules-{self.site_id}")
         self.topology = self.rules.topology

@@ -9,6 +9,7 @@ Everything is derived from a seed, so a run can be repeated. Nothing here is tim
 
 from __future__ import annotations
 
+import functools
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +19,9 @@ import yaml
 
 from facility import messages as m
 from facility import topics
+from facility.catalog import Catalog, load_catalog
 from facility.configfile import read_yaml
+from facility.settings import load_settings
 from facility.site import SiteConfig
 from facility.topology import Topology
 
@@ -26,6 +29,17 @@ REPO = Path(__file__).resolve().parent.parent
 SITE_FILE = REPO / "config" / "site.yaml"
 RULES_DIR = REPO / "config" / "rules"
 ENDPOINTS_FILE = REPO / "config" / "endpoints.yaml"
+CONFIG_DIR = REPO / "config"
+
+
+@functools.cache
+def _shipped() -> Catalog:
+    return load_catalog(load_settings(CONFIG_DIR / "facility.yaml"))
+
+
+def catalog_of(site: SiteConfig) -> Catalog:
+    """The shipped register maps, vendor mappings and endpoints with a bench's site."""
+    return _shipped().with_site(site)
 
 # Places where each extra kind can stand, and how many of each kind to add.
 FIRE_PLACES = ["ebike-shed-north", "ebike-shed-east", "ebike-shed-west", "ebike-central",

@@ -6,9 +6,9 @@ import argparse
 import sys
 import time
 
+from facility.catalog import Catalog
 from facility.influx import InfluxClient
 from facility.settings import Settings
-from facility.site import SiteConfig
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -35,7 +35,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.set_defaults(func=cmd_push)
 
 
-async def cmd_export(args: argparse.Namespace, settings: Settings, site: SiteConfig) -> int:
+async def cmd_export(args: argparse.Namespace, settings: Settings, catalog: Catalog) -> int:
     from dashboards.export import HERE, write
 
     written = write()
@@ -46,7 +46,7 @@ async def cmd_export(args: argparse.Namespace, settings: Settings, site: SiteCon
     return 0
 
 
-async def cmd_check(args: argparse.Namespace, settings: Settings, site: SiteConfig) -> int:
+async def cmd_check(args: argparse.Namespace, settings: Settings, catalog: Catalog) -> int:
     from dashboards.check import run_all
     from dashboards.export import dashboards
     from dashboards.validate import problems
@@ -69,7 +69,7 @@ async def cmd_check(args: argparse.Namespace, settings: Settings, site: SiteConf
     return 1 if found or failed else 0
 
 
-async def cmd_push(args: argparse.Namespace, settings: Settings, site: SiteConfig) -> int:
+async def cmd_push(args: argparse.Namespace, settings: Settings, catalog: Catalog) -> int:
     from dashboards.push import PushError, push
 
     try:

@@ -1,7 +1,8 @@
 """Output endpoints: the campus's LED screens, information terminals and PA zones.
 
-config/endpoints.yaml lists each one with its size and capabilities and the site zone it
-stands in (PA zones: the site zones they cover). Rules choose endpoints by id, group,
+endpoints.yaml (in the configuration folder, read once into the catalog) lists each one
+with its size and capabilities and the site zone it stands in (PA zones: the site zones
+they cover). Rules choose endpoints by id, group,
 kind, zone, or the PA zones that cover an incident.
 """
 
@@ -14,12 +15,10 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
 from facility.configfile import ConfigError, load
-from facility.settings import REPO_ROOT
 from facility.site import SiteConfig
 from facility.topics import ID_PATTERN
 
 Id = Annotated[str, StringConstraints(pattern=f"^{ID_PATTERN.pattern}$")]
-ENDPOINTS_FILE = REPO_ROOT / "config" / "endpoints.yaml"
 
 
 class EndpointKind(StrEnum):

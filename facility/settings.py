@@ -1,16 +1,23 @@
-"""Connection and service settings: config/facility.yaml, overridden by FACILITY_* variables.
+"""Connection and service settings: facility.yaml, overridden by FACILITY_* variables.
 
 An environment variable names a section and a key: FACILITY_MQTT_URL sets mqtt.url,
 FACILITY_INFLUX_DATABASE sets influx.database, FACILITY_INGEST_BATCH_SIZE sets
-ingest.batch_size. FACILITY_CONFIG names the file itself. So one command runs against the
-demo's servers, a test's private ones, or production, without editing a file.
+ingest.batch_size. So one command runs against the demo's servers, a test's private ones,
+or production, without editing a file.
+
+Where the configuration is: the configuration folder holds facility.yaml, site.yaml,
+endpoints.yaml, models/, vendors/ and rules/. It is FACILITY_CONFIG_DIR when set, else
+the folder shipped with the code (facility/defaults: package data in an install, a link
+to the repository's config/ in a checkout). FACILITY_CONFIG (or --config) names another
+settings file; then its own folder is the configuration folder, unless FACILITY_CONFIG_DIR
+or `config_dir` says otherwise. Relative paths in the settings resolve against it.
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 import pydantic
@@ -19,8 +26,8 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 from facility.configfile import ConfigError, describe, read_yaml
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_CONFIG = REPO_ROOT / "config" / "facility.yaml"
+# The configuration shipped with the code (pyproject.toml's package data).
+SHIPPED_CONFIG_DIR = Path(__file__).resolve().parent / "defaults"
 
 
 def http_url(value: str, example: str) -> str:
@@ -65,12 +72,21 @@ class InfluxSettings(Section):
         return http_url(value, "http://host:8086")
 
 
-class GatewaySettings(Section):
-    models_dir: Path = Path("models")  # register maps, one YAML per device model
-    vendors_dir: Path = Path("vendors")  # vendor MQTT mappings, one YAML per vendor
-    spool_dir: Path = Path("var/spool")
-    spool_memory_limit: int = Field(default=20_000, ge=100, description="messages in RAM")
+class SpoolSettings(Section):
+    """The disk spools: the gateways' and the rules engine's outboxes, ingest's overflow.
+
+    Each service keeps its files in its own folder under `dir`."""
+
+    dir: Path = Path("../var/spool")  # relative to the configuration folder
+    gateway: Path = Path("gateway")
+    ingest: Path = Path("ingest")
+    rules: Path = Path("rules")
+    # An outbox (gateway, rules) keeps this many messages in RAM before it writes to disk.
+    memory_limit: int = Field(default=20_000, ge=100, description="messages in RAM")
     publish_window: int = Field(default=200, ge=1, description="unconfirmed QoS 1 publishes")
+
+
+class GatewaySettings(Section):
     stale_factor: float = Field(default=3.0, gt=1, description="x report period => stale")
 
 
@@ -89,7 +105,6 @@ class IngestSettings(Section):
     qos: int = Field(default=1, ge=0, le=1)
     # After InfluxDB has failed this long, batches go to a disk spool and are acknowledged.
     spool_after: float = Field(default=5.0, gt=0)
-    spool_dir: Path = Path("../var/spool")
     loss_grace: float = Field(default=60.0, gt=0, description="s before a gap is a loss")
     session_expiry: int = Field(default=7 * 24 * 3600, ge=0)
 
@@ -139,8 +154,7 @@ class ReportSettings(Section):
 class RulesSettings(Section):
     """The rules engine and the emergency outputs (rules/, config/rules, config/endpoints)."""
 
-    rules_dir: Path = Path("rules")  # relative to the settings file: config/rules
-    endpoints_file: Path = Path("endpoints.yaml")
+    rules_dir: Path = Path("rules")  # relative to the configuration folder
     site: str = ""  # the site this worker owns (default: the site file's); one worker per site
     tick: float = Field(default=1.0, gt=0, le=60, description="s between timer evaluations")
     incident_hold: float = Field(default=30.0, ge=0, description="s outputs stay after clear")
@@ -221,7 +235,14 @@ class Settings(BaseSettings):
         extra="forbid",
     )
 
+    # The configuration folder; default: the settings file's (FACILITY_CONFIG_DIR).
+    config_dir: Path | None = None
+    # The catalog (facility/catalog.py), relative to the configuration folder.
     site_file: Path = Path("site.yaml")
+    models_dir: Path = Path("models")  # register maps, one YAML per device model
+    vendors_dir: Path = Path("vendors")  # vendor MQTT mappings, one YAML per vendor
+    endpoints_file: Path = Path("endpoints.yaml")  # screens, terminals, PA zones
+    spool: SpoolSettings = SpoolSettings()
     mqtt: MqttSettings = MqttSettings()
     influx: InfluxSettings = InfluxSettings()
     gateway: GatewaySettings = GatewaySettings()
@@ -233,7 +254,7 @@ class Settings(BaseSettings):
     api: ApiSettings = ApiSettings()
     ocpp: OcppSettings = OcppSettings()
     # Where this file came from, to resolve relative paths; not a setting.
-    config_path: Path = Field(default=DEFAULT_CONFIG, exclude=True)
+    config_path: Path = Field(default=SHIPPED_CONFIG_DIR / "facility.yaml", exclude=True)
 
     @classmethod
     def settings_customise_sources(
@@ -247,22 +268,36 @@ class Settings(BaseSettings):
         # The environment wins over the file's values, which arrive as init kwargs.
         return (env_settings, init_settings)
 
+    @property
+    def config_folder(self) -> Path:
+        """The configuration folder (a relative `config_dir` is the settings file's)."""
+        folder = self.config_path.parent
+        return folder if self.config_dir is None else folder / self.config_dir
+
     def resolve(self, path: Path) -> Path:
-        """A path from the file, relative to the file's own folder."""
-        return path if path.is_absolute() else self.config_path.parent / path
+        """A path from the settings, relative to the configuration folder."""
+        return path if path.is_absolute() else self.config_folder / path
 
     @property
     def site_path(self) -> Path:
         return self.resolve(self.site_file)
 
+    def spool_path(self, service: Literal["gateway", "ingest", "rules"]) -> Path:
+        """The folder of one service's spool files."""
+        sub: Path = getattr(self.spool, service)
+        return self.resolve(self.spool.dir) / sub
+
     @property
     def state_url(self) -> str:
-        return self.state.resolved(self.config_path.parent)
+        return self.state.resolved(self.config_folder)
 
 
 def load_settings(path: Path | None = None, **overrides: Any) -> Settings:
-    """Read the settings file (FACILITY_CONFIG or config/facility.yaml) plus environment."""
-    path = path or Path(os.environ.get("FACILITY_CONFIG", DEFAULT_CONFIG))
+    """Read the settings file plus environment: `path`, else FACILITY_CONFIG, else
+    facility.yaml in FACILITY_CONFIG_DIR or the shipped configuration folder. A missing
+    file is no error: the defaults and the environment are the settings then."""
+    folder = Path(os.environ.get("FACILITY_CONFIG_DIR") or SHIPPED_CONFIG_DIR)
+    path = path or Path(os.environ.get("FACILITY_CONFIG") or folder / "facility.yaml")
     data = read_yaml(path) if path.exists() else {}
     if data is None:
         data = {}

@@ -1,23 +1,21 @@
 """What the rules engine knows about the campus: every source an alert can be about.
 
-Built from the site file (devices, the units behind a controller, gateways) and from the
-device knowledge that is already data: the value names each vendor mapping
-(config/vendors) and register map (config/models) produces, and report periods. Rule
-expressions are checked against these names, so a typo fails at start-up.
+Built from the catalog (facility/catalog.py): the site file (devices, the units behind a
+controller, gateways) and the device knowledge that is already data: the value names each
+vendor mapping and register map produces, and report periods. Rule expressions are
+checked against these names, so a typo fails at start-up.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-from facility.configfile import read_yaml
-from facility.settings import REPO_ROOT
-from facility.site import Device, SiteConfig
-
-VENDORS_DIR = REPO_ROOT / "config" / "vendors"
-MODELS_DIR = REPO_ROOT / "config" / "models"
+from facility.catalog import Catalog
+from facility.modbusmaps import RegisterMap
+from facility.site import Device
+from facility.vendormaps import VendorMapping
 
 
 @dataclass(frozen=True)
@@ -43,43 +41,31 @@ class Source:
         return self.tags.get("panel") or self.tags.get("controller") or ""
 
 
-def _vendor_values(vendors_dir: Path) -> dict[str, tuple[frozenset[str], float]]:
-    out = {}
-    for path in sorted(vendors_dir.glob("*.yaml")):
-        data: Any = read_yaml(path) or {}
-        names: set[str] = set()
-        for message in data.get("messages", []):
-            names |= set((message.get("values") or {}).keys())
-        out[str(data.get("vendor", path.stem))] = (frozenset(names),
-                                                   float(data.get("report_period", 60)))
-    return out
+def _vendor_values(vendors: Mapping[str, VendorMapping]
+                   ) -> dict[str, tuple[frozenset[str], float]]:
+    return {vendor: (frozenset(name for message in mapping.messages for name in message.values),
+                     mapping.report_period)
+            for vendor, mapping in vendors.items()}
 
 
-def _model_values(models_dir: Path) -> dict[str, tuple[frozenset[str], frozenset[str]]]:
-    out = {}
-    for path in sorted(models_dir.glob("*.yaml")):
-        data: Any = read_yaml(path) or {}
-        own = frozenset(p["name"] for p in data.get("points", []))
-        units = frozenset(p["name"] for p in (data.get("units") or {}).get("points", []))
-        model = str(data.get("model", path.stem))
-        out[model] = (own, units)
-        # An edition is its own model, `<model>.<edition>`: the base points and its added ones.
-        for edition, spec in (data.get("editions") or {}).items():
-            added = frozenset(p["name"] for p in (spec or {}).get("add", []))
-            out[f"{model}.{edition}"] = (own | added, units)
-    return out
+def _model_values(models: Mapping[str, RegisterMap]
+                  ) -> dict[str, tuple[frozenset[str], frozenset[str]]]:
+    # Editions are models of their own already (`<model>.<edition>`, facility/modbusmaps.py).
+    return {model: (frozenset(p.name for p in regmap.points),
+                    frozenset(p.name for p in regmap.units.points) if regmap.units else frozenset())
+            for model, regmap in models.items()}
 
 
 class Topology:
-    def __init__(self, site: SiteConfig, *, vendors_dir: Path = VENDORS_DIR,
-                 models_dir: Path = MODELS_DIR) -> None:
+    def __init__(self, catalog: Catalog) -> None:
+        site = catalog.site
         self.site = site
         self.site_id = site.site.id
         self.timezone = site.site.timezone
         self.zones = {z.id: z for z in site.zones}
         self.places = {p.id: p for p in site.places}
-        vendors = _vendor_values(vendors_dir)
-        models = _model_values(models_dir)
+        vendors = _vendor_values(catalog.vendors)
+        models = _model_values(catalog.models)
         self.sources: dict[str, Source] = {}
         for device in site.devices:
             names: frozenset[str] = frozenset()

@@ -23,8 +23,8 @@ from pymodbus.exceptions import ModbusException
 from facility import sqlite
 from facility.deadletters import describe, last_frame
 from facility.messages import Command, CommandResult, CommandStatus, Family, Scalar
+from facility.modbusmaps import CommandAction, CommandSpec
 from gateway.modbus.poller import HostPoller, PolledDevice
-from gateway.modbus.registermap import CommandAction, CommandSpec
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ import itertools
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from functools import partial
 
 import aiomqtt
@@ -22,33 +22,35 @@ import msgspec
 
 from facility import messages as m
 from facility import topics
+from facility.catalog import Catalog
 from facility.configfile import ConfigError
 from facility.deadletters import DeadLetters, Letter, Payload
 from facility.messages import Availability, CommandStatus, DeviceStatus, Family, Quality, Reading
 from facility.metrics import Metrics
+from facility.modbusmaps import CommandSpec, RegisterMap
 from facility.mqtt import ManualAck, make_client, run_connected
 from facility.outbox import Outbox
 from facility.service import Service
-from facility.settings import REPO_ROOT, Settings
-from facility.site import Device, GatewayKind, SiteConfig
+from facility.settings import Settings
+from facility.site import Device, GatewayKind
+from facility.vendormaps import VendorMapping
 from gateway.commands import CommandExecutor, CommandLog
 from gateway.modbus.decode import decode_block
 from gateway.modbus.poller import HostPoller, PolledDevice, PollResult, Sink
-from gateway.modbus.registermap import Block, CommandSpec, RegisterMap, compile_plan, load_models
-from gateway.vendors import VendorDecoder, VendorMapping, load_vendors
+from gateway.modbus.registermap import Block, compile_plan
+from gateway.vendors import VendorDecoder
 
 log = logging.getLogger(__name__)
 
-VENDORS_DIR = REPO_ROOT / "config" / "vendors"  # the shipped vendor mappings
-
 
 class Gateway(Service, Sink):
-    def __init__(self, settings: Settings, site: SiteConfig, gateway_id: str, *,
+    def __init__(self, settings: Settings, catalog: Catalog, gateway_id: str, *,
                  clock_ns: Callable[[], int] = time.time_ns) -> None:
         super().__init__()
         self.name = f"gateway {gateway_id}"
         self.settings = settings
-        self.site = site
+        self.site = site = catalog.site
+        self.site_path = str(catalog.site_path)
         self.site_id = site.site.id
         try:
             self.spec = site.gateway(gateway_id)
@@ -77,28 +79,21 @@ class Gateway(Service, Sink):
         self.decoders: list[VendorDecoder] = []
         self.last_seen: dict[str, float] = {}
         if self.spec.kind is GatewayKind.MODBUS:
-            self._build_pollers(load_models(settings.resolve(settings.gateway.models_dir)))
+            self._build_pollers(catalog.models)
         else:
-            self._build_decoders(load_vendors(settings.resolve(settings.gateway.vendors_dir)))
+            self._build_decoders(catalog.vendors)
         self.outbox: Outbox | None = None
 
     # --- set-up -------------------------------------------------------------------------
 
-    def _build_pollers(self, models: dict[str, RegisterMap]) -> None:
+    def _build_pollers(self, models: Mapping[str, RegisterMap]) -> None:
         hosts: dict[tuple[str, int], list[PolledDevice]] = defaultdict(list)
         self._labels: dict[str, tuple[dict[str, str], dict[str, str]]] = {}
         for device in self.devices:
             endpoint = device.modbus
             assert endpoint is not None
-            regmap = models.get(endpoint.model)
-            where = f"{self.site_path}: device {device.id!r}"
-            if regmap is None:
-                raise ConfigError(f"{where}: field 'modbus.model': unknown model "
-                                  f"{endpoint.model!r} (known: {', '.join(sorted(models))})")
+            regmap = models[endpoint.model]  # the catalog checked it is there, units too
             count = device.units.count if device.units else 0
-            if bool(count) != (regmap.units is not None):
-                raise ConfigError(f"{where}: field 'units': model {regmap.model!r} "
-                                  + ("has" if regmap.units else "has no") + " per-unit points")
             plan = compile_plan(regmap, count)
             hosts[(endpoint.host, endpoint.port)].append(PolledDevice(device, plan))
             own = {p.name: p.unit for p in regmap.points if p.unit}
@@ -114,17 +109,10 @@ class Gateway(Service, Sink):
                 if commands is not None:
                     self._command_targets.append((poller, polled, commands))
 
-    def _build_decoders(self, vendors: dict[str, VendorMapping]) -> None:
-        for vendor in self.spec.vendors:
-            mapping = vendors.get(vendor)
-            if mapping is None:
-                raise ConfigError(f"{self.site_path}: gateway {self.id!r}: field 'vendors': "
-                                  f"no mapping file for {vendor!r}")
-            self.decoders.append(VendorDecoder(mapping, self.site, self.id, self.clock_ns))
-
-    @property
-    def site_path(self) -> str:
-        return str(self.settings.site_path)
+    def _build_decoders(self, vendors: Mapping[str, VendorMapping]) -> None:
+        for vendor in self.spec.vendors:  # the catalog checked each has a mapping
+            self.decoders.append(VendorDecoder(vendors[vendor], self.site, self.id,
+                                               self.clock_ns))
 
     def _next_seq(self) -> int:
         self.last_seq = next(self._seq)
@@ -143,7 +131,7 @@ class Gateway(Service, Sink):
     # --- running ------------------------------------------------------------------------
 
     async def open(self) -> None:
-        folder = self.settings.resolve(self.settings.gateway.spool_dir)
+        folder = self.settings.spool_path("gateway")
         if getattr(self, "_command_targets", None):
             self.command_log = CommandLog(folder / f"{self.id}-commands.sqlite")
             self.executors = [
@@ -151,8 +139,8 @@ class Gateway(Service, Sink):
                                 clock_ns=self.clock_ns)
                 for poller, polled, spec in self._command_targets]
         spool = folder / f"{self.id}.sqlite"
-        self.outbox = Outbox(spool, memory_limit=self.settings.gateway.spool_memory_limit,
-                             window=self.settings.gateway.publish_window)
+        self.outbox = Outbox(spool, memory_limit=self.settings.spool.memory_limit,
+                             window=self.settings.spool.publish_window)
         if self.outbox.spool.count:
             log.info("%s: %d messages spooled from before; they go first", self.name,
                      self.outbox.spool.count)
@@ -191,7 +179,7 @@ class Gateway(Service, Sink):
         )
         client = make_client(self.settings.mqtt, f"{self.settings.mqtt.client_prefix}-{self.id}",
                              will=will, session_expiry=24 * 3600,
-                             max_inflight=self.settings.gateway.publish_window)
+                             max_inflight=self.settings.spool.publish_window)
         # A vendor message is acknowledged only once its readings are in the outbox: a
         # message still queued in the client when the link drops comes again.
         return ManualAck.enable(client)

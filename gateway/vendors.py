@@ -1,7 +1,8 @@
 """Vendor MQTT payloads to canonical readings and events, by mappings that are data.
 
-A mapping file (config/vendors/<vendor>.yaml) lists message shapes: the topic filter they
-arrive on, how to find the device key, the sample time, the values and the events.
+A mapping file (config/vendors/<vendor>.yaml; its schema: facility/vendormaps.py) lists
+message shapes: the topic filter they arrive on, how to find the device key, the sample
+time, the values and the events.
 Paths are JMESPath expressions over the document {"topic": [levels...], "payload": {...}}.
 
 `VendorDecoder.decode` is total: whatever the topic and the bytes, it returns an Output or
@@ -49,17 +50,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import MAX_EMAX, MAX_PREC, MIN_EMIN, Context, Decimal, Inexact, Rounded
-from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any
 from zoneinfo import ZoneInfo
 
-import jmespath
-import jmespath.exceptions
 import msgspec
 from paho.mqtt.client import topic_matches_sub
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
-from facility.configfile import ConfigError, load
 from facility.errors import Refused
 from facility.messages import (
     MAX_STRING_VALUE,
@@ -75,8 +71,7 @@ from facility.messages import (
 )
 from facility.site import Device, SiteConfig
 from facility.topics import ID_PATTERN, TopicError
-
-Name = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{0,63}$")]
+from facility.vendormaps import MessageSpec, TimeSpec, ValueSpec, VendorMapping, compile_path
 
 
 class MappingError(Refused):
@@ -84,88 +79,6 @@ class MappingError(Refused):
 
 
 MAX_PAYLOAD = 64 * 1024  # a device report is a few hundred bytes; more is a bug or an attack
-
-
-def _compile(expr: str) -> Any:
-    try:
-        return jmespath.compile(expr)
-    except jmespath.exceptions.ParseError as exc:
-        raise ValueError(f"bad JMESPath {expr!r}: {exc}") from None
-
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class ValueSpec(Strict):
-    path: str
-    type: Literal["number", "integer", "bool", "string"] = "number"
-    unit: str = ""
-    scale: float = Field(default=1.0, allow_inf_nan=False)
-    offset: float = Field(default=0.0, allow_inf_nan=False)
-    map: dict[str, str] | None = None  # vendor words to canonical words
-    bit: int | None = Field(default=None, ge=0, le=31)  # one bit of an integer, as bool
-    optional: bool = False
-    valid: tuple[float, float] | None = None
-
-    @field_validator("path")
-    @classmethod
-    def _path(cls, value: str) -> str:
-        _compile(value)
-        return value
-
-
-class TimeSpec(Strict):
-    path: str
-    format: Literal["iso8601", "unix_s", "unix_ms", "local"]
-    local_format: str = "%Y-%m-%d %H:%M:%S"
-
-
-class EventSpec(Strict):
-    name: ValueSpec
-    id: str  # JMESPath giving a string unique per event
-    text: str | None = None
-    attrs: dict[Name, ValueSpec] = {}
-
-
-class MessageSpec(Strict):
-    name: str
-    topic: str
-    key: str
-    time: TimeSpec | None = None  # None: the gateway's receive time
-    values: dict[Name, ValueSpec] = {}
-    event: EventSpec | None = None
-    change_events: list[Name] = []  # emit '<name>_change' when these values change
-
-    @field_validator("key")
-    @classmethod
-    def _key(cls, value: str) -> str:
-        _compile(value)
-        return value
-
-
-class VendorMapping(Strict):
-    vendor: Annotated[str, StringConstraints(pattern=f"^{ID_PATTERN.pattern}$")]
-    description: str
-    reference: str
-    report_period: float = Field(gt=0, description="longest normal gap between reports, s")
-    stale_after: float = Field(gt=0, description="a sample older than this is stale, s")
-    max_clock_skew: float = Field(default=120.0, gt=0)
-    messages: list[MessageSpec] = Field(min_length=1)
-
-    def subscriptions(self) -> list[str]:
-        return sorted({m.topic for m in self.messages})
-
-
-def load_vendors(folder: Path) -> dict[str, VendorMapping]:
-    vendors: dict[str, VendorMapping] = {}
-    for path in sorted(folder.glob("*.yaml")):
-        mapping = load(VendorMapping, path)
-        if mapping.vendor != path.stem:
-            raise ConfigError(
-                f"{path}: field 'vendor': {mapping.vendor!r} must match the file name")
-        vendors[mapping.vendor] = mapping
-    return vendors
 
 
 @dataclass
@@ -217,13 +130,13 @@ class VendorDecoder:
         ev = m.event
         return _Compiled(
             spec=m,
-            key=_compile(m.key),
-            time=_compile(m.time.path) if m.time else None,
-            values=[(n, v, _compile(v.path)) for n, v in m.values.items()],
-            event_name=_compile(ev.name.path) if ev else None,
-            event_id=_compile(ev.id) if ev else None,
-            event_text=_compile(ev.text) if ev and ev.text else None,
-            event_attrs=[(n, v, _compile(v.path)) for n, v in ev.attrs.items()] if ev else [],
+            key=compile_path(m.key),
+            time=compile_path(m.time.path) if m.time else None,
+            values=[(n, v, compile_path(v.path)) for n, v in m.values.items()],
+            event_name=compile_path(ev.name.path) if ev else None,
+            event_id=compile_path(ev.id) if ev else None,
+            event_text=compile_path(ev.text) if ev and ev.text else None,
+            event_attrs=[(n, v, compile_path(v.path)) for n, v in ev.attrs.items()] if ev else [],
         )
 
     def matches(self, topic: str) -> bool:

@@ -94,7 +94,7 @@ class Ingest(Service):
         await self.influx.__aenter__()
         self.writer = BatchWriter(self.influx)
         self.replayer = BatchWriter(self.influx)
-        folder = self.settings.resolve(self.options.spool_dir)
+        folder = self.settings.spool_path("ingest")
         self.spool = Spool(folder / f"{self.client_id}.sqlite")
         if self.spool.batches:
             log.info("ingest: %d points spooled from before; replaying them first",

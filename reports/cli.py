@@ -11,9 +11,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
+from facility.catalog import Catalog
 from facility.influx import InfluxClient
 from facility.settings import Settings
-from facility.site import SiteConfig
 
 FORMATS = ("html", "pdf", "xlsx")
 
@@ -86,11 +86,12 @@ def _out_dir(args: argparse.Namespace, settings: Settings) -> Path:
     return args.out or settings.resolve(settings.reports.output_dir)
 
 
-async def cmd_energy(args: argparse.Namespace, settings: Settings, site: SiteConfig) -> int:
+async def cmd_energy(args: argparse.Namespace, settings: Settings, catalog: Catalog) -> int:
     from reports import periods, render
     from reports.calendar import load_calendar
     from reports.energy_report import build
 
+    site = catalog.site
     tz = ZoneInfo(site.site.timezone)
     try:
         period = periods.parse(tz, month_text=args.month, week_text=args.week,
@@ -98,7 +99,7 @@ async def cmd_energy(args: argparse.Namespace, settings: Settings, site: SiteCon
     except ValueError as exc:
         print(f"facility report energy: {exc}", file=sys.stderr)
         return 2
-    calendar = load_calendar(settings.reports, settings.config_path.parent)
+    calendar = load_calendar(settings.reports, settings.config_folder)
     formats = tuple(args.formats or FORMATS)
     started = time.perf_counter()
     with progress(8 + len(formats), "能耗报告", not args.no_progress) as step:
@@ -116,10 +117,11 @@ async def cmd_energy(args: argparse.Namespace, settings: Settings, site: SiteCon
     return 0
 
 
-async def cmd_shift(args: argparse.Namespace, settings: Settings, site: SiteConfig) -> int:
+async def cmd_shift(args: argparse.Namespace, settings: Settings, catalog: Catalog) -> int:
     from reports import render
     from reports.shift import build, shift_period
 
+    site = catalog.site
     tz = ZoneInfo(site.site.timezone)
     try:
         period = shift_period(args.date, settings.reports.shift_start, args.hours, tz)
@@ -138,7 +140,7 @@ async def cmd_shift(args: argparse.Namespace, settings: Settings, site: SiteConf
     return 0
 
 
-async def cmd_rollup(args: argparse.Namespace, settings: Settings, site: SiteConfig) -> int:
+async def cmd_rollup(args: argparse.Namespace, settings: Settings, catalog: Catalog) -> int:
     from facility.schema import DAY_NS, ROLLUPS, ensure_downsampling, rebuild
     from reports import periods
 
@@ -149,7 +151,7 @@ async def cmd_rollup(args: argparse.Namespace, settings: Settings, site: SiteCon
               f"(retention policy {settings.reports.rollup_retention_policy})")
         if args.from_ or args.to:
             try:
-                period = periods.parse(ZoneInfo(site.site.timezone), from_text=args.from_,
+                period = periods.parse(ZoneInfo(catalog.site.site.timezone), from_text=args.from_,
                                        to_text=args.to)
             except ValueError as exc:
                 print(f"facility report rollup: {exc}", file=sys.stderr)

@@ -12,9 +12,9 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from facility.catalog import Catalog
 from facility.configfile import ConfigError
 from facility.settings import Settings
-from facility.site import SiteConfig
 
 ACTIONS = {"ack": "acknowledge", "comment": "comment", "shelve": "shelve",
            "unshelve": "unshelve", "oos": "out_of_service", "rts": "return_to_service",
@@ -73,14 +73,14 @@ def register(sub: Any, run: Callable[..., Awaitable[int]]) -> None:
         r.set_defaults(func=cmd_op, action=action)
 
 
-def _site_id(settings: Settings, site: SiteConfig) -> str:
-    return settings.rules.site or site.site.id
+def _site_id(settings: Settings, catalog: Catalog) -> str:
+    return settings.rules.site or catalog.site.site.id
 
 
-async def cmd_check(args: argparse.Namespace, settings: Settings, site: SiteConfig) -> int:
+async def cmd_check(args: argparse.Namespace, settings: Settings, catalog: Catalog) -> int:
     from rules.service import load_all
 
-    _, endpoints, rules = load_all(settings, site)
+    _, endpoints, rules = load_all(settings, catalog)
     for compiled in rules.rules.values():
         rule = compiled.rule
         where = compiled.file.name if compiled.file else "(built in)"
@@ -101,11 +101,11 @@ def _t(ns: int) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ns / 1e9)) if ns else "-"
 
 
-async def cmd_alerts(args: argparse.Namespace, settings: Settings, site: SiteConfig) -> int:
+async def cmd_alerts(args: argparse.Namespace, settings: Settings, catalog: Catalog) -> int:
     store = await _store(settings)
     try:
         since = time.time_ns() - int(args.hours * 3600e9)
-        alerts = await store.alerts(_site_id(settings, site), open_only=not args.all,
+        alerts = await store.alerts(_site_id(settings, catalog), open_only=not args.all,
                                     since=None if not args.all else since)
     finally:
         await store.close()
@@ -119,7 +119,7 @@ async def cmd_alerts(args: argparse.Namespace, settings: Settings, site: SiteCon
     return 0
 
 
-async def cmd_history(args: argparse.Namespace, settings: Settings, site: SiteConfig) -> int:
+async def cmd_history(args: argparse.Namespace, settings: Settings, catalog: Catalog) -> int:
     store = await _store(settings)
     try:
         rows = await store.history(args.alert)
@@ -131,10 +131,10 @@ async def cmd_history(args: argparse.Namespace, settings: Settings, site: SiteCo
     return 0 if rows else 1
 
 
-async def cmd_incidents(args: argparse.Namespace, settings: Settings, site: SiteConfig) -> int:
+async def cmd_incidents(args: argparse.Namespace, settings: Settings, catalog: Catalog) -> int:
     store = await _store(settings)
     try:
-        incidents = await store.incidents(_site_id(settings, site), open_only=not args.all)
+        incidents = await store.incidents(_site_id(settings, catalog), open_only=not args.all)
     finally:
         await store.close()
     for i in incidents:
@@ -144,7 +144,7 @@ async def cmd_incidents(args: argparse.Namespace, settings: Settings, site: Site
     return 0
 
 
-async def cmd_cap(args: argparse.Namespace, settings: Settings, site: SiteConfig) -> int:
+async def cmd_cap(args: argparse.Namespace, settings: Settings, catalog: Catalog) -> int:
     store = await _store(settings)
     try:
         docs = await store.cap_documents(args.incident)
@@ -155,13 +155,13 @@ async def cmd_cap(args: argparse.Namespace, settings: Settings, site: SiteConfig
     return 0 if docs else 1
 
 
-async def cmd_health(args: argparse.Namespace, settings: Settings, site: SiteConfig) -> int:
+async def cmd_health(args: argparse.Namespace, settings: Settings, catalog: Catalog) -> int:
     from rules.health import alarm_health
 
     store = await _store(settings)
     try:
         end = time.time_ns()
-        report = await alarm_health(store, _site_id(settings, site),
+        report = await alarm_health(store, _site_id(settings, catalog),
                                     end - int(args.hours * 3600e9), end)
     finally:
         await store.close()
@@ -169,10 +169,10 @@ async def cmd_health(args: argparse.Namespace, settings: Settings, site: SiteCon
     return 0
 
 
-async def cmd_displays(args: argparse.Namespace, settings: Settings, site: SiteConfig) -> int:
+async def cmd_displays(args: argparse.Namespace, settings: Settings, catalog: Catalog) -> int:
     store = await _store(settings)
     try:
-        shown = await store.displays(_site_id(settings, site))
+        shown = await store.displays(_site_id(settings, catalog))
     finally:
         await store.close()
     for endpoint, message in sorted(shown.items()):
@@ -193,7 +193,7 @@ def _duration_ns(text: str | None) -> int:
         raise ConfigError(f"--for: {exc}") from None
 
 
-async def cmd_op(args: argparse.Namespace, settings: Settings, site: SiteConfig) -> int:
+async def cmd_op(args: argparse.Namespace, settings: Settings, catalog: Catalog) -> int:
     from facility.messages import AlertAction
     from rules.ops import AlertOpsClient
 
@@ -201,7 +201,7 @@ async def cmd_op(args: argparse.Namespace, settings: Settings, site: SiteConfig)
     target = getattr(args, "target", "rules")
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", target):
         raise ConfigError(f"{target!r} is not an id")
-    async with AlertOpsClient(settings.mqtt, _site_id(settings, site)) as ops:
+    async with AlertOpsClient(settings.mqtt, _site_id(settings, catalog)) as ops:
         try:
             result = await ops.request(AlertAction(args.action), target, args.by,
                                        comment=args.comment,

@@ -36,9 +36,10 @@ import sqlalchemy as sa
 
 from facility import messages as m
 from facility import topics
+from facility.catalog import Catalog
 from facility.configfile import ConfigError
 from facility.deadletters import DeadLetters, Letter
-from facility.endpoints import EndpointConfig, load_endpoints
+from facility.endpoints import EndpointConfig
 from facility.metrics import Metrics
 from facility.mqtt import run_connected
 from facility.mqttlink import MqttLink, connector
@@ -46,7 +47,6 @@ from facility.ops import OPS_FAMILY
 from facility.outbox import Outbox
 from facility.service import Service
 from facility.settings import Settings
-from facility.site import SiteConfig, site_for
 from facility.topics import Kind
 from facility.topology import Topology
 from rules.alerts import ChatterPolicy
@@ -70,11 +70,10 @@ SERIES_PER_BEAT = 100_000  # window samples one heartbeat stores (1.6 MB, copied
 CHECKPOINT_EVERY = 5.0  # s between SQLite checkpoints (off the loop; a no-op elsewhere)
 
 
-def load_all(settings: Settings, site: SiteConfig, rules_dir: Path | None = None,
-             endpoints_file: Path | None = None) -> tuple[Topology, EndpointConfig, RuleSet]:
-    topology = Topology(site)
-    endpoints = load_endpoints(endpoints_file or settings.resolve(settings.rules.endpoints_file),
-                               site)
+def load_all(settings: Settings, catalog: Catalog, rules_dir: Path | None = None
+             ) -> tuple[Topology, EndpointConfig, RuleSet]:
+    topology = Topology(catalog)
+    endpoints = catalog.endpoints
     directory = rules_dir or settings.resolve(settings.rules.rules_dir)
     files = rule_files(directory)
     if not files:
@@ -83,24 +82,24 @@ def load_all(settings: Settings, site: SiteConfig, rules_dir: Path | None = None
 
 
 class RulesService(Service):
-    def __init__(self, settings: Settings, site: SiteConfig, *, clock: Clock | None = None,
-                 rules_dir: Path | None = None, endpoints_file: Path | None = None,
+    def __init__(self, settings: Settings, catalog: Catalog, *, clock: Clock | None = None,
+                 rules_dir: Path | None = None,
                  state_url: str | None = None, client_id: str | None = None) -> None:
         super().__init__()
         self.settings = settings
-        site_id = settings.rules.site or site.site.id
-        self.site = site_for(site, site_id)
+        site_id = settings.rules.site or catalog.site.site.id
+        self.catalog = catalog.for_site(site_id)
+        self.site = self.catalog.site
         self.site_id = site_id
         self.name = f"rules {site_id}"
         self.clock = clock or SystemClock()
         self.rules_dir = rules_dir or settings.resolve(settings.rules.rules_dir)
-        self.endpoints_file = endpoints_file or settings.resolve(settings.rules.endpoints_file)
         self.state_url = state_url or settings.state_url
         self.client_id = client_id or f"{settings.mqtt.client_prefix}-rules-{site_id}"
         self.bulk_client_id = f"{self.client_id}-telemetry"
         # Validate now: a bad rule file stops the start with file, rule and field.
-        self.topology, self.endpoints, self.rules = load_all(settings, self.site, self.rules_dir,
-                                                             self.endpoints_file)
+        self.topology, self.endpoints, self.rules = load_all(settings, self.catalog,
+                                                             self.rules_dir)
         self.intake = Intake(site_id, frozenset(self.topology.sources))
         self.intake.warm({s.id: s.family for s in self.topology.sources.values()})
         self.engine: Engine | None = None
@@ -152,10 +151,9 @@ class RulesService(Service):
                              cap_status=rs.cap_status)
         snapshot = await self.store.load(self.site_id)
         self.engine.restore(snapshot, now)
-        spool = self.settings.resolve(self.settings.gateway.spool_dir) / \
-            f"rules-{self.site_id}.sqlite"
-        self.outbox = Outbox(spool, memory_limit=self.settings.gateway.spool_memory_limit,
-                             window=self.settings.gateway.publish_window)
+        spool = self.settings.spool_path("rules") / f"rules-{self.site_id}.sqlite"
+        self.outbox = Outbox(spool, memory_limit=self.settings.spool.memory_limit,
+                             window=self.settings.spool.publish_window)
         self.http = aiohttp.ClientSession()
         await self._commit(self.engine.take(), now, beat=True)
 
@@ -434,7 +432,7 @@ class RulesService(Service):
 
     def _reload(self) -> tuple[bool, str]:
         try:
-            _, _, rules = load_all(self.settings, self.site, self.rules_dir, self.endpoints_file)
+            _, _, rules = load_all(self.settings, self.catalog, self.rules_dir)
         except ConfigError as exc:
             if str(exc) != self.reload_error:
                 log.error("%s: rule files not reloaded, the running rules stay:\n%s",

@@ -281,14 +281,13 @@ def _html(title: str, body: str, refresh: int) -> web.Response:
 # --- as a process of its own ------------------------------------------------------------------
 
 async def _serve(args: argparse.Namespace) -> None:
-    from facility.endpoints import load_endpoints
+    from facility.catalog import load_catalog
     from facility.settings import load_settings
-    from facility.site import load_site
 
     settings = load_settings(args.config)
-    site = load_site(settings.site_path)
-    site_id = args.site or settings.rules.site or site.site.id
-    endpoints = load_endpoints(settings.resolve(settings.rules.endpoints_file), site)
+    catalog = load_catalog(settings)
+    site_id = args.site or settings.rules.site or catalog.site.site.id
+    endpoints = catalog.endpoints
     player = DisplayPlayer.from_config(settings.mqtt, site_id, endpoints, journal=args.journal,
                                        http_host=args.http_host, http_port=args.http_port)
     stop = asyncio.Event()

@@ -8,6 +8,8 @@ restart) come from the function-scoped `own_*` fixtures instead.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import functools
 import threading
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -16,12 +18,34 @@ from pathlib import Path
 import pytest
 from pydantic import SecretStr
 
+from facility.catalog import Catalog, load_catalog
+from facility.endpoints import EndpointConfig
 from facility.influx import InfluxClient
 from facility.localservers import InfluxServer, MosquittoServer
 from facility.settings import InfluxSettings, MqttSettings, Settings, load_settings
+from facility.site import SiteConfig
 
 REPO = Path(__file__).resolve().parent.parent
 SITE_FILE = REPO / "config" / "site.yaml"
+
+
+@functools.cache
+def _shipped_catalog() -> Catalog:
+    return load_catalog(load_settings(REPO / "config" / "facility.yaml"))
+
+
+def catalog(site: SiteConfig | None = None) -> Catalog:
+    """The catalog of the repository's config/ (read once per run), with `site` in place
+    of the site file when given: a test's ports, devices or site id, checked again. A
+    test's own small site, where the campus's screens do not stand, has no endpoints."""
+    shipped = _shipped_catalog()
+    if site is None:
+        return shipped
+    zones = {z.id for z in site.zones}
+    if all(set(e.zones) <= zones for e in shipped.endpoints.endpoints):
+        return shipped.with_site(site)
+    return dataclasses.replace(shipped, site=site,
+                               endpoints=EndpointConfig(version=1, endpoints=[]))
 
 # The fast tier (`scripts/test --fast`, i.e. `-m "not servers"`) is every test that needs
 # no server. A test that asks, directly or through another fixture, for one of these gets
@@ -92,8 +116,8 @@ def make_settings(tmp_path: Path, mqtt_url: str, influx_url: str, database: str,
         site_file=str(SITE_FILE),
         mqtt=MqttSettings(url=SecretStr(mqtt_url)),
         influx=InfluxSettings(url=influx_url, database=database),
-        gateway={"spool_dir": str(tmp_path / "spool")},
-        **({"ingest": {"spool_dir": str(tmp_path / "spool")}} | overrides),
+        spool={"dir": str(tmp_path / "spool")},
+        **overrides,
     )
 
 

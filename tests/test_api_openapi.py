@@ -27,7 +27,7 @@ from api.app import create_app
 from facility.localservers import InfluxServer, MosquittoServer
 from facility.settings import load_settings
 from facility.site import load_site
-from tests.conftest import REPO, SITE_FILE
+from tests.conftest import REPO, SITE_FILE, catalog
 from tests.test_api_stack import PASSWORD, facility
 
 # Generated cases per operation (valid and invalid). The coverage phase (every boundary
@@ -53,7 +53,7 @@ def api_server(mosquitto_server: MosquittoServer, influx_server: InfluxServer,
            "FACILITY_INFLUX_DATABASE": f"openapi_{uuid.uuid4().hex[:8]}",
            "FACILITY_API_PORT": str(port), "FACILITY_API_SITE": f"t-{uuid.uuid4().hex[:10]}",
            "FACILITY_API_SECRET": uuid.uuid4().hex * 2,
-           "FACILITY_GATEWAY_SPOOL_DIR": str(folder / "spool")}
+           "FACILITY_SPOOL_DIR": str(folder / "spool")}
     added = facility(["users", "add", "root", "--role", "admin", "--zones", "*",
                       "--password-stdin"], env, PASSWORD + "\n")
     assert added.returncode == 0, added.stderr
@@ -104,7 +104,7 @@ def described_schema() -> Any:
     """The API's OpenAPI description, built by the same code the server runs (building the
     app connects to nothing); test_served_description_is_this_one checks the server's."""
     site = load_site(SITE_FILE)
-    spec = create_app(load_settings(REPO / "config" / "facility.yaml"), site).openapi()
+    spec = create_app(load_settings(REPO / "config" / "facility.yaml"), catalog(site)).openapi()
     config = SchemathesisConfig.from_dict({"phases": {"coverage": {"enabled": DEEP}}})
     return schemathesis.openapi.from_dict(spec, config=config).exclude(path="/api/stream")
 

@@ -38,7 +38,7 @@ from rules.service import RulesService
 from simulators.campus import Campus
 from simulators.clock import SimClock
 from simulators.display_player import DisplayPlayer
-from tests.conftest import REPO, SITE_FILE
+from tests.conftest import REPO, SITE_FILE, catalog
 from tests.helpers import Collector, eventually, publish_all
 
 PASSWORD = "correct horse battery"  # test users only; 21 characters
@@ -151,7 +151,7 @@ async def api_stack(settings: Settings, tmp_path: Path, *, state_url: str | None
             await (await stack.enter_async_context(Ingest(settings))).wait_ready()
         gateways: list[Gateway] = []
         if families & MQTT_FAMILIES:  # listening before the simulated devices speak
-            gateways.append(Gateway(settings, site, "gw-iot"))
+            gateways.append(Gateway(settings, catalog(site), "gw-iot"))
             await stack.enter_async_context(gateways[-1])
             await gateways[-1].wait_ready()
         campus = None
@@ -162,11 +162,11 @@ async def api_stack(settings: Settings, tmp_path: Path, *, state_url: str | None
             site = campus.site  # with the simulated Modbus servers' bound ports
         service = player = None
         if rules:
-            service = RulesService(settings, site, client_id=f"rules-{site.site.id}")
+            service = RulesService(settings, catalog(site), client_id=f"rules-{site.site.id}")
             player = DisplayPlayer.from_config(settings.mqtt, site.site.id, service.endpoints)
             await stack.enter_async_context(player)
             await stack.enter_async_context(service)
-        api_service = ApiService(settings, site)
+        api_service = ApiService(settings, catalog(site))
         await stack.enter_async_context(api_service)
         await api_service.wait_ready(60)
         for svc in (player, service):
@@ -175,7 +175,7 @@ async def api_stack(settings: Settings, tmp_path: Path, *, state_url: str | None
         for family, gateway_id in ((Family.BOLLARD, "gw-plc-south"),
                                    (Family.ENERGY, "gw-energy")):
             if family in families:
-                gateways.append(Gateway(settings, site, gateway_id))
+                gateways.append(Gateway(settings, catalog(site), gateway_id))
                 await stack.enter_async_context(gateways[-1])
                 await gateways[-1].wait_ready()
         http = await stack.enter_async_context(

@@ -89,7 +89,8 @@ def test_good_messages_are_accepted_by_the_gateways_decoder() -> None:
     """The synthesized good message of every shape decodes without a dead letter."""
     from facility.settings import load_settings
     from facility.site import load_site
-    from gateway.vendors import VendorDecoder, load_vendors
+    from facility.vendormaps import load_vendors
+    from gateway.vendors import VendorDecoder
 
     settings = load_settings(None)
     site = load_site(settings.site_path)

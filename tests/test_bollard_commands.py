@@ -23,7 +23,7 @@ from facility.site import load_site
 from gateway.service import Gateway
 from simulators.campus import Campus
 from simulators.clock import SimClock
-from tests.conftest import SITE_FILE
+from tests.conftest import SITE_FILE, catalog
 from tests.helpers import Collector, eventually, publish_all
 
 SITE = "panyu-admin-centre"
@@ -74,7 +74,8 @@ async def rig(settings: Settings) -> AsyncIterator[Rig]:
         campus = await stack.enter_async_context(
             Campus(site, settings.mqtt, clock=clock, seed=3, use_config_ports=False,
                    families={Family.BOLLARD}))
-        gateway = await stack.enter_async_context(Gateway(settings, campus.site, "gw-plc-south"))
+        gateway = await stack.enter_async_context(Gateway(settings, catalog(campus.site),
+                                                          "gw-plc-south"))
         await gateway.wait_ready()
         yield Rig(campus, gateway, results, settings)
 

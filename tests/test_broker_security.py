@@ -19,10 +19,7 @@ from facility.localservers import MosquittoServer
 from facility.messages import Family, Reading
 from facility.mqttlink import LinkError, MqttLink
 from facility.settings import MqttSettings
-from facility.site import load_site
-from gateway.service import VENDORS_DIR
-from gateway.vendors import load_vendors
-from tests.conftest import REPO, SITE_FILE
+from tests.conftest import REPO, catalog
 
 SITE = "panyu-admin-centre"
 PASSWORDS = {"gw-energy": "energy-secret-1", "gw-iot": "iot-secret-2",
@@ -32,8 +29,7 @@ REFUSED = r"NOT_AUTHORIZED|BAD_USER_NAME_OR_PASSWORD"
 
 
 def generated_acl() -> str:
-    vendor_topics = {v: mp.subscriptions() for v, mp in load_vendors(VENDORS_DIR).items()}
-    return brokeracl.acl(load_site(SITE_FILE), vendor_topics)
+    return brokeracl.acl(catalog())
 
 
 def test_shipped_acl_is_up_to_date() -> None:

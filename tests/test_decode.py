@@ -13,9 +13,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pymodbus.client.mixin import ModbusClientMixin
 
+from facility.modbusmaps import TYPES
 from facility.scalar import Scalar
 from gateway.modbus.decode import convert, raw_word_value
-from gateway.modbus.registermap import TYPES, Slot
+from gateway.modbus.registermap import Slot
 
 DT = ModbusClientMixin.DATATYPE
 PYMODBUS = {"int16": DT.INT16, "uint16": DT.UINT16, "int32": DT.INT32, "uint32": DT.UINT32,

@@ -29,7 +29,7 @@ from gateway.service import Gateway
 from ingest.service import Ingest
 from simulators.campus import Campus
 from simulators.clock import SimClock
-from tests.conftest import SITE_FILE
+from tests.conftest import SITE_FILE, catalog
 from tests.helpers import Collector, eventually, rows
 
 FAMILIES = ("bollard", "energy", "fire", "ev_charger", "drainage", "gas")
@@ -85,13 +85,14 @@ async def test_every_family_flows_into_influxdb_with_the_simulated_values(
         ingest = await stack.enter_async_context(Ingest(settings))
         await ingest.wait_ready()
         # The MQTT gateway first: the simulated devices report once at start.
-        iot = await stack.enter_async_context(Gateway(settings, site, "gw-iot"))
+        iot = await stack.enter_async_context(Gateway(settings, catalog(site), "gw-iot"))
         await iot.wait_ready()
         campus = await stack.enter_async_context(
             Campus(site, settings.mqtt, clock=clock, seed=7, use_config_ports=False))
         for spec in site.gateways:
             if spec.id != "gw-iot":
-                gw = await stack.enter_async_context(Gateway(settings, campus.site, spec.id))
+                gw = await stack.enter_async_context(
+                    Gateway(settings, catalog(campus.site), spec.id))
                 await gw.wait_ready()
         await eventually(lambda: families_with_points(influx), lambda f: f == set(FAMILIES),
                          60, "points of every family", step=0.5)

@@ -25,7 +25,7 @@ from facility.settings import Settings
 from facility.site import load_site
 from gateway.service import Gateway
 from ingest.service import Ingest
-from tests.conftest import SITE_FILE
+from tests.conftest import SITE_FILE, catalog
 from tests.helpers import count_points, eventually, publish_all, rows
 
 pytestmark = pytest.mark.slow
@@ -70,7 +70,7 @@ async def test_flood_of_bad_input_is_dead_lettered_and_the_rest_flows(
     canonical_bad = len(bad) - vendor_bad
     async with AsyncExitStack() as stack:
         ingest = await stack.enter_async_context(Ingest(settings))
-        gateway = await stack.enter_async_context(Gateway(settings, load_site(SITE_FILE),
+        gateway = await stack.enter_async_context(Gateway(settings, catalog(load_site(SITE_FILE)),
                                                           "gw-iot"))
         await ingest.wait_ready()
         await gateway.wait_ready()
@@ -160,7 +160,7 @@ async def _hostile(text: str, code: str, settings: Settings, unique: str,
         influx = await stack.enter_async_context(InfluxClient(settings.influx))
         await influx.ensure_database()
         ingest = await stack.enter_async_context(Ingest(settings))
-        gateway = await stack.enter_async_context(Gateway(settings, load_site(SITE_FILE),
+        gateway = await stack.enter_async_context(Gateway(settings, catalog(load_site(SITE_FILE)),
                                                           "gw-iot"))
         await ingest.wait_ready()
         await gateway.wait_ready()

@@ -120,7 +120,7 @@ async def test_ingest_killed_before_writing_loses_nothing(
            "FACILITY_INFLUX_DATABASE": settings.influx.database,
            "FACILITY_INGEST_SITE": site, "FACILITY_INGEST_CLIENT_ID": f"ingest-{site}",
            "FACILITY_INGEST_SPOOL_AFTER": "600", "FACILITY_INGEST_SESSION_EXPIRY": "600",
-           "FACILITY_INGEST_SPOOL_DIR": str(tmp_path / "spool")}
+           "FACILITY_SPOOL_DIR": str(tmp_path / "spool")}
     log = (tmp_path / "ingest.log").open("wb")
     process = subprocess.Popen(  # noqa: ASYNC220 (a process the test kills on purpose)
         [sys.executable, "-m", "app", "ingest", "--metrics", f"127.0.0.1:{metrics_port}"],

@@ -30,7 +30,7 @@ from facility.site import SiteConfig, load_site
 from gateway.service import Gateway
 from simulators.campus import Campus
 from simulators.clock import SimClock
-from tests.conftest import SITE_FILE
+from tests.conftest import SITE_FILE, catalog
 from tests.faults import TcpProxy
 from tests.helpers import Collector, eventually, publish_all
 
@@ -70,7 +70,7 @@ async def test_slow_and_lost_replies_stay_bounded(settings: Settings) -> None:
             Collector(settings.mqtt, topics.subscription(topics.Kind.TELEMETRY, SITE, "energy")))
         statuses = await stack.enter_async_context(
             Collector(settings.mqtt, topics.subscription(topics.Kind.STATUS, SITE, "energy")))
-        gateway = await stack.enter_async_context(Gateway(settings, tuned, "gw-energy"))
+        gateway = await stack.enter_async_context(Gateway(settings, catalog(tuned), "gw-energy"))
         await gateway.wait_ready()
         meters = {d.id for d in tuned.devices_of("gw-energy")}
         behind = {d.id for d in tuned.devices_of("gw-energy") if d.modbus
@@ -145,7 +145,7 @@ async def test_command_whose_reply_is_lost_acts_once(settings: Settings) -> None
                               period=1.0, timeout=0.5)
         results = await stack.enter_async_context(
             Collector(settings.mqtt, topics.subscription(topics.Kind.COMMAND_RESULT, SITE)))
-        gateway = await stack.enter_async_context(Gateway(settings, tuned, "gw-plc-south"))
+        gateway = await stack.enter_async_context(Gateway(settings, catalog(tuned), "gw-plc-south"))
         await gateway.wait_ready()
         plc = campus.plc()
         cycles_before = plc.snapshot()["units"][20]["cycle_count"]

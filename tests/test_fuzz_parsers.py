@@ -19,15 +19,16 @@ from hypothesis import strategies as st
 from facility import messages as m
 from facility.configfile import ConfigError
 from facility.messages import ContractError
+from facility.modbusmaps import RegisterMap
 from facility.settings import load_settings
 from facility.site import load_site
-from gateway.modbus.registermap import RegisterMap
-from gateway.service import VENDORS_DIR
-from gateway.vendors import MappingError, VendorDecoder, VendorMapping, load_vendors
+from facility.vendormaps import VendorMapping, load_vendors
+from gateway.vendors import MappingError, VendorDecoder
 from ingest.convert import Converter, Rejected
 from tests.conftest import REPO, SITE_FILE
 
 MODELS_DIR = REPO / "config" / "models"
+VENDORS_DIR = REPO / "config" / "vendors"
 SITE = load_site(SITE_FILE)
 VENDORS = load_vendors(VENDORS_DIR)
 FAST = settings(max_examples=150, deadline=None,

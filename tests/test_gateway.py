@@ -25,7 +25,7 @@ from facility.messages import Availability, DeviceStatus, Event, Family, Quality
 from facility.settings import Settings
 from facility.site import SiteConfig, load_site
 from gateway.service import Gateway
-from tests.conftest import SITE_FILE, make_settings
+from tests.conftest import SITE_FILE, catalog, make_settings
 from tests.helpers import Collector, eventually, modbus_port, publish_all, stop_modbus
 
 SITE = "panyu-admin-centre"
@@ -90,7 +90,8 @@ async def test_vendor_payloads_become_canonical_readings(settings: Settings) -> 
     ev = topics.subscription(topics.Kind.EVENT, SITE)
     dead = topics.subscription(topics.Kind.DEADLETTER, SITE)
     async with Collector(settings.mqtt, tel) as readings, Collector(settings.mqtt, ev) as events, \
-            Collector(settings.mqtt, dead) as letters, Gateway(settings, site, "gw-iot") as gw:
+            Collector(settings.mqtt, dead) as letters, \
+            Gateway(settings, catalog(site), "gw-iot") as gw:
         await gw.wait_ready()
         await publish_all(settings.mqtt, vendor_messages(now) + MALFORMED)
         await readings.wait_for(5)
@@ -130,7 +131,7 @@ async def test_stale_sample_is_marked_stale(settings: Settings) -> None:
     """A LoRa uplink buffered for an hour arrives with quality 'stale'."""
     old = vendor_messages(time.time() - 3600)[-1]
     async with Collector(settings.mqtt, topics.subscription(topics.Kind.TELEMETRY, SITE)) as got, \
-            Gateway(settings, campus(), "gw-iot") as gw:
+            Gateway(settings, catalog(campus()), "gw-iot") as gw:
         await gw.wait_ready()
         await publish_all(settings.mqtt, [old])
         await got.wait_for(1)
@@ -199,7 +200,7 @@ async def test_silent_unit_goes_offline_and_neighbours_keep_their_rate(settings:
     try:
         async with Collector(settings.mqtt, tel) as readings, \
                 Collector(settings.mqtt, status) as statuses, \
-                Gateway(settings, site, "gw-m") as gw:
+                Gateway(settings, catalog(site), "gw-m") as gw:
             await gw.wait_ready()
 
             def good(device: str) -> int:
@@ -249,7 +250,7 @@ async def test_gateway_spools_while_broker_is_down(tmp_path: Path, own_mosquitto
     tel = topics.subscription(topics.Kind.TELEMETRY, SITE)
     try:
         async with Collector(settings.mqtt, tel, persistent=True) as got, \
-                Gateway(settings, site, "gw-m") as gw:
+                Gateway(settings, catalog(site), "gw-m") as gw:
             await gw.wait_ready()
             outbox = gw.outbox
             assert outbox is not None

@@ -16,6 +16,7 @@ from facility.messages import Quality, Reading
 from facility.settings import Settings
 from gateway.service import Gateway
 from gateway.vendors import VendorDecoder
+from tests.conftest import catalog
 from tests.helpers import Collector, eventually, publish_all, stop_modbus
 from tests.test_gateway import SITE, Meter, campus, modbus_site, serve, vendor_messages
 
@@ -54,18 +55,18 @@ async def test_poison_is_quarantined_once_and_the_gateway_goes_on(
     async with Collector(settings.mqtt, tel) as readings, \
             Collector(settings.mqtt, dead) as letters:
         # First start: the gateway's persistent session is made, then it stops.
-        async with Gateway(settings, site, "gw-iot") as gw:
+        async with Gateway(settings, catalog(site), "gw-iot") as gw:
             await gw.wait_ready()
         # While it is away, the poison and a good report wait in its session.
         await publish_all(settings.mqtt, [smoke(time.time(), MARK), smoke(time.time())])
-        async with Gateway(settings, site, "gw-iot") as gw:
+        async with Gateway(settings, catalog(site), "gw-iot") as gw:
             await gw.wait_ready()
             await letters.wait_for(1)
             await readings.wait_for(1)
             assert gw.failed is None
             assert gw.dead_letters == 1
         # Restarted on the same session: the poison is not redelivered, new data flows.
-        async with Gateway(settings, site, "gw-iot") as gw:
+        async with Gateway(settings, catalog(site), "gw-iot") as gw:
             await gw.wait_ready()
             await publish_all(settings.mqtt, [smoke(time.time()), smoke(time.time(), MARK),
                                               smoke(time.time())])
@@ -112,7 +113,8 @@ async def test_a_decode_bug_on_a_modbus_block_is_quarantined(
     dead = topics.subscription(topics.Kind.DEADLETTER, SITE)
     try:
         async with Collector(settings.mqtt, tel) as readings, \
-                Collector(settings.mqtt, dead) as letters, Gateway(settings, site, "gw-m") as gw:
+                Collector(settings.mqtt, dead) as letters, \
+                Gateway(settings, catalog(site), "gw-m") as gw:
             await gw.wait_ready()
             [(_, raw)] = await letters.wait_for(1)
             letter = m.decode(raw, m.DeadLetter)

@@ -18,7 +18,7 @@ from facility.messages import Availability, DeviceStatus
 from facility.settings import Settings
 from facility.site import load_site
 from gateway.service import Gateway
-from tests.conftest import REPO, SITE_FILE
+from tests.conftest import REPO, SITE_FILE, catalog
 from tests.helpers import Collector, eventually
 
 SITE = "panyu-admin-centre"
@@ -34,7 +34,7 @@ def last_state(collector: Collector) -> tuple[Availability, str] | None:
 async def test_will_says_offline_when_the_gateway_dies(tmp_path: Path,
                                                        own_mosquitto: MosquittoServer) -> None:
     env = {**os.environ, "FACILITY_MQTT_URL": own_mosquitto.url,
-           "FACILITY_GATEWAY_SPOOL_DIR": str(tmp_path / "spool")}
+           "FACILITY_SPOOL_DIR": str(tmp_path / "spool")}
     log = (tmp_path / "gateway.log").open("wb")
     gateway = subprocess.Popen(  # noqa: ASYNC220 (a process the test kills on purpose)
         [sys.executable, "-m", "app", "gateway", "--id", "gw-iot"], env=env, cwd=REPO,
@@ -66,7 +66,7 @@ async def test_will_says_offline_when_the_gateway_dies(tmp_path: Path,
 
 async def test_clean_stop_says_stopped(settings: Settings) -> None:
     async with Collector(settings.mqtt, TOPIC) as statuses:
-        async with Gateway(settings, load_site(SITE_FILE), "gw-iot") as gateway:
+        async with Gateway(settings, catalog(load_site(SITE_FILE)), "gw-iot") as gateway:
             await gateway.wait_ready()
 
             async def state() -> tuple[Availability, str] | None:

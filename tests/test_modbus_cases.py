@@ -15,9 +15,10 @@ from pymodbus.simulator import DataType, SimData, SimDevice
 
 from facility.configfile import ConfigError
 from facility.messages import Availability, Family
+from facility.modbusmaps import RegisterMap, load_models
 from facility.site import Device, ModbusEndpoint
 from gateway.modbus.poller import HostPoller, PolledDevice, PollResult, Sink
-from gateway.modbus.registermap import RegisterMap, compile_plan, load_models
+from gateway.modbus.registermap import compile_plan
 from tests.helpers import modbus_port, stop_modbus
 
 CASES = Path(__file__).parent / "modbus_cases"

@@ -15,7 +15,7 @@ from facility.site import load_site
 from facility.topology import Topology
 from rules.config import Schedule, load_rules, parse_duration, rule_files
 from rules.expr import Expression, ExpressionError, Unknown
-from tests.conftest import REPO, SITE_FILE
+from tests.conftest import REPO, SITE_FILE, catalog
 
 RULES = REPO / "config" / "rules"
 
@@ -23,7 +23,7 @@ RULES = REPO / "config" / "rules"
 @pytest.fixture(scope="module")
 def world() -> tuple[Topology, EndpointConfig]:
     site = load_site(SITE_FILE)
-    return Topology(site), load_endpoints(REPO / "config" / "endpoints.yaml", site)
+    return Topology(catalog(site)), load_endpoints(REPO / "config" / "endpoints.yaml", site)
 
 
 def load(tmp_path: Path, world: tuple[Topology, EndpointConfig], text: str,
@@ -212,14 +212,14 @@ def test_durations() -> None:
 
 
 def test_rules_know_the_value_names_of_every_model_and_edition() -> None:
-    """The rules engine reads the model files for value names; it must see what the
+    """The rules engine takes its value names from the catalog's register maps: what the
     gateway reads, editions included (`<model>.<edition>`)."""
-    from facility.topology import MODELS_DIR, _model_values
-    from gateway.modbus.registermap import load_models
-
-    gateway = load_models(MODELS_DIR)
-    rules = _model_values(MODELS_DIR)
-    assert set(rules) == set(gateway)
-    for model, regmap in gateway.items():
-        units = frozenset(p.name for p in regmap.units.points) if regmap.units else frozenset()
-        assert rules[model] == (frozenset(p.name for p in regmap.points), units), model
+    topology = Topology(catalog())
+    for device in catalog().site.devices:
+        if device.modbus is None:
+            continue
+        regmap = catalog().models[device.modbus.model]
+        assert topology.sources[device.id].value_names == {p.name for p in regmap.points}
+        if regmap.units is not None:
+            unit = topology.sources[device.unit_ids()[0]]
+            assert unit.value_names == {p.name for p in regmap.units.points}

@@ -33,7 +33,7 @@ from rules.config import load_rules, rule_files
 from rules.engine import Engine
 from rules.expr import Expression, ExpressionError, MappingEnv, Unknown
 from rules.intake import Intake
-from tests.conftest import REPO, SITE_FILE
+from tests.conftest import REPO, SITE_FILE, catalog
 
 RULES = REPO / "config" / "rules"
 SITE = "panyu-admin-centre"
@@ -45,7 +45,7 @@ SLOW = settings(max_examples=150, deadline=5000,
 @pytest.fixture(scope="module")
 def world() -> tuple[Topology, Any]:
     site = load_site(SITE_FILE)
-    return Topology(site), load_endpoints(REPO / "config" / "endpoints.yaml", site)
+    return Topology(catalog(site)), load_endpoints(REPO / "config" / "endpoints.yaml", site)
 
 
 # --- rule files ----------------------------------------------------------------------------

@@ -30,7 +30,7 @@ from rules.clock import NS, ManualClock
 from rules.config import load_rules, rule_files
 from rules.engine import Engine
 from rules.scope import Plan
-from tests.conftest import REPO, SITE_FILE
+from tests.conftest import REPO, SITE_FILE, catalog
 from tests.helpers import Collector
 from tests.test_rules_scenarios import START, Campus, running, until
 
@@ -134,7 +134,7 @@ async def test_no_all_clear_while_the_flood_goes_on(settings: Settings, tmp_path
 
 def _engine() -> tuple[Engine, Topology]:
     site = load_site(SITE_FILE)
-    topology = Topology(site)
+    topology = Topology(catalog(site))
     endpoints = load_endpoints(REPO / "config" / "endpoints.yaml", site)
     rules = load_rules(rule_files(REPO / "config" / "rules"), topology, endpoints)
     return Engine(topology, rules, endpoints, now=START), topology

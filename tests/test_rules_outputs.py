@@ -36,7 +36,7 @@ class PlayerProcess:
         self.config.write_text(yaml.safe_dump({
             "site_file": str(SITE_FILE),
             "mqtt": {"url": settings.mqtt.url.get_secret_value()},
-            "rules": {"endpoints_file": str(REPO / "config" / "endpoints.yaml")}}),
+            "config_dir": str(REPO / "config")}),
             encoding="utf-8")
         self.process: asyncio.subprocess.Process | None = None
 

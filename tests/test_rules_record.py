@@ -18,7 +18,7 @@ from rules.alerts import Alert
 from rules.clock import NS
 from rules.config import load_rules, render, rule_files
 from rules.engine import Engine
-from tests.conftest import REPO, SITE_FILE
+from tests.conftest import REPO, SITE_FILE, catalog
 
 START = 1_795_500_000 * NS  # 2026-11-24 (a Tuesday) 14:00 Asia/Shanghai
 RULES = REPO / "config" / "rules"
@@ -27,7 +27,7 @@ DOUBLED = re.compile(r"([\u4e00-\u9fff]{2,})\1")
 
 def _engine() -> Engine:
     site = load_site(SITE_FILE)
-    topology = Topology(site)
+    topology = Topology(catalog(site))
     endpoints = load_endpoints(REPO / "config" / "endpoints.yaml", site)
     return Engine(topology, load_rules(rule_files(RULES), topology, endpoints), endpoints,
                   now=START)

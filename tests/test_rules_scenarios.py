@@ -37,7 +37,7 @@ from rules.ops import AlertOpsClient
 from rules.service import RulesService
 from rules.store import AlertStore
 from simulators.display_player import DisplayPlayer
-from tests.conftest import REPO, SITE_FILE
+from tests.conftest import REPO, SITE_FILE, catalog
 from tests.helpers import Collector, eventually, publish_all
 
 START = 1_795_854_600 * NS  # 2026-11-28 16:30 Asia/Shanghai
@@ -69,8 +69,9 @@ class Campus:
         return self.rules.store
 
     def service(self) -> RulesService:
-        return RulesService(self.settings, self.site, clock=self.clock, state_url=self.state_url,
-                            rules_dir=self.rules_dir, client_id=self.client_id)
+        return RulesService(self.settings, catalog(self.site), clock=self.clock,
+                            state_url=self.state_url, rules_dir=self.rules_dir,
+                            client_id=self.client_id)
 
     async def send(self, *items: m.Reading | m.Event | m.DeviceStatus | m.Command,
                    wait: bool = True) -> None:

@@ -25,14 +25,14 @@ from rules.config import load_rules, rule_files
 from rules.engine import Engine
 from rules.health import alarm_health
 from rules.store import AlertStore
-from tests.conftest import REPO, SITE_FILE
+from tests.conftest import REPO, SITE_FILE, catalog
 
 T0 = 1_795_825_500 * NS  # 2026-11-28 08:25 Asia/Shanghai, a Saturday
 
 
 def build(site_id: str, now: int) -> Engine:
     site = site_for(load_site(SITE_FILE), site_id)
-    topology = Topology(site)
+    topology = Topology(catalog(site))
     endpoints = load_endpoints(REPO / "config" / "endpoints.yaml", site)
     rules = load_rules(rule_files(REPO / "config" / "rules"), topology, endpoints)
     return Engine(topology, rules, endpoints, now=now)

@@ -23,10 +23,11 @@ from pymodbus.client import AsyncModbusTcpClient
 from pymodbus.exceptions import ModbusException
 
 from facility.messages import Availability, Family
+from facility.modbusmaps import load_models
 from facility.settings import MqttSettings
 from facility.site import SiteConfig, load_site
 from gateway.modbus.poller import HostPoller, PolledDevice, PollResult, Sink
-from gateway.modbus.registermap import compile_plan, load_models
+from gateway.modbus.registermap import compile_plan
 from simulators.bollards import Mode
 from simulators.campus import Campus
 from simulators.clock import SimClock

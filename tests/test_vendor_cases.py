@@ -20,7 +20,8 @@ from paho.mqtt.client import topic_matches_sub
 
 from facility import messages as m
 from facility.site import load_site
-from gateway.vendors import MappingError, VendorDecoder, load_vendors
+from facility.vendormaps import load_vendors
+from gateway.vendors import MappingError, VendorDecoder
 from tests.conftest import REPO, SITE_FILE
 
 CASES = Path(__file__).parent / "vendor_cases"

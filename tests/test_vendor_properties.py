@@ -33,16 +33,8 @@ from paho.mqtt.client import topic_matches_sub
 from facility import messages as m
 from facility.site import load_site
 from facility.topics import ID_PATTERN
-from gateway.vendors import (
-    MappingError,
-    MessageSpec,
-    Output,
-    ValueSpec,
-    VendorDecoder,
-    VendorMapping,
-    load_vendors,
-    safe_id,
-)
+from facility.vendormaps import MessageSpec, ValueSpec, VendorMapping, load_vendors
+from gateway.vendors import MappingError, Output, VendorDecoder, safe_id
 from tests.conftest import REPO, SITE_FILE
 
 VENDORS = load_vendors(REPO / "config" / "vendors")
