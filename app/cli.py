@@ -18,12 +18,14 @@ from typing import Any
 from aiohttp import web
 
 import api.cli
+import csms.cli
 import dashboards.cli
 import duty.cli
 import reports.cli
 import rules.cli
 from app import wiring
 from app.up import run_up
+from csms.service import CentralSystem
 from facility import brokeracl, logs
 from facility.catalog import Catalog
 from facility.configfile import ConfigError
@@ -115,6 +117,7 @@ def _parser() -> argparse.ArgumentParser:
     dashboards.cli.register(sub)
     duty.cli.register(sub)
     reports.cli.register(sub)
+    csms.cli.register(sub, run=cmd_ocpp_run)
     return parser
 
 
@@ -180,7 +183,8 @@ async def cmd_broker(args: argparse.Namespace, settings: Settings, catalog: Cata
 
 
 async def cmd_gateway(args: argparse.Namespace, settings: Settings, catalog: Catalog) -> int:
-    ids = args.ids or [g.id for g in catalog.site.gateways]
+    # An ocpp gateway is the central system (`facility ocpp run`), not a gateway process.
+    ids = args.ids or [g.id for g in catalog.site.gateways if g.kind != "ocpp"]
     gateways = [Gateway(settings, catalog, gid) for gid in ids]
     async with contextlib.AsyncExitStack() as stack:
         for gw in gateways:
@@ -238,4 +242,24 @@ async def cmd_rules_run(args: argparse.Namespace, settings: Settings, catalog: C
               f"{len(engine.endpoints.endpoints)} endpoints, state in "
               f"{redact_url(engine.state_url)}", flush=True)
         await forever(services)
+    return 0
+
+
+async def cmd_ocpp_run(args: argparse.Namespace, settings: Settings, catalog: Catalog) -> int:
+    """`facility ocpp run`: the OCPP 1.6J central system of the site's ocpp gateway."""
+    async with CentralSystem(settings, catalog.site) as central:
+        runner = None
+        if args.metrics:
+            host, _, port = args.metrics.rpartition(":")
+            runner = await serve_metrics([central.metrics], host or "127.0.0.1", int(port),
+                                         healthy=lambda: central.failed is None)
+        await central.wait_ready(60)
+        print(f"OCPP central system {central.gateway_id}: "
+              f"{len(central.config.charge_points)} charge points on port {central.port}",
+              flush=True)
+        try:
+            await forever([central])
+        finally:
+            if runner is not None:
+                await runner.cleanup()
     return 0

@@ -129,6 +129,11 @@ async def run_up(args: argparse.Namespace, settings: Settings, catalog: Catalog)
             for spec in site.gateways:
                 if spec.kind is GatewayKind.MQTT:
                     await start(f"gateway {spec.id}", Gateway(settings, catalog, spec.id))
+            if any(spec.kind is GatewayKind.OCPP for spec in site.gateways):
+                central, fleet = wiring.ocpp(settings, catalog, simulate=not args.no_simulators)
+                await start(central.name, central)
+                if fleet is not None:  # the OCPP chargers, simulated on the library's client
+                    await stack.enter_async_context(fleet)
             if not args.no_simulators:
                 clock = SimClock(start=args.start.timestamp() if args.start else None,
                                  scale=args.speed)

@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import gc
+import secrets
+import ssl
 from pathlib import Path
 
+from csms.config import hash_password
+from csms.service import CentralSystem
 from facility.catalog import Catalog, load_catalog
 from facility.settings import Settings, load_settings
 from rules.service import RulesService
 from simulators.display_player import DisplayPlayer
+from simulators.ocpp_chargers import Fleet, SimChargePoint
+from simulators.ocpp_chargers import Settings as SimSettings
 
 
 def configuration(path: Path | None = None) -> tuple[Settings, Catalog]:
@@ -25,6 +31,33 @@ def display_player(settings: Settings, engine: RulesService) -> DisplayPlayer:
     return DisplayPlayer.from_config(settings.mqtt, engine.site_id, engine.endpoints,
                                      http_host=settings.rules.display_host,
                                      http_port=settings.rules.display_port)
+
+
+def ocpp(settings: Settings, catalog: Catalog, *, simulate: bool
+         ) -> tuple[CentralSystem, Fleet | None]:
+    """The OCPP central system and, for the demo, its charge points simulated on the
+    library's client side. Each simulated charge point gets a random password for this
+    run (hashed for the central system, never written anywhere)."""
+    site = catalog.site
+    points = [(d.ocpp.id, d.ocpp.connectors, float(d.tags.get("rated_kw", "7")) * 1000)
+              for d in site.devices if d.ocpp is not None]
+    passwords = {cp: secrets.token_urlsafe(24) for cp, _, _ in points} if simulate else {}
+    central = CentralSystem(settings, site,
+                            credentials={cp: hash_password(pw, random_token=True)
+                                         for cp, pw in passwords.items()})
+    if not simulate:
+        return central, None
+    tls = settings.ocpp.security_profile == 2
+    context = ssl.create_default_context(cafile=str(settings.resolve(settings.ocpp.tls_cert))) \
+        if tls and settings.ocpp.tls_cert else None
+    scheme = "wss" if tls else "ws"
+
+    url = f"{scheme}://{settings.ocpp.host}:{settings.ocpp.port}/ocpp"
+    fleet = Fleet([SimChargePoint(cp, SimSettings(url, passwords[cp], ssl_context=context,
+                                                  power_w=power), connectors)
+                   for cp, connectors, power in points],
+                  session_every=120.0, session_length=1500.0)
+    return central, fleet
 
 
 def freeze() -> None:

@@ -46,7 +46,12 @@ HISTORY_ACTION: Mapping[str, str] = MappingProxyType({
 
 COMMAND_ACTION: Mapping[str, str] = MappingProxyType({
     "raise": "升起", "lower": "降下", "raise_all": "全部升起", "lower_all": "全部降下",
-    "emergency_rise": "紧急升起", "reset_faults": "故障复位"})
+    "emergency_rise": "紧急升起", "reset_faults": "故障复位",
+    # OCPP chargers (csms/, POST /api/chargers/{device}/commands)
+    "remote_start_transaction": "远程启动充电", "remote_stop_transaction": "远程停止充电",
+    "unlock_connector": "解锁充电枪", "change_availability": "设置可用状态",
+    "reset": "重启充电桩", "trigger_message": "请求上报", "get_configuration": "读取配置",
+    "change_configuration": "修改配置"})
 
 # A command's state as the API folds it: the gateway's CommandStatus and the API's own
 # (approval, supersession, sent, no result).
@@ -116,7 +121,11 @@ VALUE: Mapping[str, str] = MappingProxyType({
     "supply_pressure": "供油压力", "target": "目标位置", "temperature": "温度",
     "temperature_alarm": "温度报警", "ups_charge": "UPS电量", "vehicle_on_loop": "地感有车",
     "voltage": "电压", "voltage_a": "A相电压", "voltage_b": "B相电压", "voltage_c": "C相电压",
-    "water_level": "水位"})
+    "water_level": "水位",
+    # OCPP chargers (csms/meter.py)
+    "connector_status": "充电枪状态", "vendor_error_code": "厂家故障代码", "info": "附加信息",
+    "transaction_id": "充电交易号", "soc": "车辆电量", "power_offered": "可用功率",
+    "current_offered": "可用电流"})
 
 # The state a fire detector or panel reports (a reading's `state` value).
 DEVICE_STATE: Mapping[str, str] = MappingProxyType({
@@ -126,7 +135,11 @@ DEVICE_STATE: Mapping[str, str] = MappingProxyType({
 # Device events (fire panels, chargers, ...) by name.
 EVENT: Mapping[str, str] = MappingProxyType({
     "fire_alarm": "火警", "pre_alarm": "预警", "fault": "故障", "fault_restore": "故障恢复",
-    "restore": "复位", "disabled": "屏蔽", "enabled": "解除屏蔽", "state_change": "状态变化"})
+    "restore": "复位", "disabled": "屏蔽", "enabled": "解除屏蔽", "state_change": "状态变化",
+    # OCPP chargers (csms/service.py)
+    "status_change": "状态变化", "boot": "启动上线", "transaction_started": "开始充电",
+    "transaction_stopped": "结束充电", "data_transfer": "厂家数据",
+    "firmware_status": "固件升级状态", "diagnostics_status": "诊断上传状态"})
 
 DEVICE_KIND: Mapping[str, str] = MappingProxyType({
     "smoke_detector": "感烟探测器", "heat_detector": "感温探测器", "fire_panel": "火灾报警控制器",

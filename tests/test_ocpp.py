@@ -8,6 +8,7 @@ import asyncio
 import base64
 import contextlib
 import json
+import socket
 import ssl
 import subprocess
 import uuid
@@ -395,6 +396,32 @@ async def test_offline_queue_taken_once(tmp_path: Path, mosquitto_server: Mosqui
         await r.wait("offline again", lambda: statuses(r)[-1:] == ["offline"])
 
 
+async def test_demo_wiring_brings_the_simulated_chargers_online(
+        tmp_path: Path, mosquitto_server: MosquittoServer) -> None:
+    """`facility up`'s part: the central system and its simulated chargers, with random
+    passwords for the run."""
+    from app import wiring
+    from tests.conftest import catalog
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    site = f"t{uuid.uuid4().hex[:8]}"
+    settings = make_settings(tmp_path, mosquitto_server.url, "http://127.0.0.1:9", "unused",
+                             ocpp={"port": port, "site": site})
+    central, fleet = wiring.ocpp(settings, catalog(), simulate=True)
+    assert fleet is not None
+    async with Collector(settings.mqtt, topics.subscription(Kind.STATUS, site)) as out, \
+            central, fleet:
+        await central.wait_ready(20)
+
+        async def online() -> set[str]:
+            return {s.device for s in (m.decode(p, m.DeviceStatus) for _, p in out.messages)
+                    if s.state is m.Availability.ONLINE and s.family is m.Family.EV_CHARGER}
+        await eventually(online, lambda d: d == {"evc-oc-01", "evc-oc-02", "evc-oc-03",
+                                                 "evc-oc-04"}, 20, "four chargers online")
+
+
 async def test_commands_from_the_api_with_roles_zones_and_audit(
         settings: Settings, tmp_path: Path) -> None:
     from facility.settings import OcppSettings
@@ -455,3 +482,53 @@ async def test_commands_from_the_api_with_roles_zones_and_audit(
         assert refused[0]["event"] == "refused" and "zone parking" in refused[0]["detail"]
         listed = (await s.get("/api/chargers/commands")).json()
         assert {v["id"] for v in listed} >= {"unlock-1", "reset-1"}
+
+
+async def test_charger_alerts_through_the_rules_engine(settings: Settings,
+                                                       tmp_path: Path) -> None:
+    """A ground fault raises ev-charger-electrical-fault at once; Faulted for ten minutes
+    raises ev-charger-faulted; a charger whose connection is gone raises device-offline."""
+    from facility.settings import OcppSettings
+    from rules.clock import ManualClock
+    from tests.test_rules_scenarios import Campus, rules_only
+
+    clock = ManualClock()
+    campus = Campus(settings, tmp_path, clock)
+    ocpp = settings.model_copy(update={"ocpp": OcppSettings(
+        port=0, site=campus.site_id, heartbeat_interval=2, call_timeout=1.0)})
+    async with rules_only(campus), Collector(
+            settings.mqtt, topics.subscription(Kind.ALERT, campus.site_id)) as alerts, \
+            CentralSystem(ocpp, load_site(SITE_FILE), credentials=HASHES) as central:
+        await central.wait_ready(20)
+        url = f"ws://127.0.0.1:{central.port}/ocpp"
+        point = SimChargePoint(CP1, SimSettings(url, PASSWORDS[CP1], meter_period=3600), 2)
+
+        def raised(rule: str) -> list[m.AlertMessage]:
+            return [a for a in (m.decode(p, m.AlertMessage) for _, p in alerts.messages)
+                    if a.rule == rule and a.source == "evc-oc-01" and a.transition == "raised"]
+
+        async def wait(what: str, check: Any) -> Any:
+            async def probe() -> Any:
+                return check()
+            return await eventually(probe, bool, 20, what, step=0.05)
+
+        async with running(point):
+            await asyncio.wait_for(point.booted.wait(), 10)
+            await point.fault(2, "GroundFailure")
+            fault = (await wait("electrical fault", lambda: raised(
+                "ev-charger-electrical-fault")))[0]
+            assert fault.severity is m.Severity.MAJOR
+            assert fault.text == "停车场直流快充5（OCPP）报电气安全故障，请断电检查并联系供应商"
+            assert not raised("ev-charger-faulted")
+            await clock.advance(11 * 60)
+            faulted = (await wait("faulted 10 min", lambda: raised("ev-charger-faulted")))[0]
+            assert faulted.severity is m.Severity.MINOR
+        # Offline at once; the alert after the rule's two minutes on the engine's clock
+        # (advanced in steps: the engine takes the status when it comes).
+        for _ in range(40):
+            if raised("device-offline"):
+                break
+            await clock.advance(15)
+            await asyncio.sleep(0.05)
+        offline = (await wait("offline alert", lambda: raised("device-offline")))[0]
+        assert offline.text == "停车场直流快充5（OCPP）离线（通信中断）"
