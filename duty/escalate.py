@@ -15,8 +15,9 @@ QoS 1 redelivery, a restart's replay) cannot page anyone twice.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 
 from duty.config import DutyFile, RouteSpec, Step
@@ -87,6 +88,18 @@ class Page:
     @property
     def open(self) -> bool:
         return not self.acked_by and not self.cleared_at
+
+
+def page_json(page: Page) -> str:
+    data = asdict(page)
+    data["unacked"] = sorted(page.unacked)
+    return json.dumps(data, ensure_ascii=False, sort_keys=True)
+
+
+def page_from_json(text: str) -> Page:
+    data = json.loads(text)
+    data["unacked"] = set(data["unacked"])
+    return Page(**data)
 
 
 LinkMaker = Callable[[str, str], str]  # (person, incident) -> an acknowledge URL

@@ -35,7 +35,7 @@ from aiohttp import web
 from duty.channels import Channel, build
 from duty.config import DutyFile, DutySettings, RouteSpec, load_duty
 from duty.deliver import Deliverer
-from duty.escalate import Attempt, Escalator, Notice, Page
+from duty.escalate import Attempt, Escalator, Notice, Page, page_from_json, page_json
 from duty.links import Claim, LinkError, Signer
 from duty.roster import CHINA, Calendar
 from duty.store import DutyStore
@@ -87,6 +87,7 @@ class DutyService(Service):
         self._ops: Operations | None = None
         self._sending: set[asyncio.Task[None]] = set()
         self._web: web.AppRunner | None = None
+        self._pages_saved: dict[str, str] = {}
         self.web_url = ""  # where the acknowledge links are answered
         self.delivered = 0
 
@@ -102,6 +103,11 @@ class DutyService(Service):
             await self.store.save_roster(roster)
         self.escalator = Escalator(self.config, roster, self.calendar, self.clock,
                                    link=self.link, places=self.places)
+        # Resume: the escalations under way, and every notice ever sent (never twice).
+        saved = await self.store.pages()
+        self.escalator.pages = {k: page_from_json(v) for k, v in saved.items()}
+        self._pages_saved = saved
+        self.escalator.sent = await self.store.notice_keys()
         for chain in {self.config.workorders.chain}:  # SLA pages run the work-order chain
             if chain in self.config.chains:
                 self.escalator.routes[f"@{chain}"] = RouteSpec(name=f"@{chain}", chain=chain)
@@ -176,13 +182,16 @@ class DutyService(Service):
         incident = alert.incident or alert.id
         before = self.escalator.pages.get(incident)
         was_acked = before is not None and bool(before.acked_by)
-        await self.send(self.escalator.take(alert))
+        notices = self.escalator.take(alert)
         page = self.escalator.pages.get(incident)
         if page is not None and page.acked_by and not was_acked:
             # The time to acknowledge, for the reports (who, after how many seconds).
             await self.store.audit(page.acked_by, "incident_ack", incident,
                                    f"{page.acked_at - page.raised_at:.0f}", self.clock())
+        # State first, then the notices: a stop in between loses no step of a chain.
         await self._save_orders()
+        await self._save_pages()
+        await self.send(notices)
 
     async def _ticker(self) -> None:
         while True:
@@ -197,8 +206,9 @@ class DutyService(Service):
             notices += self._order_page(order)
         for order in missed:
             notices += self._sla_page(order)
-        await self.send(notices)
         await self._save_orders()
+        await self._save_pages()
+        await self.send(notices)
 
     # --- notices ----------------------------------------------------------------------
 
@@ -344,6 +354,14 @@ class DutyService(Service):
                                self.clock())
         await self._save_orders()
         return order
+
+    async def _save_pages(self) -> None:
+        assert self.store is not None
+        assert self.escalator is not None
+        now = {k: page_json(p) for k, p in self.escalator.pages.items()}
+        if now != self._pages_saved:
+            await self.store.save_pages(now)
+            self._pages_saved = now
 
     async def _save_orders(self) -> None:
         assert self.store is not None

@@ -7,6 +7,7 @@
 - duty_links       redeemed acknowledge links (single use) ...
 - duty_audit       ... and who did what (links, handovers, work orders)
 - duty_handovers   one shift to the next: what was open, who took it and when
+- duty_pages       the escalations under way (a restart resumes their chains)
 - duty_workorders  the orders, their timeline in `data`
 
 The duty service writes; the API and the CLI read and act through the same methods.
@@ -126,6 +127,12 @@ handovers_t = sa.Table(
     sa.Column("items", sa.Text, nullable=False),  # JSON: alerts, incidents, orders, notes
     sa.Column("acked_by", sa.Text, nullable=False, default=""),
     sa.Column("acked_ns", Ns, nullable=False, default=0))
+
+pages_t = sa.Table(
+    "duty_pages", metadata,  # the open escalations, so a restart resumes their chains
+    sa.Column("site", sa.String(64), primary_key=True),
+    sa.Column("incident", sa.String(64), primary_key=True),
+    sa.Column("data", sa.Text, nullable=False))
 
 workorders_t = sa.Table(
     "duty_workorders", metadata,
@@ -346,6 +353,28 @@ class DutyStore:
         for row in rows:
             row["items"] = json.loads(row["items"])
         return rows
+
+    # --- escalations under way ---------------------------------------------------------
+
+    async def save_pages(self, pages: dict[str, str]) -> None:
+        """Replace the site's open escalations (incident -> JSON); there are few."""
+        async with self.engine.begin() as conn:
+            await conn.execute(pages_t.delete().where(pages_t.c.site == self.site))
+            if pages:
+                await conn.execute(pages_t.insert(), [
+                    {"site": self.site, "incident": k, "data": v} for k, v in pages.items()])
+
+    async def pages(self) -> dict[str, str]:
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(pages_t.select().where(
+                pages_t.c.site == self.site))).mappings().all()
+        return {r["incident"]: r["data"] for r in rows}
+
+    async def notice_keys(self) -> set[tuple[str, str, str, int]]:
+        c = notices_t.c
+        q = sa.select(c.incident, c.person, c.event, c.step).where(c.site == self.site)
+        async with self.engine.connect() as conn:
+            return {(r[0], r[1], r[2], r[3]) for r in (await conn.execute(q)).all()}
 
     # --- work orders ------------------------------------------------------------------
 

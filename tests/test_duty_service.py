@@ -255,6 +255,27 @@ async def test_incident_to_phone_to_engine_and_back(
         assert ("guard-li", "ack_link") in audit and ("guard-li", "ack_sent") in audit
 
 
+async def test_a_restart_resumes_the_chain_and_pages_nobody_twice(
+        tmp_path: Path, mosquitto_server: MosquittoServer, monkeypatch: pytest.MonkeyPatch,
+        phones: Phones) -> None:
+    clock = phones.clock
+    state_url = f"sqlite:///{tmp_path / 'state.sqlite'}"
+    async with engine(mosquitto_server, clock) as rules:
+        async with duty(tmp_path, mosquitto_server, state_url, clock, monkeypatch, phones):
+            await rules.raise_(fire(clock))
+            await until(lambda: seen(phones, "raised") == {"guard-li", "standby-liu"})
+        clock.at(200)  # the service was down across the first escalation step
+        async with duty(tmp_path, mosquitto_server, state_url, clock, monkeypatch,
+                        phones) as svc:
+            await rules.raise_(fire(clock))  # the engine's replay after a restart
+            await svc.tick()
+            await svc.idle()
+            await until(lambda: "chief-huang" in seen(phones, "escalated"))
+    keys = [(b["person"], b["event"], b["step"]) for b in phones.got
+            if b["incident"] == "inc-fire-1"]
+    assert len(keys) == len(set(keys)) == 5  # 2 raised, the chief, 2 escalation updates
+
+
 async def test_work_orders_from_the_command_line(
         tmp_path: Path, mosquitto_server: MosquittoServer, monkeypatch: pytest.MonkeyPatch,
         phones: Phones, capsys: pytest.CaptureFixture[str]) -> None:
