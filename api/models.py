@@ -242,6 +242,8 @@ class AlertView(BaseModel):
     updated_at: int
     late_s: int = Field(default=0, description="raised by an input this many seconds old "
                         "(a backlog after an outage); 0 if on time")
+    peak_severity: str | None = Field(default=None, description="the highest severity it "
+                                      "reached (it keeps that until acknowledged and normal)")
 
 
 class Transition(BaseModel):

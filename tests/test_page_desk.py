@@ -97,7 +97,7 @@ async def overlapping_chips(page: Page) -> list[str]:
 async def layout_problems(page: Page) -> dict[str, Any]:
     found: dict[str, Any] = await page.evaluate("""() => {
       const board = document.getElementById('board').getBoundingClientRect();
-      const panels = [...document.querySelectorAll('#board > .panel')]
+      const panels = [...document.querySelectorAll('#board .panel')]
         .map((p) => [p.id, p.getBoundingClientRect()]);
       const narrow = panels.filter(([, r]) => r.width < 320).map(([id, r]) => id + ':' + r.width);
       const bottom = Math.max(...panels.map(([, r]) => r.bottom));
@@ -111,6 +111,11 @@ async def layout_problems(page: Page) -> dict[str, Any]:
         const cut = text.slice(0, 8);
         if (text.length >= 2 && r.width > 0 && r.width < 1.9 * size) thin.push(cut);
         if (text.length >= 4 && r.height > 6 * size && r.width < 4 * size) thin.push(cut);
+      }
+      for (const badge of document.querySelectorAll('#board .sev, #board th')) {
+        const size = parseFloat(getComputedStyle(badge).fontSize);
+        const r = badge.getBoundingClientRect();
+        if (r.height > 2.2 * size) thin.push(badge.innerText.trim().slice(0, 8));
       }
       return { narrow, fill, thin: thin.slice(0, 10) };
     }""")

@@ -40,7 +40,15 @@ def alert_view(a: Alert) -> AlertView:
         acked_by=a.acked_by, closed_at=a.closed_at, shelved_until=a.shelved_until,
         shelved_by=a.shelved_by, out_of_service_by=a.out_of_service_by,
         suppressed_by=a.suppressed_by, escalation=a.escalation, escalated_to=a.escalated_to,
-        chattering=a.chattering, updated_at=a.updated_at, late_s=a.late_s)
+        chattering=a.chattering, updated_at=a.updated_at, late_s=a.late_s,
+        peak_severity=_peak(a))
+
+
+def _peak(a: Alert) -> str | None:
+    # The rules engine's peak severity, where its alerts have one (read defensively: the
+    # field is new in rules/alerts.py).
+    peak = getattr(a, "peak_severity", None)
+    return str(peak.value if hasattr(peak, "value") else peak) if peak else None
 
 
 def incident_view(i: Incident) -> IncidentView:

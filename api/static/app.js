@@ -127,7 +127,18 @@ function showValue(key, v) {
     return DEVICE_STATE[v] || BOLLARD[v] || v;
   }
   if (key === "status") return EV_STATUS[v] || v;
+  if (typeof v === "number") return Number.isInteger(v) ? String(v) : String(Number(v.toFixed(3)));
   return fmt(v, 2);
+}
+
+// Axis labels in 24-hour local time (uPlot's own are English, 1:48pm).
+function axisTimes(u, splits) {
+  const span = splits.length > 1 ? splits[splits.length - 1] - splits[0] : 0;
+  return splits.map((t) => {
+    const d = new Date(t * 1000);
+    const hm = d.toLocaleTimeString("zh-CN", { hour12: false, hour: "2-digit", minute: "2-digit" });
+    return span > 2 * 86400 ? `${d.getMonth() + 1}月${d.getDate()}日 ${hm}` : hm;
+  });
 }
 
 // May this user act on things of these zones (the API checks it again)?
@@ -700,7 +711,7 @@ function alertRow(a) {
     : a.state === "normal" ? "closed" : "";
   const peak = a.peak_severity && a.peak_severity !== a.severity ? a.peak_severity : "";
   const current = a.current_value !== undefined && a.current_value !== null ? a.current_value
-    : null;
+    : peak && typeof a.value === "number" ? a.value : null;
   return el("tr", { class: `alert ${look}`,
                     dataset: { alert: a.id, state: a.state, family: a.family || "",
                                rule: a.rule, source: a.source, severity: a.severity } },
@@ -951,10 +962,11 @@ async function drawTrend() {
   drawTrend.chart = new uPlot({
     width, height: 260, plugins: [marker], legend: { show: true },
     scales: { x: { time: true, range: () => [lo - 1, hi + 1] } },
-    axes: [Object.assign({}, axis), Object.assign({ label: unit }, axis)],
+    axes: [Object.assign({ values: axisTimes }, axis), Object.assign({ label: unit }, axis)],
     series: [{ label: "时间", value: (u, v) => (v == null ? "—" : dateTime(v * 1e9)) },
              { label: `${valueName(field)}${unit ? `（${unit}）` : ""}`, stroke: "#5aa9ff",
-               width: 2, spanGaps: false }],
+               width: 2, spanGaps: false,
+               value: (u, v) => (v == null ? "—" : showValue(field, v)) }],
   }, [xs, ys], box);
   box.dataset.points = String(xs.length);
 }
