@@ -115,26 +115,20 @@ async def cmd_add(args: argparse.Namespace, settings: Settings, catalog: Catalog
     zones = _zones(args.zones, catalog.site)
     passwords = Passwords(settings.api.min_password_length)
     hashed = await passwords.hash(_password(args, passwords))
-    store = await _open(settings)
-    try:
+    async with await _open(settings) as store:
         user = User(username=args.username, role=Role(args.role), zones=zones,
                     display_name=args.name)
         if not await store.add_user(user, hashed, created_by=f"cli:{getpass.getuser()}"):
             print(f"user {args.username!r} exists; use 'facility users passwd' or 'set'",
                   file=sys.stderr)
             return 1
-    finally:
-        await store.close()
     print(f"added {args.username} ({args.role}, zones: {','.join(zones) or 'none'})")
     return 0
 
 
 async def cmd_list(args: argparse.Namespace, settings: Settings, catalog: Catalog) -> int:
-    store = await _open(settings)
-    try:
+    async with await _open(settings) as store:
         users = await store.users()
-    finally:
-        await store.close()
     for user in users:
         print(f"{user.username:<20} {user.role.value:<10} "
               f"{','.join(user.zones) or '-':<30} {'disabled' if user.disabled else ''} "
@@ -148,11 +142,8 @@ async def cmd_passwd(args: argparse.Namespace, settings: Settings, catalog: Cata
 
     passwords = Passwords(settings.api.min_password_length)
     hashed = await passwords.hash(_password(args, passwords))
-    store = await _open(settings)
-    try:
+    async with await _open(settings) as store:
         changed = await store.update_user(args.username, password_hash=hashed)
-    finally:
-        await store.close()
     if changed is None:
         print(f"no user {args.username!r}", file=sys.stderr)
         return 1
@@ -164,13 +155,10 @@ async def cmd_set(args: argparse.Namespace, settings: Settings, catalog: Catalog
     from api.auth import Role
 
     zones = _zones(args.zones, catalog.site) if args.zones is not None else None
-    store = await _open(settings)
-    try:
+    async with await _open(settings) as store:
         changed = await store.update_user(args.username,
                                           role=Role(args.role) if args.role else None,
                                           zones=zones)
-    finally:
-        await store.close()
     if changed is None:
         print(f"no user {args.username!r}", file=sys.stderr)
         return 1
@@ -179,11 +167,8 @@ async def cmd_set(args: argparse.Namespace, settings: Settings, catalog: Catalog
 
 
 async def cmd_enable(args: argparse.Namespace, settings: Settings, catalog: Catalog) -> int:
-    store = await _open(settings)
-    try:
+    async with await _open(settings) as store:
         changed = await store.update_user(args.username, disabled=args.disabled)
-    finally:
-        await store.close()
     if changed is None:
         print(f"no user {args.username!r}", file=sys.stderr)
         return 1

@@ -209,10 +209,8 @@ async def open_context(settings: Settings, catalog: Catalog) -> AsyncIterator[Co
     topology = Topology(catalog)
     endpoints = catalog.endpoints
     async with contextlib.AsyncExitStack() as stack:
-        store = await ApiStore.open(settings.state_url)
-        stack.push_async_callback(store.close)
-        alerts = await AlertStore.open(settings.state_url)
-        stack.push_async_callback(alerts.close)
+        store = await stack.enter_async_context(await ApiStore.open(settings.state_url))
+        alerts = await stack.enter_async_context(await AlertStore.open(settings.state_url))
         influx = await stack.enter_async_context(InfluxClient(settings.influx))
         ctx = Context(settings=settings, site=site, site_id=site_id, topology=topology,
                       endpoints=endpoints, store=store, alerts=alerts, influx=influx,

@@ -15,7 +15,8 @@ import json
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from types import TracebackType
+from typing import Any, Self
 
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
@@ -109,7 +110,10 @@ async def install(engine: AsyncEngine) -> None:
 
 
 class AuditLog:
-    """Appends to and reads the audit log on an engine of the state store."""
+    """Appends to and reads the audit log on an engine of the state store.
+
+    `async with await AuditLog.open(url) as log:` (as the rules' AlertStore) closes it on
+    the way out."""
 
     def __init__(self, engine: AsyncEngine) -> None:
         self.db = engine
@@ -119,6 +123,13 @@ class AuditLog:
         engine = await open_store(url, metadata)
         await install(engine)
         return cls(engine)
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None,
+                        exc: BaseException | None, tb: TracebackType | None) -> None:
+        await self.close()
 
     async def close(self) -> None:
         await self.db.dispose()

@@ -285,14 +285,11 @@ async def _commands(settings: Settings, site: str, start: int, end: int, names: 
         Column("原因", kind="text"),
         Column("结果", kind="text"), Column("说明", kind="text")],
         formulas=["值班时段内请求（含被拒绝）的每条指令一行；结果为出报时审计日志汇总出的状态"])
-    store = await AuditLog.open(settings.state_url)
-    try:
+    async with await AuditLog.open(settings.state_url) as store:
         opened = await store.rows(site, since=start, until=end, events=("requested", "refused"),
                                   limit=100_000)
         ids = sorted({r.command for r in opened})
         rows = await store.rows(site, commands=ids, limit=1_000_000) if ids else []
-    finally:
-        await store.close()
     by_command: dict[str, list[Any]] = defaultdict(list)
     for row in rows:
         by_command[row.command].append(row)

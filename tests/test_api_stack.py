@@ -144,8 +144,7 @@ async def api_stack(settings: Settings, tmp_path: Path, *, state_url: str | None
     settings = stack_settings(settings, state_url or f"sqlite:///{tmp_path / 'state.sqlite'}",
                               **api)
     async with contextlib.AsyncExitStack() as stack:
-        store = await ApiStore.open(settings.state_url)
-        stack.push_async_callback(store.close)
+        store = await stack.enter_async_context(await ApiStore.open(settings.state_url))
         await add_people(store, settings)
         if ingest:  # readings into InfluxDB (the test's own database)
             await (await stack.enter_async_context(Ingest(settings))).wait_ready()
@@ -283,23 +282,17 @@ async def test_first_admin_from_the_command_line(settings: Settings, state_url: 
                      PASSWORD + "\n")
     assert again.returncode == 1 and "exists" in again.stderr
 
-    store = await ApiStore.open(state_url)
-    try:
+    async with await ApiStore.open(state_url) as store:
         user = await store.user("root")
         stored = await store.password_hash("root")
-    finally:
-        await store.close()
     assert user is not None and user.role is Role.ADMIN and user.zones == ("*",)
     assert user.display_name == "系统管理员"
     assert stored is not None and stored.startswith("$argon2id$") and PASSWORD not in stored
     assert PASSWORD not in added.stdout + added.stderr
 
     assert facility(["users", "disable", "root"], env).returncode == 0
-    store = await ApiStore.open(state_url)
-    try:
+    async with await ApiStore.open(state_url) as store:
         disabled = await store.user("root")
-    finally:
-        await store.close()
     assert disabled is not None and disabled.disabled
     assert facility(["users", "passwd", "nobody", "--password-stdin"], env,
                     PASSWORD + "\n").returncode == 1

@@ -94,8 +94,7 @@ async def fill_audit(url: str) -> None:
     that the gateway carried out, and a raise refused for want of the role."""
     from api.store import ApiStore
 
-    store = await ApiStore.open(url)
-    try:
+    async with await ApiStore.open(url) as store:
         await store.append(site=SITE, command="c-1", event="requested", username="王五",
                            role="supervisor", action="lower_all", targets=["bollard-plc-south"],
                            reason="消防车进场", data={"approval_required": True},
@@ -115,8 +114,6 @@ async def fill_audit(url: str) -> None:
         await store.append(site=SITE, command="c-0", event="requested", username="王五",
                            action="raise_all", targets=["bollard-plc-south"], reason="昨天",
                            once="requested", ts=at(19, 15))  # before the shift
-    finally:
-        await store.close()
 
 
 async def fill_influx(influx: InfluxClient, settings: Settings) -> None:
