@@ -92,7 +92,9 @@ class Context:
         self.lag = 0  # how old the input being evaluated is (0 on a tick)
         self._schedules: dict[tuple[tuple[str, ...], int], bool] = {}
         self._local = (0, datetime.fromtimestamp(0, self.tz))
-        self.tags_of = {s.id: s.tags for s in topology.sources.values()}
+        # What `tags` reads in an expression: the source's tags, and its id as 'device'
+        # (per-device constants: params['baseline_kw'][tags['device']]).
+        self.tags_of = {s.id: {"device": s.id, **s.tags} for s in topology.sources.values()}
         self.scope = Scope(self.local, self.in_schedules)
 
     # --- instances ------------------------------------------------------------------
