@@ -219,7 +219,9 @@ DUTY_TEXT: Mapping[str, str] = MappingProxyType({
 
 WORKORDER_STATE: Mapping[str, str] = MappingProxyType({
     "open": "待派单", "assigned": "已派单", "in_progress": "维修中", "resolved": "已修复",
-    "verified": "已验证", "closed": "已关闭"})
+    "verified": "已验证", "closed": "已关闭",
+    # the timeline's other steps
+    "opened": "开单", "linked": "关联重复故障", "reopened": "重新打开", "sla_missed": "超时"})
 
 WORKORDER_KIND: Mapping[str, str] = MappingProxyType({
     "fault": "设备故障", "request": "人工报修", "hotline": "12345热线"})

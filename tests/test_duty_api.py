@@ -61,6 +61,10 @@ async def test_duty_routes(clients: tuple[httpx.AsyncClient, httpx.AsyncClient])
     assert room["people"] == [{"id": "guard-li", "name": "李建华"}]
     shifts = await viewer.get("/api/duty/shifts", params={"team": "control_room"})
     assert shifts.status_code == 200 and shifts.json()
+    assert {s["name"] for s in shifts.json()} >= {"李建华", "王伟"}
+    words = (await viewer.get("/api/duty/labels")).json()
+    assert words["workorder_state"]["verified"] == "已验证"
+    assert words["event"]["escalated"] == "已升级"
     # A viewer may read, not act.
     assert (await viewer.post("/api/workorders", json={"fault": "x"})).status_code == 403
     made = await op.post("/api/workorders", json={

@@ -21,6 +21,7 @@ from api.deps import Ctx, CurrentUser, IsoTime, Operator, problems
 from duty.config import DutySettings
 from duty.store import DutyStore
 from duty.workorders import WorkOrder
+from facility import labels
 
 router = APIRouter(prefix="/api", tags=["duty and work orders"])
 Id = Annotated[str, Path(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
@@ -37,6 +38,7 @@ class ShiftView(BaseModel):
     uid: str
     team: str
     person: str
+    name: str  # the person's name
     start: datetime
     end: datetime
     kind: str
@@ -46,6 +48,7 @@ class ShiftView(BaseModel):
 class NoticeView(BaseModel):
     incident: str
     person: str
+    name: str  # the person's name
     event: str
     step: int
     ts_ns: int
@@ -134,6 +137,16 @@ async def _store(ctx: Ctx) -> AsyncIterator[DutyStore]:
         await store.close()
 
 
+@router.get("/duty/labels", response_model=dict[str, dict[str, str]],
+            summary="The duty words of the label table (facility/labels.py), for the page")
+async def duty_labels() -> dict[str, dict[str, str]]:
+    return {"event": dict(labels.DUTY_EVENT), "workorder_state": dict(labels.WORKORDER_STATE),
+            "workorder_kind": dict(labels.WORKORDER_KIND),
+            "priority": dict(labels.WORKORDER_PRIORITY), "team_kind": dict(labels.TEAM_KIND),
+            "channel": dict(labels.CHANNEL), "family": {str(k): v for k, v in
+                                                         labels.FAMILY.items()}}
+
+
 @router.get("/duty/now", response_model=list[OnDuty], responses=problems(401),
             summary="Who is on duty now (or at `at`), per team")
 async def on_duty(_: CurrentUser, ctx: Ctx,
@@ -153,7 +166,9 @@ async def shifts(_: CurrentUser, ctx: Ctx, since: Annotated[IsoTime | None, Quer
                  team: Annotated[str | None, Query(max_length=64)] = None) -> list[ShiftView]:
     async with _store(ctx) as store:
         roster = await store.roster()
-    return [ShiftView(uid=s.uid, team=s.team, person=s.person, start=s.start, end=s.end,
+    names = {p.id: p.name for p in roster.people.values()}
+    return [ShiftView(uid=s.uid, team=s.team, person=s.person,
+                      name=names.get(s.person, s.person), start=s.start, end=s.end,
                       kind=s.kind, replaces=s.replaces)
             for s in roster.shifts
             if (since is None or s.end > since) and (until is None or s.start < until)
@@ -167,7 +182,9 @@ async def notifications(_: CurrentUser, ctx: Ctx,
                         limit: Annotated[int, Query(ge=1, le=2000)] = 200) -> list[NoticeView]:
     async with _store(ctx) as store:
         rows = await store.notices(incident, limit=limit)
-    return [NoticeView(**{k: r[k] for k in NoticeView.model_fields}) for r in rows]
+        names = {p.id: p.name for p in (await store.roster()).people.values()}
+    return [NoticeView(**{k: r[k] for k in NoticeView.model_fields if k != "name"},
+                       name=names.get(r["person"], r["person"])) for r in rows]
 
 
 @router.get("/duty/attempts", response_model=list[AttemptView], responses=problems(401),
