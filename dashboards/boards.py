@@ -24,17 +24,19 @@ from dashboards.panels import (
     tag_variable,
     timeline,
 )
+from facility import labels
 
+# State words come from the label table (the page, the screens and the reports use the same);
+# the boards add only a colour per state.
 GREEN, RED, ORANGE, BLUE, GREY = "green", "red", "orange", "blue", "text"
-BOLLARD_STATES = mapping(down=("降下", BLUE), rising=("上升中", ORANGE), up=("升起", GREEN),
-                         lowering=("下降中", ORANGE), fault=("故障", RED))
-FIRE_STATES = mapping(normal=("正常", GREEN), pre_alarm=("预警", ORANGE), alarm=("火警", RED),
-                      fault=("故障", ORANGE), disabled=("屏蔽", GREY))
-EV_STATES = mapping(available=("空闲", GREEN), preparing=("准备", BLUE), charging=("充电中", BLUE),
-                    suspended_evse=("桩暂停", ORANGE), suspended_ev=("车暂停", ORANGE),
-                    finishing=("结束中", BLUE), reserved=("预约", BLUE),
-                    unavailable=("不可用", GREY), faulted=("故障", RED))
-ON_OFF = mapping(true=("运行", GREEN), false=("停止", GREY))
+BOLLARD_STATES = mapping(labels.BOLLARD, down=BLUE, rising=ORANGE, up=GREEN, lowering=ORANGE,
+                         fault=RED)
+FIRE_STATES = mapping(labels.DEVICE_STATE, normal=GREEN, pre_alarm=ORANGE, alarm=RED,
+                      fault=ORANGE, disabled=GREY)
+EV_STATES = mapping(labels.EV_STATUS, available=GREEN, preparing=BLUE, charging=BLUE,
+                    suspended_evse=ORANGE, suspended_ev=ORANGE, finishing=BLUE, reserved=BLUE,
+                    unavailable=GREY, faulted=RED)
+ON_OFF = mapping(labels.RUNNING, true=GREEN, false=GREY)
 PLC = "\"device\" = 'bollard-plc-south'"
 UNITS = "\"controller\" = 'bollard-plc-south'"
 ROLLUP = '"rollup"."energy_15m"'
@@ -90,14 +92,14 @@ def bollards() -> dashboard.Dashboard:
     d = board("facility-bollards", "南门防暴恐升降柱", ["bollard"], refresh="5s", span="now-1h")
     d.with_panel(single(n, "控制模式", "none", Q(
         f'SELECT last("mode") FROM "bollard" WHERE {PLC} AND $timeFilter'),
-        mappings=mapping(auto=("自动", GREEN), manual=("手动", ORANGE),
-                         maintenance=("维护", ORANGE), emergency=("紧急", RED))))
+        mappings=mapping(labels.BOLLARD_MODE, auto=GREEN, manual=ORANGE, maintenance=ORANGE,
+                         emergency=RED)))
     d.with_panel(single(n, "紧急升起", "none", Q(
         f'SELECT last("emergency_rise") FROM "bollard" WHERE {PLC} AND $timeFilter'),
-        mappings=mapping(idle=("未触发", GREEN), rising=("升起中", RED), complete=("已完成", RED))))
+        mappings=mapping(labels.EMERGENCY_RISE, idle=GREEN, rising=RED, complete=RED)))
     d.with_panel(single(n, "供电", "none", Q(
         f'SELECT last("power") FROM "bollard" WHERE {PLC} AND $timeFilter'),
-        mappings=mapping(mains=("市电", GREEN), ups=("UPS", ORANGE), ups_low=("UPS低电量", RED))))
+        mappings=mapping(labels.POWER_SUPPLY, mains=GREEN, ups=ORANGE, ups_low=RED)))
     d.with_panel(single(n, "UPS电量", "percent", Q(
         f'SELECT last("ups_charge") FROM "bollard" WHERE {PLC} AND $timeFilter')))
     d.with_panel(single(n, "系统压力", "pressurebar", Q(

@@ -3,7 +3,7 @@ InfluxQL target, unit and Chinese title; ids are given by the dashboard's own co
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from itertools import count
 
 from grafana_foundation_sdk.builders import (
@@ -17,6 +17,7 @@ from grafana_foundation_sdk.models import common
 from grafana_foundation_sdk.models import dashboard as model
 
 from dashboards.influxql import DATASOURCE_TYPE, DATASOURCE_UID, InfluxQL
+from facility.labels import label
 
 DATASOURCE = model.DataSourceRef(type_val=DATASOURCE_TYPE, uid=DATASOURCE_UID)
 TIMEZONE = "Asia/Shanghai"
@@ -33,11 +34,12 @@ def _targets(panel: PanelBuilder, queries: tuple[InfluxQL, ...]) -> None:
         panel.with_target(query.ref_id(chr(ord("A") + index)))
 
 
-def mapping(**states: tuple[str, str]) -> list[model.ValueMapping]:
-    """Value mappings: raw state -> (Chinese text, colour)."""
+def mapping(words: Mapping[str, str], **colours: str) -> list[model.ValueMapping]:
+    """Value mappings: raw state -> its word in the label table (facility/labels.py) and
+    a colour."""
     return [model.ValueMap(options={
-        raw: model.ValueMappingResult(text=text, color=colour, index=index)
-        for index, (raw, (text, colour)) in enumerate(states.items())})]
+        raw: model.ValueMappingResult(text=label(words, raw), color=colour, index=index)
+        for index, (raw, colour) in enumerate(colours.items())})]
 
 
 def graph(next_id: Iterator[int], title: str, unit: str, *queries: InfluxQL,

@@ -3,10 +3,11 @@ name the system keeps as an id (severities and their order, alert states, comman
 and statuses, approval, bollard positions, charger statuses, device families, qualities,
 availability, screen delivery, roles, history actions).
 
-The rules engine (screen and PA texts), the shift report and the API use it, and the
-control-room page loads it once at start from GET /api/labels; nobody keeps a copy of
-these words. A key with no word reads as itself (`label()`), so a new status shows up as
-its id rather than as nothing; tests/test_labels.py says every enum member has a word.
+The rules engine (screen and PA texts), the shift and energy reports, the Grafana boards
+and the API use it, and the control-room page loads it once at start from GET
+/api/labels; nobody keeps a copy of these words. A key with no word reads as itself
+(`label()`), so a new status shows up as its id rather than as nothing;
+tests/test_labels.py says every enum member has a word.
 """
 
 from __future__ import annotations
@@ -169,6 +170,27 @@ HTTP_STATUS: Mapping[str, str] = MappingProxyType({
 AGGREGATE: Mapping[str, str] = MappingProxyType({
     "mean": "平均值", "min": "最小值", "max": "最大值", "last": "末值", "first": "首值",
     "count": "次数"})
+
+# Words the page does not show (so they are not in TABLES): the Grafana boards' value
+# mappings (dashboards/boards.py) and the energy report's loads (reports/energy_report.py).
+# The bollard PLC's mode, its emergency rise and its power supply, as its readings say.
+BOLLARD_MODE: Mapping[str, str] = MappingProxyType({
+    "auto": "自动", "manual": "手动", "maintenance": "维护", "emergency": "紧急"})
+
+EMERGENCY_RISE: Mapping[str, str] = MappingProxyType({
+    "idle": "未触发", "rising": "上升中", "complete": "已完成"})
+
+POWER_SUPPLY: Mapping[str, str] = MappingProxyType({
+    "mains": "市电", "ups": "UPS", "ups_low": "UPS低电量"})
+
+# A pump's running flag (a bool reading, as InfluxDB and Grafana spell it).
+RUNNING: Mapping[str, str] = MappingProxyType({"true": "运行", "false": "停止"})
+
+# The energy sub-meters' `load` tag; "other": the main meter less the sub-meters.
+LOAD: Mapping[str, str] = MappingProxyType({
+    "total": "总表", "lighting": "照明", "hvac": "空调", "lifts": "电梯",
+    "canteen": "饭堂厨房", "ev_charging": "电动汽车充电", "ebike_charging": "电动自行车充电",
+    "other": "其他（总表减分项）"})
 
 TABLES: Mapping[str, Mapping[str, str]] = MappingProxyType({
     "severity": SEVERITY, "alert_state": ALERT_STATE, "history_action": HISTORY_ACTION,

@@ -27,11 +27,6 @@ from reports.periods import Period
 from reports.rollups import Device, energies, read_buckets
 
 KGCE_PER_KWH = 0.1229  # GB/T 2589-2020, electricity, equivalent-value method
-LOAD_NAMES = {
-    "total": "总表", "lighting": "照明", "hvac": "空调", "lifts": "电梯",
-    "canteen": "饭堂厨房", "ev_charging": "电动汽车充电", "ebike_charging": "电动自行车充电",
-    "other": "其他（总表减分项）",
-}
 LOAD_ORDER = ("lighting", "hvac", "lifts", "canteen", "ev_charging", "ebike_charging")
 OFFICE, NIGHT, REST = "office", "night", "rest"
 

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
+from facility import labels
 from facility.influx import InfluxClient
 from facility.schema import BUCKET_NS
 from facility.settings import Settings
@@ -18,7 +19,6 @@ from reports.calendar import WorkCalendar
 from reports.counters import MeterEnergy
 from reports.energy import (
     KGCE_PER_KWH,
-    LOAD_NAMES,
     LOAD_ORDER,
     NIGHT,
     OFFICE,
@@ -237,7 +237,7 @@ class _Context:
             year = self.year_buildings.get(building_id)
             prev_kwh = total(prev.basis) if prev else None
             year_kwh = total(year.basis) if year else None
-            source = "总表" if building.totals else "分项表之和"
+            source = labels.LOAD["total"] if building.totals else "分项表之和"
             table.rows.append([
                 self.place_name(building_id), kwh, kgce, area, kwh / area if area else None,
                 kgce / area if area else None, people, kgce / people if people else None,
@@ -277,17 +277,17 @@ class _Context:
             parts = split(meters, self.classes)
             prev_kwh = total(prev_loads[load]) if load in prev_loads else None
             year_kwh = total(year_loads[load]) if load in year_loads else None
-            table.rows.append([LOAD_NAMES.get(load, load), kwh, kwh * KGCE_PER_KWH,
+            table.rows.append([labels.label(labels.LOAD, load), kwh, kwh * KGCE_PER_KWH,
                                kwh / campus if campus else None, parts[OFFICE],
                                parts[NIGHT] + parts[REST], prev_kwh, change(kwh, prev_kwh),
                                year_kwh, change(kwh, year_kwh), len(meters),
                                joint_coverage(meters, self.n)])
-            names.append(LOAD_NAMES.get(load, load))
+            names.append(labels.label(labels.LOAD, load))
             values.append(kwh)
         other = self._other(self.buildings)
         with_totals = [m for b in self.buildings.values() if b.totals
                        for m in b.totals + [x for ms in b.subs.values() for x in ms]]
-        table.rows.append([LOAD_NAMES["other"], other, other * KGCE_PER_KWH,
+        table.rows.append([labels.LOAD["other"], other, other * KGCE_PER_KWH,
                            other / campus if campus else None, None, None,
                            self._other(self.prev_buildings) or None,
                            change(other, self._other(self.prev_buildings)),
@@ -296,7 +296,7 @@ class _Context:
                            joint_coverage(with_totals, self.n)])
         if other < 0:
             table.notes.append("“其他”为负：分项表电量大于总表，请检查表计接线或两者的数据覆盖率。")
-        names.append(LOAD_NAMES["other"])
+        names.append(labels.LOAD["other"])
         values.append(other)
         png = charts.horizontal_bars("分项用电量（kWh）", names, values, "kWh")
         chart = Chart("分项用电量", png, F_OTHER)
@@ -395,7 +395,7 @@ class _Context:
                       "按超出电量从大到小排列"])
         for a in anomalies(self.now, self.calendar, self.tz):
             table.rows.append([self.device_name(a.device.id), self.place_name(a.device.building),
-                               LOAD_NAMES.get(a.device.load, a.device.load), a.day, a.day_type,
+                               labels.label(labels.LOAD, a.device.load), a.day, a.day_type,
                                a.energy, a.baseline, a.excess,
                                a.excess / a.baseline if a.baseline > 0 else None,
                                a.days_in_baseline])
@@ -424,7 +424,7 @@ class _Context:
             gap_hours = sum(b - a for a, b in meter.gaps) / 3.6e12
             table.rows.append([
                 self.device_name(device.id), device.id, self.place_name(device.building),
-                LOAD_NAMES.get(device.load, device.load), meter.total, meter.unallocated,
+                labels.label(labels.LOAD, device.load), meter.total, meter.unallocated,
                 len(meter.gaps), gap_hours, sum(1 for e in meter.events if e.kind == "reset"),
                 sum(1 for e in meter.events if e.kind != "reset"), meter.coverage])
             for event in meter.events:

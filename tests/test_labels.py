@@ -5,6 +5,7 @@ table's."""
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from pathlib import Path
 
 from fastapi import FastAPI
@@ -63,3 +64,37 @@ def test_the_page_keeps_no_copy_of_the_words() -> None:
     # the old constant tables are gone
     assert not re.search(r"const (SEVERITY|ALERT_STATE|COMMAND_STATUS|BOLLARD|EV_STATUS) =",
                          source)
+
+
+def _value_mappings(node: object) -> list[dict[str, dict[str, str]]]:
+    """Every value mapping's options in a dashboard's JSON, wherever the panel keeps it."""
+    found: list[dict[str, dict[str, str]]] = []
+    if isinstance(node, dict):
+        if node.get("type") == "value" and isinstance(node.get("options"), dict):
+            found.append(node["options"])
+        for child in node.values():
+            found += _value_mappings(child)
+    elif isinstance(node, list):
+        for child in node:
+            found += _value_mappings(child)
+    return found
+
+
+def test_boards_and_reports_take_their_words_from_the_table() -> None:
+    """Each Grafana value mapping reads as one label table says for every state it maps
+    (the boards add only colours), and the energy report keeps no load names of its own."""
+    from dashboards.export import dashboards
+    from reports import energy, energy_report
+
+    tables = [t for t in vars(labels).values()
+              if isinstance(t, Mapping) and t and all(isinstance(k, str) for k in t)]
+    mappings = [m for board in dashboards() for m in _value_mappings(board)]
+    assert len(mappings) >= 7  # bollards, fire, EV, pumps, the PLC's mode, rise and power
+    for options in mappings:
+        words = {raw: option["text"] for raw, option in options.items()}
+        assert any(all(t.get(raw) == word for raw, word in words.items()) for t in tables), \
+            f"no label table says {words}"
+    for module in (energy, energy_report):
+        source = Path(module.__file__ or "").read_text(encoding="utf-8")
+        for word in labels.LOAD.values():
+            assert not re.search(rf'["`]{re.escape(word)}["`]', source), (module.__name__, word)
