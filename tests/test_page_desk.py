@@ -208,6 +208,11 @@ async def check_fire(page: Page, s: Stack) -> None:
     await expect(banner).to_have_attribute("data-sound", "running")
     notes = await page.evaluate("() => window.__notes")
     assert any("紧急告警" in n for n in notes), notes
+    # 消音 stops the sound; the banner stays until the alert is acknowledged.
+    await page.click("#alarm-silence")
+    await expect(page.locator("body")).to_have_attribute("data-alarm", "silenced")
+    await expect(banner).to_have_attribute("data-sound", "off")
+    await expect(banner).to_be_visible()
 
     # The detectors report ALARM; their alerts are quiet under the panel's, yet their dots
     # are not green.
