@@ -138,8 +138,9 @@ async def _store(ctx: Ctx) -> AsyncIterator[DutyStore]:
 
 
 @router.get("/duty/labels", response_model=dict[str, dict[str, str]],
+            responses=problems(401),
             summary="The duty words of the label table (facility/labels.py), for the page")
-async def duty_labels() -> dict[str, dict[str, str]]:
+async def duty_labels(_: CurrentUser) -> dict[str, dict[str, str]]:
     return {"event": dict(labels.DUTY_EVENT), "workorder_state": dict(labels.WORKORDER_STATE),
             "workorder_kind": dict(labels.WORKORDER_KIND),
             "priority": dict(labels.WORKORDER_PRIORITY), "team_kind": dict(labels.TEAM_KIND),
@@ -251,7 +252,9 @@ def _view(order: WorkOrder | dict[str, Any]) -> WorkOrderView:
 async def _forward(path: str, body: dict[str, Any]) -> WorkOrderView:
     options = DutySettings()
     if options.secret is None:
-        raise HTTPException(503, "FACILITY_DUTY_SECRET is not set for the API")
+        # Not a failure of a dependency but how this API is set up: no duty service here.
+        raise HTTPException(409, "no duty service is configured for this API "
+                                 "(FACILITY_DUTY_SECRET, FACILITY_DUTY_PORT)")
     url = f"http://{options.host}:{options.port}{path}"
     try:
         async with aiohttp.ClientSession() as session, session.post(
@@ -268,7 +271,8 @@ async def _forward(path: str, body: dict[str, Any]) -> WorkOrderView:
     return _view(reply)
 
 
-@router.post("/workorders", response_model=WorkOrderView, responses=problems(401, 403, 503),
+@router.post("/workorders", response_model=WorkOrderView,
+             responses=problems(401, 403, 409, 503),
              summary="Open a work order: an operator's request or a 12345 hotline ticket")
 async def open_workorder(body: WorkOrderRequest, user: Operator) -> WorkOrderView:
     if body.kind == "hotline" and not body.number.strip():
