@@ -27,7 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from api.auth import Role, User
-from api.link import LinkDown, MqttLink
+from api.link import ApiLink, LinkDown
 from api.models import BollardCommand, GateCommand
 from api.store import ApiStore
 from audit.commands import FINAL, CommandView, fold
@@ -78,7 +78,7 @@ class Plan:
 
 class CommandDesk:
     def __init__(self, settings: ApiSettings, site_id: str, topology: Topology,
-                 store: ApiStore, link: MqttLink,
+                 store: ApiStore, link: ApiLink,
                  notify: Callable[[CommandView], None],
                  clock_ns: Callable[[], int] = time.time_ns) -> None:
         self.settings = settings

@@ -16,7 +16,7 @@ from typing import Any
 from api.auth import LoginThrottle, Passwords, Tokens
 from api.commands import CommandDesk
 from api.devices import DeviceBook
-from api.link import MqttLink
+from api.link import ApiLink
 from api.live import LiveHub
 from api.outputs import OutputDesk
 from api.store import ApiStore
@@ -73,7 +73,7 @@ class Context:
     tokens: Tokens
     throttle: LoginThrottle
     metrics: ApiMetrics
-    link: MqttLink = field(init=False)
+    link: ApiLink = field(init=False)
     desk: CommandDesk = field(init=False)
     outputs: OutputDesk = field(init=False)
     workers: list[asyncio.Task[None]] = field(default_factory=list)
@@ -220,7 +220,7 @@ async def open_context(settings: Settings, catalog: Catalog) -> AsyncIterator[Co
                       throttle=LoginThrottle(api.login_attempts, api.login_lockout),
                       metrics=ApiMetrics())
         client_id = api.client_id or f"{settings.mqtt.client_prefix}-api-{site_id}"
-        ctx.link = MqttLink(settings.mqtt, site_id, client_id, ctx.dispatch)
+        ctx.link = ApiLink(settings.mqtt, site_id, client_id, ctx.dispatch)
         ctx.desk = CommandDesk(api, site_id, topology, store, ctx.link, ctx.command_changed)
         ctx.outputs = OutputDesk(site_id, endpoints, store, alerts, ctx.link)
         await stack.enter_async_context(ctx.link)

@@ -15,12 +15,11 @@ import logging
 from collections.abc import Callable
 from functools import partial
 
-import aiomqtt
-
 from facility import messages as m
 from facility import topics
 from facility.deadletters import DeadLetters, Letter
-from facility.mqtt import make_client, run_connected
+from facility.mqtt import Connection, Message, MqttError, run_connected
+from facility.mqttlink import connector
 from facility.ops import OPS_FAMILY, Operations
 from facility.service import Service
 from facility.settings import MqttSettings
@@ -37,7 +36,7 @@ class LinkDown(Exception):
     """The broker is not reachable now; nothing was published."""
 
 
-class MqttLink(Service):
+class ApiLink(Service):
     def __init__(self, mqtt: MqttSettings, site_id: str, client_id: str,
                  dispatch: Dispatch) -> None:
         super().__init__()
@@ -49,49 +48,45 @@ class MqttLink(Service):
         self.received = 0
         self.letters = DeadLetters("api", site_id)
         self._sending: set[asyncio.Task[None]] = set()
-        self._client: aiomqtt.Client | None = None
+        self._client: Connection | None = None
         self._ops = Operations(site_id, self.publish)
 
-    def filters(self) -> list[tuple[str, int]]:
+    def filters(self) -> dict[int, list[str]]:
+        """The filters by QoS."""
         s = self.site_id
-        return [(topics.subscription(Kind.TELEMETRY, s), 0),
-                (topics.subscription(Kind.STATUS, s), 1),
-                (topics.subscription(Kind.EVENT, s), 1),
-                (topics.subscription(Kind.ALERT, s), 1),
-                (topics.subscription(Kind.DISPLAY, s), 1),
-                (topics.subscription(Kind.DISPLAY_ACK, s), 1),
-                (topics.subscription(Kind.BROADCAST, s), 1),
-                (topics.subscription(Kind.COMMAND_RESULT, s), 1)]
+        return {0: [topics.subscription(Kind.TELEMETRY, s)],
+                1: [topics.subscription(kind, s)
+                    for kind in (Kind.STATUS, Kind.EVENT, Kind.ALERT, Kind.DISPLAY,
+                                 Kind.DISPLAY_ACK, Kind.BROADCAST, Kind.COMMAND_RESULT)]}
 
     async def run(self) -> None:
-        await run_connected(self.mqtt, self._make_client, self._session, name=self.name,
-                            on_disconnect=self._disconnected)
-
-    def _make_client(self) -> aiomqtt.Client:
-        return make_client(self.mqtt, self.client_id, session_expiry=SESSION_EXPIRY,
-                           receive_maximum=2000)
+        await run_connected(self.mqtt, connector(self.mqtt, self.client_id,
+                                                 session_expiry=SESSION_EXPIRY,
+                                                 receive_maximum=2000),
+                            self._session, name=self.name, on_disconnect=self._disconnected)
 
     def _disconnected(self) -> None:
         self.ready.clear()
         self._client = None
 
-    async def _session(self, client: aiomqtt.Client) -> None:
-        for flt, qos in self.filters():
-            await client.subscribe(flt, qos=qos)
+    async def _session(self, client: Connection) -> None:
+        for qos, filters in self.filters().items():
+            await client.subscribe(filters, qos=qos)
         self._client = client
         self.ready.set()
         try:
-            async for message in client.messages:
-                self.received += 1
-                self._take(message)
+            while True:
+                batch = await client.next_batch(500, None)
+                for message in batch:
+                    self.received += 1
+                    self._take(message)
+                client.ack(batch)
         finally:
             self._client = None
             self.ready.clear()
 
-    def _take(self, message: aiomqtt.Message) -> None:
-        raw = message.payload
-        payload = raw if isinstance(raw, bytes) else str(raw).encode() if raw else b""
-        topic = message.topic.value
+    def _take(self, message: Message) -> None:
+        topic, payload = message.topic, message.payload
         out = self.letters.run(partial(self._handle, topic, payload), topic, payload)
         if isinstance(out, Letter) and self.letters.needs_letter(out):
             task = asyncio.get_running_loop().create_task(self._send_letter(out))
@@ -121,7 +116,7 @@ class MqttLink(Service):
             raise LinkDown("the broker is not reachable")
         try:
             await client.publish(topic, payload, qos=qos, retain=retain)
-        except aiomqtt.MqttError as exc:
+        except MqttError as exc:
             raise LinkDown(f"the broker did not take the message: {exc}") from None
 
     async def operate(self, action: m.AlertAction, target: str, by: str, *, comment: str = "",

@@ -23,7 +23,7 @@ from typing import Any
 
 from api.auth import Role, User
 from api.commands import CommandError
-from api.link import LinkDown, MqttLink
+from api.link import ApiLink, LinkDown
 from api.models import (
     BroadcastRequest,
     BroadcastView,
@@ -53,7 +53,7 @@ def kind_for(priority: int) -> m.DisplayKind:
 
 class OutputDesk:
     def __init__(self, site_id: str, endpoints: EndpointConfig, store: ApiStore,
-                 alerts: AlertStore, link: MqttLink) -> None:
+                 alerts: AlertStore, link: ApiLink) -> None:
         self.site_id = site_id
         self.endpoints = endpoints.by_id()
         self.store = store

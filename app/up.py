@@ -16,14 +16,13 @@ from collections import Counter, deque
 from pathlib import Path
 from urllib.parse import urlsplit
 
-import aiomqtt
-
 from api.service import ApiService
 from app import wiring
 from facility import topics
 from facility.catalog import Catalog
 from facility.localservers import InfluxServer, MosquittoServer, port_open
-from facility.mqtt import make_client, parse_url
+from facility.mqtt import Connection, parse_url, run_connected
+from facility.mqttlink import connector
 from facility.service import Service
 from facility.settings import Settings
 from facility.site import GatewayKind, SiteConfig
@@ -52,24 +51,23 @@ class RateMonitor(Service):
 
     async def run(self) -> None:
         client_id = f"{self.settings.mqtt.client_prefix}-monitor-{time.monotonic_ns() % 10**6}"
+        await run_connected(self.settings.mqtt, connector(self.settings.mqtt, client_id),
+                            self._session, name="monitor", on_disconnect=self.ready.clear)
+
+    async def _session(self, client: Connection) -> None:
+        await client.subscribe([topics.subscription(Kind.TELEMETRY),
+                                topics.subscription(Kind.DEADLETTER)], qos=0)
+        self.ready.set()
         while True:
-            try:
-                async with make_client(self.settings.mqtt, client_id) as client:
-                    await client.subscribe(topics.subscription(Kind.TELEMETRY), qos=0)
-                    await client.subscribe(topics.subscription(Kind.DEADLETTER), qos=0)
-                    self.ready.set()
-                    async for message in client.messages:
-                        topic = message.topic.value
-                        if topics.is_kind(topic, Kind.DEADLETTER):
-                            self.dead_letters += 1
-                            continue
-                        with contextlib.suppress(topics.TopicError):
-                            family = topics.parse(topic).family
-                            if family:
-                                self.totals[family] += 1
-            except aiomqtt.MqttError:
-                self.ready.clear()
-                await asyncio.sleep(1.0)
+            for message in await client.next_batch(1000, None):
+                topic = message.topic
+                if topics.is_kind(topic, Kind.DEADLETTER):
+                    self.dead_letters += 1
+                    continue
+                with contextlib.suppress(topics.TopicError):
+                    family = topics.parse(topic).family
+                    if family:
+                        self.totals[family] += 1
 
     def rates(self) -> dict[str, float]:
         now = time.monotonic()

@@ -34,6 +34,7 @@ import aiohttp
 import mqtt5
 import msgspec
 
+from bench.aioclient import make_client
 from bench.campus_load import (
     CONFIG_DIR,
     ENDPOINTS_FILE,
@@ -49,7 +50,6 @@ from facility import messages as m
 from facility import topics
 from facility.endpoints import load_endpoints
 from facility.localservers import free_port
-from facility.mqtt import make_client
 from facility.mqttlink import MqttLink
 from facility.settings import MqttSettings, load_settings
 from facility.site import load_site

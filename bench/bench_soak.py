@@ -49,6 +49,7 @@ import time
 import uuid
 import zlib
 from collections import Counter, defaultdict
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -57,6 +58,7 @@ import aiomqtt
 import msgspec
 
 from bench import mutate
+from bench.aioclient import connected, make_client
 from bench.bench_alert_latency import Probe, Trial, percentiles
 from bench.campus_load import CONFIG_DIR, ENDPOINTS_FILE, RULES_DIR, SITE_FILE, write_yaml
 from bench.common import Figure, figure
@@ -66,7 +68,7 @@ from facility.configfile import read_yaml
 from facility.endpoints import load_endpoints
 from facility.influx import InfluxClient
 from facility.localservers import InfluxServer, MosquittoServer, free_port
-from facility.mqtt import make_client, run_connected
+from facility.mqtt import run_connected
 from facility.settings import Settings, load_settings
 from facility.site import load_site
 from facility.topics import Kind
@@ -356,9 +358,9 @@ class Watcher(Probe):
         s = self.site_id
         client_id = f"soak-watch-{uuid.uuid4().hex[:6]}"
 
-        def client() -> aiomqtt.Client:
-            return make_client(self.mqtt, client_id, session_expiry=3600,
-                               receive_maximum=20000)
+        def client() -> AbstractAsyncContextManager[aiomqtt.Client]:
+            return connected(self.mqtt, client_id, session_expiry=3600,
+                             receive_maximum=20000)
 
         async def session(c: aiomqtt.Client) -> None:
             for flt in (topics.subscription(Kind.TELEMETRY, s),
@@ -455,9 +457,9 @@ class Traffic:
         return mutate.apply(mutation, topic, body)
 
     async def run(self) -> None:
-        def client() -> aiomqtt.Client:
-            return make_client(self.mqtt, f"soak-traffic-{uuid.uuid4().hex[:6]}",
-                               max_inflight=1000)
+        def client() -> AbstractAsyncContextManager[aiomqtt.Client]:
+            return connected(self.mqtt, f"soak-traffic-{uuid.uuid4().hex[:6]}",
+                             max_inflight=1000)
 
         async def session(c: aiomqtt.Client) -> None:
             started = time.monotonic()

@@ -50,12 +50,12 @@ from typing import Any
 from pydantic import SecretStr
 
 from app import wiring
+from bench.aioclient import make_client
 from bench.campus_load import Readings, catalog_of
 from bench.common import Figure, figure
 from facility import messages as m
 from facility import topics
 from facility.localservers import MosquittoServer
-from facility.mqtt import make_client
 from facility.settings import InfluxSettings, MqttSettings, Settings, load_settings
 from facility.site import load_site, site_for
 from facility.topology import Topology

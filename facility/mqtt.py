@@ -1,30 +1,46 @@
-"""Connecting to the broker: URL parsing, client construction, and one reconnect loop.
+"""The one way a service talks to the broker: a connection interface, the broker's
+address, and one reconnect loop.
 
-Every service runs its broker work as `session(client)` inside `run_connected`, which
-reconnects with the shared jittered backoff whenever the connection drops. Shutdown is
-cancellation of the task running it.
+`Connection` is what every service's code is written against; `facility.mqttlink.MqttLink`
+is its one implementation (MQTT v5 on asyncio, the mqtt5 codec). A service runs its broker
+work as `session(connection)` inside `run_connected`, which reconnects with the shared
+jittered backoff whenever the connection drops; shutdown is cancellation of the task
+running it. aiomqtt/paho remain only in tests and benchmarks, as an independent client to
+check the platform against.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import socket
-import ssl
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 from urllib.parse import unquote, urlsplit
 
-import aiomqtt
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
+import mqtt5
 
 from facility.backoff import Backoff
 from facility.settings import MqttSettings, redact_url
 
 log = logging.getLogger(__name__)
+
+Message = mqtt5.PublishPacket  # .topic (str), .payload (bytes), .qos, .retain, .packet_id
+
+
+class MqttError(Exception):
+    """The connection failed, was refused or was lost; run_connected reconnects."""
+
+
+@dataclass(frozen=True)
+class Will:
+    """The message the broker publishes for us when the connection dies unannounced."""
+
+    topic: str
+    payload: bytes
+    qos: int = 1
+    retain: bool = True
 
 
 @dataclass(frozen=True)
@@ -48,52 +64,34 @@ def parse_url(url: str) -> BrokerAddress:
     )
 
 
-def connect_properties(*, session_expiry: int = 0, receive_maximum: int = 0) -> Properties:
-    props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]  # paho-mqtt: Properties.__init__ is unannotated
-    if session_expiry:
-        props.SessionExpiryInterval = session_expiry
-    if receive_maximum:
-        props.ReceiveMaximum = receive_maximum
-    return props
+class Connection(Protocol):
+    """A live MQTT v5 connection. Every method raises MqttError once it is gone.
 
+    Received QoS 1 messages are acknowledged only by `ack`, after the service has done
+    what it must with them: a message in hand when the link drops comes again.
+    """
 
-def make_client(
-    settings: MqttSettings,
-    client_id: str,
-    *,
-    will: aiomqtt.Will | None = None,
-    session_expiry: int = 0,
-    receive_maximum: int = 0,
-    max_inflight: int = 100,
-) -> aiomqtt.Client:
-    """An MQTT v5 client. A session_expiry > 0 makes the session persistent."""
-    address = parse_url(settings.url.get_secret_value())
-    tls_context = None
-    if address.tls:
-        tls_context = ssl.create_default_context(
-            cafile=str(settings.tls_ca) if settings.tls_ca else None
-        )
-    client = aiomqtt.Client(
-        address.host,
-        address.port,
-        username=address.username,
-        password=address.password,
-        identifier=client_id,
-        protocol=aiomqtt.ProtocolVersion.V5,
-        will=will,
-        keepalive=settings.keepalive,
-        clean_start=not session_expiry,
-        properties=connect_properties(session_expiry=session_expiry,
-                                      receive_maximum=receive_maximum),
-        max_inflight_messages=max_inflight,
-        tls_context=tls_context,
-        timeout=10,
-        # paho leaves Nagle on: small QoS 1 messages and their acks would wait for ACKs.
-        socket_options=((socket.IPPROTO_TCP, socket.TCP_NODELAY, 1),),
-    )
-    # aiomqtt warns above 10 unconfirmed publishes; windows of QoS 1 publishes are normal here.
-    client.pending_calls_threshold = max(10, max_inflight * 2)
-    return client
+    session_present: bool
+
+    async def subscribe(self, filters: Iterable[str], qos: int = 1,
+                        timeout: float = 10.0) -> None: ...
+
+    async def unsubscribe(self, filters: Iterable[str], timeout: float = 10.0) -> None: ...
+
+    async def publish(self, topic: str, payload: bytes, qos: int = 1, *, retain: bool = False,
+                      timeout: float = 10.0) -> None:
+        """QoS 1: returns once the broker acknowledged it."""
+
+    def send(self, topic: str, payload: bytes, *, retain: bool = False) -> bool:
+        """QoS 1 now, not waiting for the PUBACK; False if the connection is gone."""
+
+    def ack(self, messages: Iterable[Message]) -> None: ...
+
+    async def next_batch(self, limit: int, timeout: float | None) -> list[Message]:
+        """Up to `limit` messages already here; if none, wait up to `timeout` for some."""
+
+    async def wait_closed(self) -> None:
+        """Until the connection is lost; then raises MqttError."""
 
 
 C = TypeVar("C")
@@ -101,25 +99,25 @@ C = TypeVar("C")
 
 async def run_connected(
     settings: MqttSettings,
-    client_factory: Callable[[], AbstractAsyncContextManager[C]],
+    connect: Callable[[], AbstractAsyncContextManager[C]],
     session: Callable[[C], Awaitable[None]],
     *,
     name: str,
     backoff: Backoff | None = None,
     on_disconnect: Callable[[], None] | None = None,
 ) -> None:
-    """Run `session(client)` on a live connection, reconnecting forever until cancelled."""
+    """Run `session(connection)` on a live connection, reconnecting forever until cancelled."""
     backoff = backoff or Backoff(initial=0.2, cap=15.0)
     url = redact_url(settings.url.get_secret_value())
     while True:
         try:
-            async with client_factory() as client:
+            async with connect() as connection:
                 if backoff.attempts:
                     log.info("%s: connected to %s again", name, url)
                 backoff.reset()
-                await session(client)
+                await session(connection)
                 return  # the session ended on its own
-        except aiomqtt.MqttError as exc:
+        except MqttError as exc:
             if on_disconnect is not None:
                 on_disconnect()
             delay = backoff.next_delay()
@@ -130,53 +128,14 @@ async def run_connected(
             await asyncio.sleep(delay)
 
 
-class ManualAck:
-    """Receive QoS 1 messages and acknowledge each only when told to.
-
-    aiomqtt has no public manual-ack API yet (empicano/aiomqtt#345); this wraps the
-    workaround its maintainers point to (paho's manual_ack_set/ack on the inner client),
-    in this one place. `enable` must run before connecting, so that messages queued in a
-    persistent session are not acknowledged on arrival.
-    """
-
-    def __init__(self, client: aiomqtt.Client) -> None:
-        self.client = client
-        self._paho = client._client
-        self._queue: asyncio.Queue[aiomqtt.Message] = client._queue
-
-    @staticmethod
-    def enable(client: aiomqtt.Client) -> aiomqtt.Client:
-        client._client.manual_ack_set(True)
-        return client
-
-    def ack(self, message: aiomqtt.Message) -> None:
-        if message.qos > 0:
-            self._paho.ack(message.mid, message.qos)
-
-    async def next_batch(self, limit: int, timeout: float | None) -> list[aiomqtt.Message]:
-        """Up to `limit` messages already here; if none, wait up to `timeout` for one.
-
-        Raises aiomqtt.MqttError when the connection is lost.
-        """
-        disconnected = self.client._disconnected
-        if disconnected.done():
-            raise aiomqtt.MqttError("Disconnected") from disconnected.exception()
-        batch: list[aiomqtt.Message] = []
-        queue = self._queue
-        while len(batch) < limit and not queue.empty():
-            batch.append(queue.get_nowait())
-        if batch:
-            return batch
-        getter = asyncio.ensure_future(queue.get())
-        try:
-            waiters: set[asyncio.Future[Any]] = {getter, disconnected}
-            done, _ = await asyncio.wait(waiters, timeout=timeout,
-                                         return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            if not getter.done():
-                getter.cancel()
-        if getter in done:
-            return [getter.result()]
-        if disconnected.done():
-            raise aiomqtt.MqttError("Disconnected") from disconnected.exception()
-        return []
+async def until_lost(connection: Connection,
+                     tasks: Mapping[str, Coroutine[Any, Any, object]]) -> None:
+    """Run a session's tasks (by name) until one fails or the connection is lost; the
+    first MqttError, not a group of them, goes on to run_connected."""
+    try:
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(connection.wait_closed(), name="mqtt connection")
+            for name, task in tasks.items():
+                tg.create_task(task, name=name)
+    except* MqttError as group:
+        raise group.exceptions[0] from None

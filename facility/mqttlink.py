@@ -1,14 +1,16 @@
-"""A lean MQTT v5 connection for high-rate services (ingest, rules), on asyncio.Protocol.
+"""The platform's MQTT v5 connection (facility.mqtt.Connection), on asyncio.Protocol.
 
 paho-mqtt reads one packet per socket event and builds a Properties object for every
 v5 PUBLISH; profiled, that was most of ingest's CPU. Here the framing is the mqtt5
 library (the sans-I/O codec by aiomqtt's maintainer, in Rust): every chunk the socket
 delivers is parsed in one loop, and the acknowledgements of a whole batch go out in one
-write. It does what ingest and rules need and no more: CONNECT with a persistent session
-and a Receive Maximum, SUBSCRIBE/UNSUBSCRIBE, QoS 0/1 PUBLISH in both directions (`send`
-writes a QoS 1 publish without waiting for its PUBACK: rules' display messages are
-confirmed end to end by their endpoints, so 14 for one fire go out in 14 writes, not 14
-round trips), PUBACK on request, keep-alive. Other services use aiomqtt.
+write. It does what the services need: CONNECT with a persistent session, a Receive
+Maximum and a last will, TLS, SUBSCRIBE/UNSUBSCRIBE at QoS 0 or 1, QoS 0/1 PUBLISH in both
+directions, retained or not (`send` writes a QoS 1 publish without waiting for its PUBACK:
+rules' display messages are confirmed end to end by their endpoints, so 14 for one fire go
+out in 14 writes, not 14 round trips), PUBACK only when the service says (`ack`),
+keep-alive. asyncio turns Nagle off on its TCP sockets, so small messages and their
+acknowledgements are not held back.
 """
 
 from __future__ import annotations
@@ -22,19 +24,12 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from types import TracebackType
 from typing import Any, Self, TypeVar
 
-import aiomqtt
 import mqtt5
 
-from facility.mqtt import parse_url
+from facility.mqtt import MqttError, Will, parse_url
 from facility.settings import MqttSettings
 
 log = logging.getLogger(__name__)
-
-Message = mqtt5.PublishPacket
-
-
-class LinkError(aiomqtt.MqttError):
-    """The connection failed or was refused; the caller reconnects with its backoff."""
 
 
 _Request = mqtt5.SubscribePacket | mqtt5.UnsubscribePacket | mqtt5.PublishPacket
@@ -65,7 +60,8 @@ class MqttLink(asyncio.Protocol):
 
     @classmethod
     async def open(cls, settings: MqttSettings, client_id: str, *, session_expiry: int = 0,
-                   receive_maximum: int = 65535, timeout: float = 10.0) -> Self:
+                   receive_maximum: int = 65535, will: Will | None = None,
+                   timeout: float = 10.0) -> Self:
         address = parse_url(settings.url.get_secret_value())
         context = None
         if address.tls:
@@ -77,22 +73,24 @@ class MqttLink(asyncio.Protocol):
                 _, link = await loop.create_connection(cls, address.host, address.port,
                                                        ssl=context)
         except (TimeoutError, OSError) as exc:
-            raise LinkError(f"cannot connect: {exc!r}") from None
+            raise MqttError(f"cannot connect: {exc!r}") from None
         connect = mqtt5.ConnectPacket(
             client_id=client_id, username=address.username,
             password=address.password.encode() if address.password is not None else None,
             clean_start=not session_expiry, keep_alive=settings.keepalive,
-            session_expiry_interval=session_expiry, receive_max=receive_maximum)
+            session_expiry_interval=session_expiry, receive_max=receive_maximum,
+            will=mqtt5.Will(will.topic, payload=will.payload, qos=mqtt5.QoS(will.qos),
+                            retain=will.retain) if will is not None else None)
         link._write(connect.write())
         try:
             async with asyncio.timeout(timeout):
                 connack = await asyncio.shield(link._connack)
         except TimeoutError:
             link.close()
-            raise LinkError("no CONNACK from the broker") from None
+            raise MqttError("no CONNACK from the broker") from None
         if connack.reason_code != mqtt5.ConnAckReasonCode.SUCCESS:
             link.close()
-            raise LinkError(f"broker refused the connection: {connack.reason_code.name}")
+            raise MqttError(f"broker refused the connection: {connack.reason_code.name}")
         link.session_present = connack.session_present
         link._keepalive_task = loop.create_task(link._keepalive(settings.keepalive),
                                                 name=f"mqtt keepalive {client_id}")
@@ -120,7 +118,7 @@ class MqttLink(asyncio.Protocol):
         self.transport = transport
 
     def connection_lost(self, exc: Exception | None) -> None:
-        error = LinkError(f"connection lost: {exc!r}" if exc else "connection closed")
+        error = MqttError(f"connection lost: {exc!r}" if exc else "connection closed")
         futures: list[asyncio.Future[Any]] = [self._connack, self.closed,
                                               *self._waiting.values()]
         for future in futures:
@@ -184,7 +182,7 @@ class MqttLink(asyncio.Protocol):
 
     def _write(self, data: bytes) -> None:
         if self.transport is None or self.transport.is_closing():
-            raise LinkError("not connected")
+            raise MqttError("not connected")
         self.transport.write(data)
 
     def _packet_id(self) -> int:
@@ -201,7 +199,7 @@ class MqttLink(asyncio.Protocol):
                 answer = await future
         except TimeoutError:
             self._waiting.pop((reply, packet_id), None)
-            raise LinkError(f"no {reply.__name__} in {timeout}s") from None
+            raise MqttError(f"no {reply.__name__} in {timeout}s") from None
         assert isinstance(answer, reply), answer  # waiters are keyed by the reply's type
         return answer
 
@@ -214,7 +212,7 @@ class MqttLink(asyncio.Protocol):
         refused = [code for code in suback.reason_codes
                    if code.value >= 0x80]
         if refused:
-            raise LinkError(f"subscription refused: {[c.name for c in refused]}")
+            raise MqttError(f"subscription refused: {[c.name for c in refused]}")
 
     async def unsubscribe(self, filters: Iterable[str], timeout: float = 10.0) -> None:
         packet_id = self._packet_id()
@@ -228,23 +226,23 @@ class MqttLink(asyncio.Protocol):
                                      qos=mqtt5.QoS.AT_LEAST_ONCE, packet_id=self._packet_id())
         try:
             self._write(packet.write())
-        except LinkError:
+        except MqttError:
             return False
         return True
 
-    async def publish(self, topic: str, payload: bytes, qos: int = 1,
+    async def publish(self, topic: str, payload: bytes, qos: int = 1, *, retain: bool = False,
                       timeout: float = 10.0) -> None:
         """Publish; for QoS 1, return once the broker acknowledged it."""
         if qos == 0:
-            self._write(mqtt5.PublishPacket(topic=topic, payload=payload).write())
+            self._write(mqtt5.PublishPacket(topic=topic, payload=payload, retain=retain).write())
             return
         packet_id = self._packet_id()
         packet = mqtt5.PublishPacket(topic=topic, payload=payload, qos=mqtt5.QoS(qos),
-                                     packet_id=packet_id)
+                                     retain=retain, packet_id=packet_id)
         puback = await self._request(packet, mqtt5.PubAckPacket, packet_id, timeout)
         code = puback.reason_code
         if code.value >= 0x80:
-            raise LinkError(f"publish to {topic!r} refused: {code.name}")
+            raise MqttError(f"publish to {topic!r} refused: {code.name}")
 
     def ack(self, messages: Iterable[mqtt5.PublishPacket]) -> None:
         """Acknowledge QoS 1 messages, in order, with one write."""
@@ -255,10 +253,15 @@ class MqttLink(asyncio.Protocol):
 
     # --- receiving ----------------------------------------------------------------------
 
+    async def wait_closed(self) -> None:
+        """Until the connection is lost; then MqttError (a session's watchdog: a service
+        that only publishes now and then learns of a dead link at once)."""
+        await asyncio.shield(self.closed)
+
     async def next_batch(self, limit: int, timeout: float | None) -> list[mqtt5.PublishPacket]:
         """Up to `limit` messages already here; if none, wait up to `timeout` for some.
 
-        Raises LinkError once the connection is gone (unacknowledged messages come again
+        Raises MqttError once the connection is gone (unacknowledged messages come again
         on the next connection of a persistent session).
         """
         if not self.incoming:
@@ -305,14 +308,15 @@ class MqttLink(asyncio.Protocol):
 
 
 def connector(settings: MqttSettings, client_id: str, *, session_expiry: int = 0,
-              receive_maximum: int = 65535
+              receive_maximum: int = 65535, will: Will | None = None
               ) -> Callable[[], AbstractAsyncContextManager[MqttLink]]:
-    """A factory of connections for facility.mqtt.run_connected."""
+    """A factory of connections for facility.mqtt.run_connected (a persistent session
+    if session_expiry > 0)."""
 
     @asynccontextmanager
     async def connect() -> AsyncIterator[MqttLink]:
         link = await MqttLink.open(settings, client_id, session_expiry=session_expiry,
-                                   receive_maximum=receive_maximum)
+                                   receive_maximum=receive_maximum, will=will)
         async with link:
             yield link
 

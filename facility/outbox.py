@@ -14,16 +14,9 @@ import logging
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
 
 from facility import sqlite
-
-
-class Publisher(Protocol):
-    """What drain() needs of a connection: aiomqtt's Client and facility.mqttlink's MqttLink."""
-
-    async def publish(self, topic: str, payload: bytes, qos: int = ...) -> None: ...
-
+from facility.mqtt import Connection
 
 log = logging.getLogger(__name__)
 
@@ -108,8 +101,8 @@ class Outbox:
         self.memory.clear()
         self._last_loaded = 0
 
-    async def drain(self, client: Publisher) -> None:
-        """Publish until cancelled or the connection fails (aiomqtt.MqttError)."""
+    async def drain(self, client: Connection) -> None:
+        """Publish until cancelled or the connection fails (MqttError)."""
         self.connected = True
         try:
             while True:

@@ -132,6 +132,22 @@ def is_kind(topic: str, kind: Kind, site: str | None = None) -> bool:
             and parts[3] == kind and (site is None or parts[2] == site))
 
 
+def matches(topic_filter: str, topic: str) -> bool:
+    """Whether a topic matches a subscription filter (MQTT 5.0 section 4.7): '+' is one
+    level, '#' the rest and its parent level; a filter that starts with a wildcard does
+    not match a '$' topic. Vendor mappings route by it (tested against paho-mqtt's)."""
+    if topic.startswith("$") and topic_filter[:1] in ("+", "#"):
+        return False
+    wanted = topic_filter.split("/")
+    levels = topic.split("/")
+    for i, level in enumerate(wanted):
+        if level == "#":
+            return True
+        if i >= len(levels) or (level != "+" and level != levels[i]):
+            return False
+    return len(wanted) == len(levels)
+
+
 def shared(group: str, topic_filter: str) -> str:
     """An MQTT v5 shared subscription: the broker gives each message to one member."""
     return f"$share/{check_id(group, 'shared subscription group')}/{topic_filter}"

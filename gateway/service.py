@@ -17,7 +17,6 @@ from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from functools import partial
 
-import aiomqtt
 import msgspec
 
 from facility import messages as m
@@ -28,7 +27,8 @@ from facility.deadletters import DeadLetters, Letter, Payload
 from facility.messages import Availability, CommandStatus, DeviceStatus, Family, Quality, Reading
 from facility.metrics import Metrics
 from facility.modbusmaps import CommandSpec, RegisterMap
-from facility.mqtt import ManualAck, make_client, run_connected
+from facility.mqtt import Connection, MqttError, Will, run_connected, until_lost
+from facility.mqttlink import MqttLink, connector
 from facility.outbox import Outbox
 from facility.service import Service
 from facility.settings import Settings
@@ -163,7 +163,7 @@ class Gateway(Service, Sink):
 
     async def _run(self) -> None:
         async with asyncio.TaskGroup() as tg:
-            tg.create_task(run_connected(self.settings.mqtt, self._client, self._session,
+            tg.create_task(run_connected(self.settings.mqtt, self._connector(), self._session,
                                          name=self.name, on_disconnect=self._disconnected),
                            name=f"{self.id} mqtt")
             for poller in self.pollers:
@@ -171,18 +171,13 @@ class Gateway(Service, Sink):
             if self.decoders:
                 tg.create_task(self._watchdog(), name=f"{self.id} watchdog")
 
-    def _client(self) -> aiomqtt.Client:
-        will = aiomqtt.Will(
-            topics.status(self.site_id, Family.GATEWAY, self.id),
-            m.encode(self._gateway_status(Availability.OFFLINE, "connection lost")),
-            qos=1, retain=True,
-        )
-        client = make_client(self.settings.mqtt, f"{self.settings.mqtt.client_prefix}-{self.id}",
-                             will=will, session_expiry=24 * 3600,
-                             max_inflight=self.settings.spool.publish_window)
-        # A vendor message is acknowledged only once its readings are in the outbox: a
-        # message still queued in the client when the link drops comes again.
-        return ManualAck.enable(client)
+    def _connector(self) -> Callable[[], contextlib.AbstractAsyncContextManager[MqttLink]]:
+        will = Will(topics.status(self.site_id, Family.GATEWAY, self.id),
+                    m.encode(self._gateway_status(Availability.OFFLINE, "connection lost")))
+        # A persistent session: vendor messages and commands sent while the gateway is
+        # away wait for it (each is acknowledged once its readings are in the outbox).
+        return connector(self.settings.mqtt, f"{self.settings.mqtt.client_prefix}-{self.id}",
+                         session_expiry=24 * 3600, will=will)
 
     def _gateway_status(self, state: Availability, reason: str) -> DeviceStatus:
         return DeviceStatus(site=self.site_id, family=Family.GATEWAY, device=self.id,
@@ -193,33 +188,31 @@ class Gateway(Service, Sink):
         if self.outbox is not None:
             self.outbox.disconnected()
 
-    async def _session(self, client: aiomqtt.Client) -> None:
+    async def _session(self, client: Connection) -> None:
         assert self.outbox is not None
         await client.publish(topics.status(self.site_id, Family.GATEWAY, self.id),
                              m.encode(self._gateway_status(Availability.ONLINE, "running")),
                              qos=1, retain=True)
-        for decoder in self.decoders:
-            for flt in decoder.mapping.subscriptions():
-                await client.subscribe(flt, qos=1)
+        vendor_filters = [flt for decoder in self.decoders
+                          for flt in decoder.mapping.subscriptions()]
+        if vendor_filters:
+            await client.subscribe(vendor_filters, qos=1)
         if self.executors:
             # Exactly our own devices' command topics: the broker's ACL allows no more.
-            await client.subscribe([(topics.command(self.site_id, family, device_id), 1)
+            await client.subscribe([topics.command(self.site_id, family, device_id)
                                     for executor in self.executors
-                                    for device_id, family in executor.commandable()])
+                                    for device_id, family in executor.commandable()], qos=1)
         self._status_dirty.update(self.status)
         self.ready.set()
+        tasks = {f"{self.id} outbox": self.outbox.drain(client),
+                 f"{self.id} statuses": self._publish_statuses(client)}
+        if self.decoders or self.executors:
+            tasks[f"{self.id} receive"] = self._receive(client)
         try:
-            try:
-                async with asyncio.TaskGroup() as tg:
-                    tg.create_task(self.outbox.drain(client), name=f"{self.id} outbox")
-                    tg.create_task(self._publish_statuses(client), name=f"{self.id} statuses")
-                    if self.decoders or self.executors:
-                        tg.create_task(self._receive(client), name=f"{self.id} receive")
-            except* aiomqtt.MqttError as group:
-                raise group.exceptions[0] from None
+            await until_lost(client, tasks)
         except asyncio.CancelledError:
             # A clean stop sends no will: say so ourselves, briefly, then stop.
-            with contextlib.suppress(aiomqtt.MqttError, asyncio.TimeoutError):
+            with contextlib.suppress(MqttError, asyncio.TimeoutError):
                 async with asyncio.timeout(2.0):
                     await client.publish(
                         topics.status(self.site_id, Family.GATEWAY, self.id),
@@ -253,7 +246,7 @@ class Gateway(Service, Sink):
         self._status_dirty.add(device_id)
         self._status_wake.set()
 
-    async def _publish_statuses(self, client: aiomqtt.Client) -> None:
+    async def _publish_statuses(self, client: Connection) -> None:
         # Retained latest state, not a queue: after an outage only the current state matters.
         while True:
             while self._status_dirty:
@@ -262,7 +255,7 @@ class Gateway(Service, Sink):
                 try:
                     await client.publish(topics.status(status.site, status.family, device_id),
                                          m.encode(status), qos=1, retain=True)
-                except aiomqtt.MqttError:
+                except MqttError:
                     self._status_dirty.add(device_id)
                     raise
             self._status_wake.clear()
@@ -336,15 +329,13 @@ class Gateway(Service, Sink):
 
     # --- vendor MQTT --------------------------------------------------------------------
 
-    async def _receive(self, client: aiomqtt.Client) -> None:
-        receiver = ManualAck(client)
+    async def _receive(self, client: Connection) -> None:
         while True:
-            for message in await receiver.next_batch(1000, None):
-                topic = message.topic.value
-                payload = message.payload if isinstance(message.payload, bytes) \
-                    else str(message.payload).encode()
+            batch = await client.next_batch(1000, None)
+            for message in batch:
+                topic, payload = message.topic, message.payload
                 self._guarded(partial(self._handle, topic, payload), topic, payload)
-                receiver.ack(message)  # taken or dead-lettered: never redelivered
+            client.ack(batch)  # in the outbox or dead-lettered: never redelivered
 
     def _handle(self, topic: str, payload: bytes) -> None:
         if topics.is_kind(topic, topics.Kind.COMMAND, site=self.site_id):

@@ -54,7 +54,6 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import msgspec
-from paho.mqtt.client import topic_matches_sub
 
 from facility.errors import Refused
 from facility.messages import (
@@ -71,6 +70,7 @@ from facility.messages import (
 )
 from facility.site import Device, SiteConfig
 from facility.topics import ID_PATTERN, TopicError
+from facility.topics import matches as topic_matches
 from facility.vendormaps import MessageSpec, TimeSpec, ValueSpec, VendorMapping, compile_path
 
 
@@ -140,12 +140,12 @@ class VendorDecoder:
         )
 
     def matches(self, topic: str) -> bool:
-        return any(topic_matches_sub(m.spec.topic, topic) for m in self.messages)
+        return any(topic_matches(m.spec.topic, topic) for m in self.messages)
 
     def decode(self, topic: str, payload: bytes, seq: Callable[[], int]) -> Output:
         """The message's reading and events; MappingError (and nothing else) if it does not
         fit. seq is called once per message returned, only when the whole payload fits."""
-        compiled = next((m for m in self.messages if topic_matches_sub(m.spec.topic, topic)),
+        compiled = next((m for m in self.messages if topic_matches(m.spec.topic, topic)),
                         None)
         if compiled is None:
             raise MappingError(f"no {self.mapping.vendor} message shape for topic {_show(topic)}")

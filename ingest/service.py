@@ -32,8 +32,8 @@ from facility.backoff import Backoff
 from facility.deadletters import DeadLetters, Letter
 from facility.influx import InfluxClient, InfluxError
 from facility.metrics import Metrics
-from facility.mqtt import run_connected
-from facility.mqttlink import LinkError, Message, MqttLink, connector
+from facility.mqtt import Connection, Message, run_connected, until_lost
+from facility.mqttlink import MqttLink, connector
 from facility.service import Service
 from facility.settings import Settings
 from facility.topics import Kind
@@ -140,20 +140,17 @@ class Ingest(Service):
                          session_expiry=self.options.session_expiry,
                          receive_maximum=self.options.receive_maximum)
 
-    async def _session(self, link: MqttLink) -> None:
+    async def _session(self, link: Connection) -> None:
         await link.subscribe(self.subscriptions(), qos=self.options.qos)
         self.ready.set()
         try:
-            async with asyncio.TaskGroup() as tg:
-                tg.create_task(self._batches(link), name="ingest batches")
-                tg.create_task(self._replay(link), name="ingest replay")
-                tg.create_task(self._watch_sequences(), name="ingest sequences")
-        except* LinkError as group:
-            raise group.exceptions[0] from None
+            await until_lost(link, {"ingest batches": self._batches(link),
+                                    "ingest replay": self._replay(link),
+                                    "ingest sequences": self._watch_sequences()})
         finally:
             self.ready.clear()
 
-    async def _batches(self, link: MqttLink) -> None:
+    async def _batches(self, link: Connection) -> None:
         """Collect, convert and write batches, a few writes in flight at once (InfluxDB
         answers while the next batch is read), acknowledging them in arrival order."""
         loop = asyncio.get_running_loop()
@@ -175,7 +172,7 @@ class Ingest(Service):
                 task.cancel()
             await asyncio.gather(*(t for t, _, _ in inflight), return_exceptions=True)
 
-    async def _replay(self, link: MqttLink) -> None:
+    async def _replay(self, link: Connection) -> None:
         """Write spooled batches back, oldest first, once InfluxDB takes them again."""
         assert self.spool is not None
         assert self.replayer is not None
@@ -202,7 +199,7 @@ class Ingest(Service):
                 if lost > before.get(gateway, 0):
                     self._m_lost.labels(gateway).inc(lost - before.get(gateway, 0))
 
-    async def _collect(self, link: MqttLink) -> list[Message]:
+    async def _collect(self, link: Connection) -> list[Message]:
         """Up to batch_size messages, or what came within batch_interval of the first."""
         loop = asyncio.get_running_loop()
         size = self.options.batch_size
@@ -218,7 +215,7 @@ class Ingest(Service):
             batch.extend(got)
         return batch
 
-    async def _store(self, link: MqttLink, batch: list[Message]) -> None:
+    async def _store(self, link: Connection, batch: list[Message]) -> None:
         assert self.writer is not None
         lines: list[bytes] = []
         origin: list[int] = []
@@ -260,7 +257,7 @@ class Ingest(Service):
             # The originals are acknowledged only after their dead letters are at the broker.
             await asyncio.gather(*(self._send_letter(link, letter) for letter in letters))
 
-    async def _send_letter(self, link: MqttLink, letter: Letter) -> None:
+    async def _send_letter(self, link: Connection, letter: Letter) -> None:
         if topics.is_kind(letter.origin, Kind.DEADLETTER):
             # A dead letter that cannot be stored is only logged: no loop of letters.
             log.error("a dead letter cannot be stored: %s", letter.text)

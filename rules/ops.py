@@ -13,10 +13,8 @@ import asyncio
 import uuid
 from types import TracebackType
 
-import aiomqtt
-
 from facility import messages as m
-from facility.mqtt import make_client
+from facility.mqttlink import MqttLink
 from facility.ops import Operations
 from facility.settings import MqttSettings
 
@@ -26,14 +24,15 @@ class AlertOpsClient:
         self.mqtt = mqtt
         self.site = site
         self.timeout = timeout
-        self._client: aiomqtt.Client | None = None
+        self._client: MqttLink | None = None
         self._ops = Operations(site, self._publish)
         self._task: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> AlertOpsClient:
-        client = make_client(self.mqtt, f"{self.mqtt.client_prefix}-ops-{uuid.uuid4().hex[:8]}")
-        self._client = await client.__aenter__()
-        await client.subscribe(self._ops.results(), qos=1)
+        client = await MqttLink.open(self.mqtt,
+                                     f"{self.mqtt.client_prefix}-ops-{uuid.uuid4().hex[:8]}")
+        self._client = client
+        await client.subscribe([self._ops.results()], qos=1)
         self._task = asyncio.create_task(self._receive(), name="alert ops results")
         return self
 
@@ -52,13 +51,14 @@ class AlertOpsClient:
 
     async def _receive(self) -> None:
         assert self._client is not None
-        async for message in self._client.messages:
-            payload = message.payload
-            try:
-                self._ops.take(payload if isinstance(payload, bytes)
-                               else str(payload).encode())
-            except m.ContractError:
-                continue
+        while True:
+            batch = await self._client.next_batch(100, None)
+            for message in batch:
+                try:
+                    self._ops.take(message.payload)
+                except m.ContractError:
+                    continue
+            self._client.ack(batch)
 
     async def request(self, action: m.AlertAction, target: str, by: str, *, comment: str = "",
                       until: int = 0, text: str = "") -> m.AlertOperationResult:

@@ -30,7 +30,6 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import aiomqtt
 import msgspec
 import sqlalchemy as sa
 
@@ -41,8 +40,8 @@ from facility.configfile import ConfigError
 from facility.deadletters import DeadLetters, Letter
 from facility.endpoints import EndpointConfig
 from facility.metrics import Metrics
-from facility.mqtt import run_connected
-from facility.mqttlink import MqttLink, connector
+from facility.mqtt import Connection, run_connected, until_lost
+from facility.mqttlink import connector
 from facility.ops import OPS_FAMILY
 from facility.outbox import Outbox
 from facility.service import Service
@@ -107,8 +106,8 @@ class RulesService(Service):
         self.outbox: Outbox | None = None
         self.http: aiohttp.ClientSession | None = None
         self._lock = asyncio.Lock()
-        self._client: MqttLink | None = None  # the alerts connection: publishes too
-        self._bulk: MqttLink | None = None  # the telemetry connection
+        self._client: Connection | None = None  # the alerts connection: publishes too
+        self._bulk: Connection | None = None  # the telemetry connection
         self._links: set[str] = set()  # connections up and subscribed
         self._last_beat = 0
         self._answers: list[tuple[str, bytes]] = []  # operator results, sent after the commit
@@ -230,25 +229,21 @@ class RulesService(Service):
     def filters(self) -> list[str]:
         return self.bulk_filters() + self.priority_filters()
 
-    async def _priority_session(self, link: MqttLink) -> None:
+    async def _priority_session(self, link: Connection) -> None:
         assert self.outbox is not None
         await link.subscribe(self.priority_filters(), qos=1)
         await link.unsubscribe(self.bulk_filters())  # a session from before the split
         self._client = link
         self._link_up("alerts")
         try:
-            async with asyncio.TaskGroup() as tg:
-                tg.create_task(self.outbox.drain(link),
-                               name=f"{self.name} outbox")
-                tg.create_task(self._receive(link), name=f"{self.name} receive alerts")
-                tg.create_task(self._resend_on_connect(), name=f"{self.name} resend")
-        except* aiomqtt.MqttError as group:  # LinkError is one
-            raise group.exceptions[0] from None
+            await until_lost(link, {f"{self.name} outbox": self.outbox.drain(link),
+                                    f"{self.name} receive alerts": self._receive(link),
+                                    f"{self.name} resend": self._resend_on_connect()})
         finally:
             self._client = None
             self._link_down("alerts")
 
-    async def _bulk_session(self, link: MqttLink) -> None:
+    async def _bulk_session(self, link: Connection) -> None:
         await link.subscribe(self.bulk_filters(), qos=1)
         self._bulk = link
         self._link_up("telemetry")
@@ -303,7 +298,7 @@ class RulesService(Service):
             self.engine.router.retry(now)
             await self._commit_step(now)
 
-    async def _receive(self, link: MqttLink) -> None:
+    async def _receive(self, link: Connection) -> None:
         while True:
             batch = await link.next_batch(PRIORITY_BATCH, None)
             await self._handle_batch([(p.topic, p.payload) for p in batch], PRIORITY_BATCH,
@@ -499,7 +494,7 @@ class RulesService(Service):
             self._m_inputs.labels(kind).inc(count - self._m_inputs_seen.get(kind, 0))
             self._m_inputs_seen[kind] = count
 
-    def _send_soon(self, client: MqttLink | None, topic: str, payload: bytes,
+    def _send_soon(self, client: Connection | None, topic: str, payload: bytes,
                    retain: bool = False) -> None:
         """Publish without waiting for the broker's acknowledgement: a display message or
         broadcast not confirmed by its endpoint is re-sent by the router (same id), an

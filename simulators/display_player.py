@@ -33,14 +33,14 @@ from functools import partial
 from pathlib import Path
 from typing import TextIO
 
-import aiomqtt
 from aiohttp import web
 
 from facility import messages as m
 from facility import topics
 from facility.deadletters import DeadLetters, Letter
 from facility.endpoints import EndpointConfig
-from facility.mqtt import make_client, run_connected
+from facility.mqtt import Connection, MqttError, run_connected
+from facility.mqttlink import connector
 from facility.service import Service
 from facility.settings import MqttSettings
 from facility.topics import Kind
@@ -151,25 +151,25 @@ class DisplayPlayer(Service):
 
     async def run(self) -> None:
         # A persistent session: what is published while the player is away is kept for it.
-        await run_connected(self.mqtt, lambda: make_client(self.mqtt, self.client_id,
-                                                           session_expiry=3600),
+        await run_connected(self.mqtt, connector(self.mqtt, self.client_id, session_expiry=3600),
                             self._session, name=self.name, on_disconnect=self.ready.clear)
 
-    async def _session(self, client: aiomqtt.Client) -> None:
-        await client.subscribe(topics.subscription(Kind.DISPLAY, self.site_id), qos=1)
-        await client.subscribe(topics.subscription(Kind.BROADCAST, self.site_id), qos=1)
+    async def _session(self, client: Connection) -> None:
+        await client.subscribe([topics.subscription(Kind.DISPLAY, self.site_id),
+                                topics.subscription(Kind.BROADCAST, self.site_id)], qos=1)
         self.ready.set()
-        async for message in client.messages:
-            payload = message.payload if isinstance(message.payload, bytes) \
-                else str(message.payload).encode()
-            if not payload:
-                continue
-            topic = message.topic.value
-            out = self.letters.run(partial(self._take, topic, payload), topic, payload)
-            if isinstance(out, Letter):  # a screen cannot show it: kept for a person
-                self._send(client, out.topic, out.payload)
-            elif out is not None:  # each screen confirms on its own: no waiting in line
-                self._send(client, *out)
+        while True:
+            batch = await client.next_batch(100, None)
+            for message in batch:
+                topic, payload = message.topic, message.payload
+                if not payload:
+                    continue  # a retained message cleared
+                out = self.letters.run(partial(self._take, topic, payload), topic, payload)
+                if isinstance(out, Letter):  # a screen cannot show it: kept for a person
+                    self._send(client, out.topic, out.payload)
+                elif out is not None:  # each screen confirms on its own: no waiting in line
+                    self._send(client, *out)
+            client.ack(batch)  # shown, journalled and confirming, or dead-lettered
 
     def _take(self, topic: str, payload: bytes) -> tuple[str, bytes] | None:
         parsed = topics.parse(topic)
@@ -182,13 +182,13 @@ class DisplayPlayer(Service):
             return None
         return topics.display_ack(self.site_id, parsed.name), m.encode(ack)
 
-    def _send(self, client: aiomqtt.Client, topic: str, payload: bytes) -> None:
+    def _send(self, client: Connection, topic: str, payload: bytes) -> None:
         task = asyncio.get_running_loop().create_task(self._confirm(client, topic, payload))
         self._acks.add(task)
         task.add_done_callback(self._acks.discard)
 
-    async def _confirm(self, client: aiomqtt.Client, topic: str, payload: bytes) -> None:
-        with contextlib.suppress(aiomqtt.MqttError):  # unconfirmed: the engine re-sends
+    async def _confirm(self, client: Connection, topic: str, payload: bytes) -> None:
+        with contextlib.suppress(MqttError):  # unconfirmed: the engine re-sends
             await client.publish(topic, payload, qos=1)
 
     def take(self, endpoint_id: str, msg: m.DisplayMessage | m.Broadcast) -> m.DisplayAck | None:

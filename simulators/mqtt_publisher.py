@@ -1,4 +1,4 @@
-"""Vendor MQTT devices on the broker: one aiomqtt client, one loop per device.
+"""Vendor MQTT devices on the broker: one connection, one loop per device.
 
 A device publishes one report as soon as it starts, then one per period (simulated
 seconds, so a faster clock reports more often in wall time), and at once when its state
@@ -15,13 +15,12 @@ import contextlib
 import json
 import logging
 from collections import deque
-from collections.abc import Coroutine, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-import aiomqtt
-
-from facility.mqtt import make_client, run_connected
+from facility.mqtt import Connection, run_connected, until_lost
+from facility.mqttlink import connector
 from facility.settings import MqttSettings
 from simulators.clock import SimClock
 
@@ -83,33 +82,29 @@ class Publisher:
         self._ready.set()
 
     async def run(self) -> None:
-        def client() -> aiomqtt.Client:
-            return make_client(self.settings, self.client_id)
-
-        await run_connected(self.settings, client, self._session, name="simulators",
-                            on_disconnect=self._lost)
+        await run_connected(self.settings, connector(self.settings, self.client_id),
+                            self._session, name="simulators", on_disconnect=self._lost)
 
     def _lost(self) -> None:
         self.connected.clear()
         self.disconnected.set()
 
-    async def _session(self, client: aiomqtt.Client) -> None:
-        # aiomqtt has no public "connection lost" signal (facility.mqtt.ManualAck uses the
-        # same future); without it an idle publisher would not notice, and a publish in
-        # flight would wait for the full client timeout.
-        lost: asyncio.Future[None] = client._disconnected
+    async def _session(self, client: Connection) -> None:
         self.connected.set()
         self.disconnected.clear()
+        # An idle publisher learns of a lost connection at once, not at its next message.
+        await until_lost(client, {"simulators publish": self._publish(client)})
+
+    async def _publish(self, client: Connection) -> None:
         while True:
             if self._pending is None:
                 while not self._queue:
                     self._ready.clear()
-                    await _unless_lost(self._ready.wait(), lost)
+                    await self._ready.wait()
                 self._pending = self._queue.popleft()
             message = self._pending
             # Kept as pending until acknowledged: a lost connection resends it (QoS 1).
-            await _unless_lost(client.publish(self.topic_prefix + message.topic,
-                                              message.payload, qos=1), lost)
+            await client.publish(self.topic_prefix + message.topic, message.payload, qos=1)
             self._pending = None
             self.published += 1
             self.sent.set()
@@ -119,24 +114,6 @@ class Publisher:
         while self.published < count:
             self.sent.clear()
             await self.sent.wait()
-
-
-async def _unless_lost(step: Coroutine[Any, Any, object], lost: asyncio.Future[None]) -> None:
-    """Run `step`, but raise MqttError as soon as the connection is lost."""
-    task = asyncio.ensure_future(step)
-    try:
-        waiting: list[asyncio.Future[Any]] = [task, lost]
-        await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        if not task.done():
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-    if task.cancelled():
-        # Take the reason off the future here, or asyncio reports it as never retrieved.
-        reason = None if lost.cancelled() else lost.exception()
-        raise aiomqtt.MqttError("Disconnected") from reason
-    task.result()  # its own error, if any
 
 
 async def run_device(device: MqttDevice, clock: SimClock, publisher: Publisher,

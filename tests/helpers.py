@@ -11,9 +11,9 @@ from typing import Any, TypeVar
 import aiomqtt
 from pymodbus.server import ModbusTcpServer
 
+from bench.aioclient import make_client
 from facility import messages as m
 from facility.influx import InfluxClient
-from facility.mqtt import make_client
 from facility.settings import MqttSettings
 
 T = TypeVar("T")

@@ -27,12 +27,12 @@ from typing import Any
 import pytest
 from pydantic import SecretStr
 
+from bench.aioclient import make_client
 from facility import messages as m
 from facility import topics
 from facility.deadletters import QUARANTINED
 from facility.localservers import MosquittoServer
 from facility.messages import Family
-from facility.mqtt import make_client
 from facility.mqttlink import MqttLink
 from facility.settings import MqttSettings
 from facility.topics import Kind

@@ -95,3 +95,27 @@ def test_acl_filters() -> None:
     for bad in (("a/b",), ("#",), ("x", "y")):
         with pytest.raises(TopicError):
             topics.acl_filter(Kind.ALERT, "s", *bad)
+
+
+levels = st.sampled_from(["a", "b", "", "$sys", "设备", "+", "#"])
+
+
+@given(filter_levels=st.lists(levels, min_size=1, max_size=5),
+       topic_levels=st.lists(levels.filter(lambda x: x not in ("+", "#")), min_size=1,
+                             max_size=5))
+def test_filter_matching_agrees_with_paho(filter_levels: list[str],
+                                          topic_levels: list[str]) -> None:
+    from paho.mqtt.client import topic_matches_sub
+
+    topic_filter = "/".join(filter_levels)
+    if "#" in filter_levels[:-1]:
+        return  # not a valid filter: '#' only last
+    topic = "/".join(topic_levels)
+    assert topics.matches(topic_filter, topic) == topic_matches_sub(topic_filter, topic)
+
+
+def test_filter_matching_examples() -> None:
+    assert topics.matches("gst/+/+/+/data", "gst/FP-EB/1/1/data")
+    assert topics.matches("sport/#", "sport")
+    assert not topics.matches("gst/+/data", "gst/a/b/data")
+    assert not topics.matches("#", "$SYS/broker")
