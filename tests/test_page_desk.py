@@ -332,6 +332,13 @@ async def check_chinese_and_zones(browser: Browser, page: Page, s: Stack) -> Non
     # The south-gate guard: a refusal and a command result, in Chinese only.
     _, guard = await open_page(browser, s, "otto", 1366)
     await expect(guard.locator("#raise-selected")).to_be_enabled()
+    # ... and no button on the west gate's fire alerts (not his zones), only their names.
+    fire_rows = guard.locator("#alerts tr[data-family=fire]")
+    await expect(fire_rows.first).to_be_visible()
+    await expect(guard.locator("#alerts tr[data-family=fire] td.alert-actions button")) \
+        .to_have_count(0)
+    await expect(guard.locator("#displays tr[data-display=led-west-gate] button")) \
+        .to_have_count(0)
     await guard.click("#bollards [data-bollard=bollard-s20]")
     await guard.fill("#reason", "放行救护车")
     await guard.click("#raise-selected")
