@@ -52,7 +52,7 @@ DEFAULT_UNIT = {"Energy.Active.Import.Register": "Wh", "Power.Active.Import": "W
 VALUE_NAMES = frozenset(
     {name for name, _, _ in MEASURANDS.values()}
     | {f"{base}_{p}" for base in ("power", "current", "voltage") for p in "abc"}
-    | {"session_energy", "connector", "transaction_id", "status", "connector_status",
+    | {"session_energy", "connector", "transaction_id", "context", "status", "connector_status",
        "error_code", "vendor_error_code", "info"})
 
 

@@ -148,6 +148,8 @@ class OcppSession(ChargePoint):
             except OCPPError as exc:  # no handler, or the schema refused it
                 self.csms.bad_frame(self, raw_msg, exc)
                 await self._send(msg.create_call_error(exc).to_json())
+            except ConnectionClosed:
+                raise  # the connection's end, not the frame's fault: start() ends with it
             except Exception as exc:  # a bug outside the handlers: the frame, not the link
                 letter = self.csms.letters.quarantine(self.origin(msg.action),
                                                       _raw(raw_msg), exc)
@@ -589,9 +591,9 @@ class CentralSystem(Service):
                 values["session_energy"] = meter.exact(
                     Decimal(str(energy)) - Decimal(tx.meter_start) / 1000)
                 units["session_energy"] = "kWh"
-            contexts = sorted(sample.contexts)
-            tags = {"context": ",".join(contexts)[:256]} if contexts else {}
-            self.reading(spec, sample.ts, values, units, sample.errors, tags)
+            if sample.contexts:  # a value, not a tag: a tag would split the device's series
+                values["context"] = ",".join(sorted(sample.contexts))[:256]
+            self.reading(spec, sample.ts, values, units, sample.errors)
 
     def id_tag_info(self, id_tag: str) -> IdTagInfo:
         card = self.config.card(id_tag)

@@ -126,7 +126,7 @@ VALUE: Mapping[str, str] = MappingProxyType({
     # OCPP chargers (csms/meter.py)
     "connector_status": "充电枪状态", "vendor_error_code": "厂家故障代码", "info": "附加信息",
     "transaction_id": "充电交易号", "soc": "车辆电量", "power_offered": "可用功率",
-    "current_offered": "可用电流"})
+    "current_offered": "可用电流", "context": "采样类型"})
 
 # The state a fire detector or panel reports (a reading's `state` value).
 DEVICE_STATE: Mapping[str, str] = MappingProxyType({
