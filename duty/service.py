@@ -231,6 +231,8 @@ class DutyService(Service):
         assert self.store is not None
         assert self.escalator is not None
         person = self.escalator.roster.people[notice.person]
+        if not self.deliverer.channels:
+            return  # no channel is configured (said once at start): recorded, not sent
         channel = await self.deliverer.deliver(notice, person)
         if channel:
             self.delivered += 1
