@@ -262,3 +262,17 @@ def test_hotline_ticket_and_sla(config: DutyFile) -> None:
     _, missed = book.tick()
     assert missed == [order] and order.sla_breached
     assert book.tick() == ([], [])  # missed once, paged once
+
+
+def test_a_missed_sla_pages_through_the_work_order_chain(config: DutyFile,
+                                                         calendar: Calendar) -> None:
+    from duty.config import RouteSpec
+
+    clock = Clock(NIGHT)
+    esc = Escalator(config, roster_for(config, calendar), calendar, clock)
+    esc.routes["@workorder"] = RouteSpec(name="@workorder", chain="workorder")
+    first = esc.page_chain("wo-1-sla", "workorder", "维修工单wo-1已超过处理时限（4.0小时）未解决")
+    assert {n.person for n in first} == {"repair-sun", "repair-xu"}
+    assert esc.page_chain("wo-1-sla", "workorder", "again") == []  # paged once
+    clock.advance(3600)
+    assert [n.person for n in esc.tick() if n.first] == ["leader-lin"]
