@@ -344,6 +344,11 @@ async def check_chinese_and_zones(browser: Browser, page: Page, s: Stack) -> Non
     await guard.click("#raise-selected")
     await expect(guard.locator("#commands li").first).to_contain_text("完成", timeout=30_000)
     await expect(guard.locator("#commands li").first).to_contain_text("南门升降柱20号")
+    # An emergency rise asks in a dialog first (cancelled here).
+    await guard.click("#emergency")
+    await expect(guard.locator("#emergency-dialog")).to_be_visible()
+    await guard.locator("#emergency-dialog button[value=cancel]").click()
+    await expect(guard.locator("#emergency-dialog")).to_be_hidden()
     await guard.fill("#reason", "大型活动")
     await guard.click("#lower-all")  # an operator may not: the page says why, in Chinese
     await expect(guard.locator("#notice")).to_contain_text("无权限")

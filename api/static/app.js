@@ -1071,8 +1071,8 @@ function wireCommandButtons() {
   $("lower-selected").addEventListener("click", () => command("lower"));
   $("raise-all").addEventListener("click", () => command("raise_all"));
   $("lower-all").addEventListener("click", () => command("lower_all"));
-  $("emergency").addEventListener("click", () => {
-    if (confirm("确认紧急升起南门全部升降柱？")) command("emergency_rise", "紧急升起");
+  $("emergency").addEventListener("click", async () => {
+    if (await ask($("emergency-dialog")) === "ok") command("emergency_rise", "紧急升起");
   });
 }
 
