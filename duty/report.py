@@ -7,10 +7,14 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from statistics import mean
 
+from duty.roster import CHINA
 from duty.store import DutyStore
 from facility import labels
+
+CONTROL_ROOM = "control_room"  # whose shifts the time to acknowledge is counted by
 
 
 @dataclass
@@ -19,6 +23,7 @@ class DutyFigures:
     delivered: int = 0
     by_channel: dict[str, int] = field(default_factory=dict)
     acked: dict[str, list[float]] = field(default_factory=dict)  # person -> seconds
+    by_shift: dict[str, list[float]] = field(default_factory=dict)  # control-room shift
     orders: dict[str, dict[str, float]] = field(default_factory=dict)  # system -> figures
 
     def lines(self) -> list[str]:
@@ -31,6 +36,8 @@ class DutyFigures:
             out.append(f"确认人 {person}：{len(seconds)}起，平均确认用时 "
                        f"{mean(seconds):.0f}秒（= Σ(确认时刻 − 告警时刻) ÷ 起数），"
                        f"最长{max(seconds):.0f}秒")
+        for shift, seconds in sorted(self.by_shift.items()):
+            out.append(f"班次 {shift}：{len(seconds)}起，平均确认用时 {mean(seconds):.0f}秒")
         for system, f in sorted(self.orders.items()):
             closed = int(f["closed"])
             mttr = f"{f['repair_s'] / closed / 3600:.1f}小时" if closed else "-"
@@ -51,10 +58,21 @@ async def figures(store: DutyStore, since: float, until: float) -> DutyFigures:
             out.delivered += 1
             out.by_channel[row["channel"]] = out.by_channel.get(row["channel"], 0) + 1
     acked: dict[str, list[float]] = defaultdict(list)
+    by_shift: dict[str, list[float]] = defaultdict(list)
+    roster = await store.roster()
     for row in await store.audit_rows(limit=100_000):
         if row["action"] == "incident_ack" and since <= row["ts_ns"] / 1e9 < until:
-            acked[row["who"]].append(float(row["detail"] or 0))
+            seconds = float(row["detail"] or 0)
+            acked[row["who"]].append(seconds)
+            # The shift is the control room's rota shift the incident was raised in.
+            raised = datetime.fromtimestamp(row["ts_ns"] / 1e9 - seconds, UTC)
+            shift = roster.shift_at(CONTROL_ROOM, raised)
+            if shift is not None:
+                name = roster.people[shift.person].name if shift.person in roster.people \
+                    else shift.person
+                by_shift[f"{shift.start.astimezone(CHINA):%m-%d %H:%M} {name}"].append(seconds)
     out.acked = dict(acked)
+    out.by_shift = dict(by_shift)
     orders: dict[str, dict[str, float]] = defaultdict(
         lambda: {"opened": 0, "closed": 0, "repair_s": 0.0, "kept": 0})
     for order in await store.orders():

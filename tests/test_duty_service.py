@@ -371,6 +371,7 @@ async def test_a_fire_at_three_on_a_rest_day(
         report = await figures(svc.store, clock.start - 1, clock.start + 3600)
         text = "\n".join(report.lines())
         assert report.acked == {"黄国平": [250.0]}
+        assert report.by_shift == {"12-05 20:00 李建华": [250.0]}
         assert "通知：共12条，已送达12条" in text and "MTTR 0.4小时" in text
         attempts = await svc.store.attempts("inc-fire-1")
         assert all(a["ok"] for a in attempts)
