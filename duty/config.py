@@ -110,6 +110,7 @@ class WorkOrderSpec(_Model):
     # SLA: s to resolve per priority (1 most urgent)
     sla: dict[int, float] = {1: 4 * 3600, 2: 24 * 3600, 3: 72 * 3600, 4: 7 * 24 * 3600}
     chain: str = "workorder"
+    channels: list[str] = ["feishu", "sms", "email"]  # a new order's notice, in order
 
 
 class DutyFile(_Model):

@@ -188,6 +188,15 @@ class Escalator:
             return route
         return None
 
+    def acknowledge(self, key: str, who: str) -> list[Notice]:
+        """A page that is ours alone (a work order's SLA) acknowledged by its link."""
+        page = self.pages.get(key)
+        if page is None or not page.open:
+            return []
+        page.acked_by, page.acked_at = who, self.clock()
+        return self._update(page, ACKNOWLEDGED, 0,
+                            labels.DUTY_TEXT["acked_by"].format(who=who))
+
     def page_chain(self, key: str, chain: str, title: str) -> list[Notice]:
         """Page through a chain for something that is not an incident (a work order past
         its SLA): acknowledged by its link, never by the rules engine."""
@@ -209,8 +218,7 @@ class Escalator:
             head = f"【{labels.DUTY_EVENT['workorder']}】"
             out.append(Notice(incident=key, person=person.id, event="workorder", step=0,
                               ts=now, title=head + title, text=head + title,
-                              channels=tuple(self.config.routes[0].channels)
-                              if self.config.routes else ("email",), first=True))
+                              channels=tuple(self.config.workorders.channels), first=True))
         return out
 
     # --- out --------------------------------------------------------------------------

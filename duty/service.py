@@ -257,7 +257,10 @@ class DutyService(Service):
         return self.config.link_base + self.signer.token(person, incident, self.clock())
 
     async def redeem(self, token: str) -> tuple[bool, str]:
-        """A phone opened an acknowledge link: (acknowledged, what to show, in Chinese)."""
+        """A phone opened an acknowledge link: (acknowledged, what to show, in Chinese).
+
+        The link is used up only once the rules engine took the acknowledgement: a press
+        while the broker or the engine is away leaves it usable for a second try."""
         assert self.store is not None
         assert self.escalator is not None
         now = self.clock()
@@ -266,40 +269,40 @@ class DutyService(Service):
         except LinkError as exc:
             await self.store.audit("?", "ack_link_refused", "", exc.reason, now)
             return False, labels.DUTY_TEXT[f"ack_{exc.reason}"]
-        if not await self.store.redeem(claim.nonce, claim.person, claim.incident, now):
+        if await self.store.link_used(claim.nonce):
             return False, labels.DUTY_TEXT["ack_used"]
         person = self.escalator.roster.people.get(claim.person)
         who = person.name if person is not None else claim.person
         page = self.escalator.pages.get(claim.incident)
-        if page is None or not page.open:
-            return True, labels.DUTY_TEXT["ack_done"].format(who=who)
-        if claim.incident.startswith("wo-"):  # a work order's SLA page: ours alone
-            return True, await self._ack_page(page, who, claim)
-        return await self._ack_alerts(page, who, claim)
+        if page is not None and page.open and not claim.incident.startswith("wo-"):
+            ok, detail = await self._ack_alerts(page, who, claim)
+            if not ok:
+                await self.store.audit(claim.person, "ack_failed", claim.incident, detail, now)
+                return False, labels.label(labels.HTTP_STATUS, "503")
+            await self.store.audit(claim.person, "ack_sent", claim.incident, detail, now)
+        if not await self.store.redeem(claim.nonce, claim.person, claim.incident, now):
+            return False, labels.DUTY_TEXT["ack_used"]
+        if page is not None and page.open and claim.incident.startswith("wo-"):
+            # A work order's SLA page: nothing for the rules engine, ours alone.
+            await self.send(self.escalator.acknowledge(claim.incident, who))
+            await self._save_pages()
+        return True, labels.DUTY_TEXT["ack_done"].format(who=who)
 
     async def _ack_alerts(self, page: Page, who: str, claim: Claim) -> tuple[bool, str]:
-        assert self.store is not None
+        """Acknowledge the incident's alerts through the rules engine: (any taken, detail)."""
         if self._ops is None:
-            return False, labels.HTTP_STATUS.get("503", "服务暂不可用")
-        details = []
+            return False, "the broker is not connected"
+        details, taken = [], False
         for alert in sorted(page.unacked) or sorted(page.alerts):
             try:
                 result = await self._ops.request(
                     m.AlertAction.ACKNOWLEDGE, alert, who,
                     comment=f"手机确认链接（{claim.person}）", timeout=self.options.ack_timeout)
+                taken = taken or result.ok
                 details.append(f"{alert}: {'ok' if result.ok else result.detail}")
             except (TimeoutError, aiomqtt.MqttError) as exc:
                 details.append(f"{alert}: {exc}")
-        await self.store.audit(claim.person, "ack_sent", claim.incident, "; ".join(details),
-                               self.clock())
-        return True, labels.DUTY_TEXT["ack_done"].format(who=who)
-
-    async def _ack_page(self, page: Page, who: str, claim: Claim) -> str:
-        assert self.escalator is not None
-        page.acked_by, page.acked_at = who, self.clock()
-        await self.send(self.escalator._update(page, "acknowledged", 0,
-                                               labels.DUTY_TEXT["acked_by"].format(who=who)))
-        return labels.DUTY_TEXT["ack_done"].format(who=who)
+        return taken, "; ".join(details)
 
     # --- work orders --------------------------------------------------------------------
 

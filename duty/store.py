@@ -291,6 +291,12 @@ class DutyStore:
             return False
         return True
 
+    async def link_used(self, nonce: str) -> bool:
+        async with self.engine.connect() as conn:
+            found = await conn.execute(sa.select(links_t.c.nonce).where(
+                links_t.c.nonce == nonce))
+            return found.first() is not None
+
     async def audit(self, who: str, action: str, target: str, detail: str, ts: float) -> None:
         async with self.engine.begin() as conn:
             await conn.execute(audit_t.insert().values(

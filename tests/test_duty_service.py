@@ -173,8 +173,9 @@ def fire(clock: Clock, alert_id: str = "fire-a1") -> m.AlertMessage:
 def duty_file() -> DutyFile:
     config = load_duty(REPO / "config" / "duty.yaml")
     routes = [r.model_copy(update={"channels": ["webhook"]}) for r in config.routes]
+    orders = config.workorders.model_copy(update={"channels": ["webhook"]})
     return config.model_copy(update={
-        "routes": routes,
+        "routes": routes, "workorders": orders,
         "channels": {"webhook": ChannelSpec(type="webhook", url_env="FACILITY_DUTY_WEBHOOK_URL",
                                             secret_env="FACILITY_DUTY_WEBHOOK_SECRET")}})
 
@@ -187,7 +188,7 @@ async def duty(tmp_path: Path, server: MosquittoServer, state_url: str, clock: C
     settings = make_settings(tmp_path, server.url, "http://127.0.0.1:1", "unused",
                              state={"url": state_url})
     # The test ticks the fake clock itself.
-    options = DutySettings(port=0, tick=3600, secret=SecretStr("s" * 40))
+    options = DutySettings(port=0, tick=3600, secret=SecretStr("s" * 40), ack_timeout=1.0)
     service = DutyService(settings, SITE, duty=duty_file(), options=options, clock=clock,
                           places=PLACES)
     config = service.config.model_copy(update={"link_base": ""})
@@ -253,6 +254,29 @@ async def test_incident_to_phone_to_engine_and_back(
         assert len(await svc.store.attempts("inc-fire-1")) == 4
         audit = [(r["who"], r["action"]) for r in await svc.store.audit_rows()]
         assert ("guard-li", "ack_link") in audit and ("guard-li", "ack_sent") in audit
+
+
+async def test_a_link_pressed_while_the_engine_is_away_can_be_pressed_again(
+        tmp_path: Path, mosquitto_server: MosquittoServer, monkeypatch: pytest.MonkeyPatch,
+        phones: Phones) -> None:
+    clock = phones.clock
+    state_url = f"sqlite:///{tmp_path / 'state.sqlite'}"
+    async with duty(tmp_path, mosquitto_server, state_url, clock, monkeypatch,
+                    phones) as svc:
+        address = parse_url(mosquitto_server.url)
+        async with aiomqtt.Client(address.host, address.port, identifier="raiser") as client:
+            await client.publish(topics.alert(SITE, "fire-a1"), m.encode(fire(clock)), qos=1)
+        await until(lambda: "guard-li" in seen(phones, "raised"))
+        token = phones.link("guard-li")
+        status, page = await press(svc, token)  # nobody answers for the engine
+        assert status == 409 and "服务暂不可用" in page
+        async with engine(mosquitto_server, clock) as rules:
+            rules.alerts["fire-a1"] = fire(clock)
+            status, page = await press(svc, token)
+            assert status == 200 and [op.by for op in rules.operations] == ["李建华"]
+        assert svc.store is not None
+        actions = [r["action"] for r in await svc.store.audit_rows()]
+        assert "ack_failed" in actions and "ack_link" in actions
 
 
 async def test_a_restart_resumes_the_chain_and_pages_nobody_twice(
