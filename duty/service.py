@@ -37,7 +37,7 @@ from duty.config import DutyFile, DutySettings, RouteSpec, load_duty
 from duty.deliver import Deliverer
 from duty.escalate import Attempt, Escalator, Notice, Page, page_from_json, page_json
 from duty.links import Claim, LinkError, Signer
-from duty.roster import CHINA, Calendar
+from duty.roster import CHINA, ROTA, Calendar, Roster
 from duty.store import DutyStore
 from duty.web import serve
 from duty.workorders import WorkOrder, WorkOrderBook, WorkOrderRefused
@@ -53,6 +53,7 @@ from facility.settings import Settings
 from facility.topics import Kind
 
 log = logging.getLogger(__name__)
+ROSTER_EVERY = 60.0  # s between re-reads of the roster from the store
 
 
 class DutyService(Service):
@@ -88,6 +89,7 @@ class DutyService(Service):
         self._sending: set[asyncio.Task[None]] = set()
         self._web: web.AppRunner | None = None
         self._pages_saved: dict[str, str] = {}
+        self._roster_read = 0.0
         self.web_url = ""  # where the acknowledge links are answered
         self.delivered = 0
 
@@ -101,6 +103,8 @@ class DutyService(Service):
             roster = self.config.roster(self.calendar, now - timedelta(days=1),
                                         now + timedelta(days=self.options.days))
             await self.store.save_roster(roster)
+        roster = await self._extend(roster)
+        self._roster_read = self.clock()
         self.escalator = Escalator(self.config, roster, self.calendar, self.clock,
                                    link=self.link, places=self.places)
         # Resume: the escalations under way, and every notice ever sent (never twice).
@@ -198,8 +202,33 @@ class DutyService(Service):
             await asyncio.sleep(self.options.tick)
             await self.tick()
 
+    async def _extend(self, roster: Roster) -> Roster:
+        """Keep the rotations `days` ahead: add the rota shifts after each team's last one
+        (never over a stored shift: an imported calendar's changes stay)."""
+        assert self.store is not None
+        now = datetime.fromtimestamp(self.clock(), UTC)
+        horizon = now + timedelta(days=self.options.days)
+        last: dict[str, datetime] = {}
+        for shift in roster.shifts:
+            if shift.kind == ROTA and (shift.team not in last or shift.end > last[shift.team]):
+                last[shift.team] = shift.end
+        if last and min(last.values()) > now + timedelta(days=self.options.days / 2):
+            return roster
+        fresh = self.config.roster(self.calendar, now - timedelta(days=1), horizon)
+        new = [s for s in fresh.shifts if s.team not in last or s.start >= last[s.team]]
+        if not new:
+            return roster
+        await self.store.put_shifts(new)
+        log.info("duty: %d rota shifts added up to %s", len(new), f"{horizon:%Y-%m-%d}")
+        return await self.store.roster()
+
     async def tick(self) -> None:
         assert self.escalator is not None
+        assert self.store is not None
+        if self.clock() - self._roster_read >= ROSTER_EVERY:
+            # Imports, swaps and overrides made meanwhile; the rotations kept ahead.
+            self.escalator.roster = await self._extend(await self.store.roster())
+            self._roster_read = self.clock()
         notices = self.escalator.tick()
         opened, missed = self.book.tick()
         for order in opened:

@@ -15,7 +15,7 @@ import json
 import re
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +28,7 @@ from pydantic import SecretStr
 from duty import cli
 from duty.config import ChannelSpec, DutyFile, DutySettings, load_duty
 from duty.report import figures
-from duty.roster import CHINA
+from duty.roster import CHINA, Shift
 from duty.service import DutyService
 from duty.workorders import WorkOrderRefused
 from facility import messages as m
@@ -298,6 +298,27 @@ async def test_a_restart_resumes_the_chain_and_pages_nobody_twice(
     keys = [(b["person"], b["event"], b["step"]) for b in phones.got
             if b["incident"] == "inc-fire-1"]
     assert len(keys) == len(set(keys)) == 5  # 2 raised, the chief, 2 escalation updates
+
+
+async def test_the_rotations_are_kept_ahead(
+        tmp_path: Path, mosquitto_server: MosquittoServer, monkeypatch: pytest.MonkeyPatch,
+        phones: Phones) -> None:
+    clock = phones.clock
+    state_url = f"sqlite:///{tmp_path / 'state.sqlite'}"
+    async with duty(tmp_path, mosquitto_server, state_url, clock, monkeypatch, phones) as svc:
+        assert svc.store is not None
+        await svc.store.put_shifts([Shift(  # an imported change stays as it was
+            "control_room-20261207T0000Z", "control_room", "chief-huang",
+            NIGHT + timedelta(hours=5), NIGHT + timedelta(hours=17), summary="代班")])
+    clock.at(90 * 86400)  # three months on: past the 60 days the store was given
+    async with duty(tmp_path, mosquitto_server, state_url, clock, monkeypatch, phones) as svc:
+        assert svc.escalator is not None
+        moment = datetime.fromtimestamp(clock(), CHINA)
+        assert svc.escalator.roster.on_duty("control_room", moment)
+        assert svc.escalator.roster.on_duty("office_leaders", moment + timedelta(days=20))
+        kept = [s for s in svc.escalator.roster.shifts
+                if s.uid == "control_room-20261207T0000Z"]
+        assert [s.person for s in kept] == ["chief-huang"]
 
 
 async def test_work_orders_from_the_command_line(
