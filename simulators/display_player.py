@@ -11,6 +11,12 @@ A small aiohttp page per screen renders what it shows (UTF-8), for the demo:
 http://host:port/ lists the screens. Endpoints can be made silent (no confirmation) to
 exercise retries and the silent alert.
 
+A PA zone speaks: each new announcement is rendered to Mandarin speech (espeak-ng's `cmn`
+voice, simulators/pa_audio.py) with its chime and repeats, kept as a WAV file per zone
+under the player's data directory (`data_dir`/pa/{zone}/), and the last one of each zone
+is served at http://host:port/pa/{zone}/last.wav (`/api/pa` lists them). A drill's
+(演练) screens and announcements say so: the rules engine put 演练 in their text.
+
 As a process of its own (the outage tests and the benchmarks stop and kill it):
 
     python -m simulators.display_player --config config/facility.yaml --journal var/screens.jsonl
@@ -25,6 +31,7 @@ import html
 import json
 import logging
 import signal
+import tempfile
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -44,6 +51,7 @@ from facility.mqttlink import connector
 from facility.service import Service
 from facility.settings import MqttSettings
 from facility.topics import Kind
+from simulators.pa_audio import Audio, SpeechError, Voice
 
 log = logging.getLogger(__name__)
 SEEN_LIMIT = 2000  # message ids remembered per endpoint
@@ -57,6 +65,7 @@ class Screen:
     current: m.DisplayMessage | None = None
     shown: list[m.DisplayMessage] = field(default_factory=list)  # every distinct message shown
     announced: list[m.Broadcast] = field(default_factory=list)  # PA announcements made
+    audio: list[Audio] = field(default_factory=list)  # PA: the announcements as speech
     seen: OrderedDict[str, None] = field(default_factory=OrderedDict)
     acks_sent: int = 0
     duplicates: int = 0
@@ -66,9 +75,12 @@ class DisplayPlayer(Service):
     def __init__(self, mqtt: MqttSettings, site_id: str, endpoints: list[tuple[str, str, str]],
                  *, http_host: str | None = None, http_port: int = 0,
                  clock_ns: Callable[[], int] = time.time_ns, journal: Path | None = None,
-                 client_id: str | None = None) -> None:
+                 client_id: str | None = None, data_dir: Path | None = None,
+                 voice: Voice | None = None) -> None:
         """`endpoints`: (id, name, kind) of each endpoint to play; kind 'pa_zone' announces.
-        `journal`: a file that keeps what was shown across restarts."""
+        `journal`: a file that keeps what was shown across restarts. `data_dir`: where the
+        PA zones keep their announcements as audio (default: beside the journal, else a
+        folder of the system's temporary directory)."""
         super().__init__()
         self.name = f"display player {site_id}"
         self.mqtt = mqtt
@@ -85,15 +97,24 @@ class DisplayPlayer(Service):
         self.client_id = client_id or f"{mqtt.client_prefix}-displays-{site_id}"
         self._acks: set[asyncio.Task[None]] = set()
         self.letters = DeadLetters("screens", site_id, clock_ns=clock_ns)
+        if data_dir is None:
+            data_dir = journal.parent if journal is not None else \
+                Path(tempfile.gettempdir()) / f"facility-screens-{site_id}"
+        self.data_dir = data_dir
+        self.voice = voice or Voice(data_dir / "pa")
+        self._speaking: set[asyncio.Task[None]] = set()
+        self._speech_failed = False
 
     @classmethod
     def from_config(cls, mqtt: MqttSettings, site_id: str, config: EndpointConfig, *,
                     http_host: str | None = None, http_port: int = 0,
                     clock_ns: Callable[[], int] = time.time_ns, journal: Path | None = None,
-                    client_id: str | None = None) -> DisplayPlayer:
+                    client_id: str | None = None, data_dir: Path | None = None,
+                    voice: Voice | None = None) -> DisplayPlayer:
         endpoints = [(e.id, e.name, e.kind.value) for e in config.endpoints]
         return cls(mqtt, site_id, endpoints, http_host=http_host, http_port=http_port,
-                   clock_ns=clock_ns, journal=journal, client_id=client_id)
+                   clock_ns=clock_ns, journal=journal, client_id=client_id,
+                   data_dir=data_dir, voice=voice)
 
     async def open(self) -> None:
         if self.journal_path is not None:
@@ -105,6 +126,8 @@ class DisplayPlayer(Service):
         app.router.add_get("/", self._index)
         app.router.add_get("/screen/{id}", self._page)
         app.router.add_get("/api/screens", self._api)
+        app.router.add_get("/api/pa", self._api_pa)
+        app.router.add_get("/pa/{zone}/{name}", self._pa_audio)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.http_host, self.http_port)
@@ -114,9 +137,9 @@ class DisplayPlayer(Service):
         log.info("%s: screens at %s/", self.name, self.url)
 
     async def close(self) -> None:
-        for task in list(self._acks):
+        for task in [*self._acks, *self._speaking]:
             task.cancel()
-        await asyncio.gather(*self._acks, return_exceptions=True)
+        await asyncio.gather(*self._acks, *self._speaking, return_exceptions=True)
         if self._journal is not None:
             self._journal.close()
             self._journal = None
@@ -215,6 +238,7 @@ class DisplayPlayer(Service):
             else:
                 screen.announced.append(msg)
                 log.info("%s: PA %s announces: %s", self.name, endpoint_id, msg.text)
+                self._speak(screen, msg)
             self._write_journal(endpoint_id, msg, new=True)
             status = m.AckStatus.SHOWN
         if endpoint_id in self.silent:
@@ -222,6 +246,32 @@ class DisplayPlayer(Service):
         screen.acks_sent += 1
         return m.DisplayAck(site=self.site_id, endpoint=endpoint_id, message=msg.id,
                             ts=self.clock_ns(), status=status)
+
+    def _speak(self, screen: Screen, msg: m.Broadcast) -> None:
+        """Render the announcement to speech beside the loop (the confirmation does not
+        wait for it: a real PA confirms when it starts the chime)."""
+        with contextlib.suppress(RuntimeError):  # no running loop: a unit test's take()
+            task = asyncio.get_running_loop().create_task(
+                self._render(screen, msg), name=f"pa speech {screen.id}")
+            self._speaking.add(task)
+            task.add_done_callback(self._speaking.discard)
+
+    async def _render(self, screen: Screen, msg: m.Broadcast) -> None:
+        try:
+            audio = await self.voice.render(screen.id, msg.id, msg.text, repeat=msg.repeat,
+                                            chime=msg.chime)
+        except (SpeechError, OSError) as exc:
+            if not self._speech_failed:  # said once: the PA goes on in text
+                log.warning("%s: PA announcements without audio: %s", self.name, exc)
+                self._speech_failed = True
+            return
+        screen.audio.append(audio)
+        del screen.audio[:-20]
+
+    async def wait_spoken(self) -> None:
+        """Until every announcement taken so far has its audio (tests)."""
+        while self._speaking:
+            await asyncio.gather(*list(self._speaking), return_exceptions=True)
 
     # --- pages ----------------------------------------------------------------------
 
@@ -232,7 +282,9 @@ class DisplayPlayer(Service):
             for s in self.screens.values() if s.kind != "pa_zone")
         pa = "".join(
             f"<li>{html.escape(s.name)}："
-            f"{html.escape(s.announced[-1].text if s.announced else '—')}</li>"
+            f"{html.escape(s.announced[-1].text if s.announced else '—')}"
+            + (f' <audio controls preload="none" src="/pa/{html.escape(s.id)}/last.wav">'
+               "</audio>" if s.audio else "") + "</li>"
             for s in self.screens.values() if s.kind == "pa_zone")
         body = (f"<h1>显示屏与广播（{html.escape(self.site_id)}）</h1><ul>{rows}</ul>"
                 f"<h2>广播分区</h2><ul>{pa}</ul>")
@@ -251,6 +303,37 @@ class DisplayPlayer(Service):
                 f"<div class=name>{html.escape(screen.name)}</div>"
                 f"<div class=title>{title}</div><div class=text>{text}</div></div>")
         return _html(screen.name, body, refresh=2)
+
+    async def _pa_audio(self, request: web.Request) -> web.StreamResponse:
+        """A zone's announcement as WAV: last.wav, or {broadcast id}.wav while kept."""
+        screen = self.screens.get(request.match_info["zone"])
+        name = request.match_info["name"]
+        if screen is None or screen.kind != "pa_zone" or not name.endswith(".wav"):
+            raise web.HTTPNotFound(text="no such PA zone or announcement")
+        wanted = name.removesuffix(".wav")
+        audio = next((a for a in reversed(screen.audio)
+                      if wanted in ("last", a.broadcast)), None)
+        path = audio.path.parent / "last.wav" if audio and wanted == "last" else \
+            audio.path if audio else None
+        if path is None or not path.exists():
+            raise web.HTTPNotFound(text="no announcement to play")
+        return web.FileResponse(path, headers={"Content-Type": "audio/wav",
+                                               "Cache-Control": "no-store"})
+
+    async def _api_pa(self, _: web.Request) -> web.Response:
+        """Each PA zone's last announcement: its text, voice, length and where to play it."""
+        out = {}
+        for s in self.screens.values():
+            if s.kind != "pa_zone":
+                continue
+            last = s.audio[-1] if s.audio else None
+            out[s.id] = {"name": s.name,
+                         "text": s.announced[-1].text if s.announced else "",
+                         "audio": None if last is None else {
+                             "broadcast": last.broadcast, "voice": last.voice,
+                             "repeat": last.repeat, "duration_s": round(last.duration_s, 2),
+                             "url": f"/pa/{s.id}/last.wav"}}
+        return web.json_response(out, dumps=_dumps)
 
     async def _api(self, _: web.Request) -> web.Response:
         return web.json_response({
@@ -289,7 +372,8 @@ async def _serve(args: argparse.Namespace) -> None:
     site_id = args.site or settings.rules.site or catalog.site.site.id
     endpoints = catalog.endpoints
     player = DisplayPlayer.from_config(settings.mqtt, site_id, endpoints, journal=args.journal,
-                                       http_host=args.http_host, http_port=args.http_port)
+                                       http_host=args.http_host, http_port=args.http_port,
+                                       data_dir=args.data_dir)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -307,6 +391,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--site", default="", help="site id (default: the settings' site)")
     parser.add_argument("--journal", type=Path, default=None,
                         help="file that keeps what was shown across restarts")
+    parser.add_argument("--data-dir", type=Path, default=None,
+                        help="where the PA zones keep their announcements as WAV "
+                             "(default: the journal's folder)")
     parser.add_argument("--http-host", default=None, help="serve the screens' pages here")
     parser.add_argument("--http-port", type=int, default=0)
     logging.basicConfig(level=logging.WARNING)
