@@ -154,6 +154,7 @@ async def test_the_page_a_guard_works_in(settings: Settings, tmp_path: Path) -> 
             await check_chinese_and_zones(browser, page, s)
             await check_layouts(page)
             await check_accessibility(page)
+            await check_clear_marked(page, s)
         finally:
             await browser.close()
 
@@ -406,3 +407,20 @@ async def check_accessibility(page: Page) -> None:
             " nodes: v.nodes.slice(0, 3).map((n) => n.target.join(' ')) })))")
         bad = [v for v in result if v["impact"] in ("serious", "critical")]
         assert not bad, (label, bad)
+
+
+async def check_clear_marked(page: Page, s: Stack) -> None:
+    """The fire is out: the panel's alert clears, and its trend marks the clear too."""
+    assert s.campus is not None and s.rules is not None and s.rules.store is not None
+    store = s.rules.store
+    await page.keyboard.press("Escape")
+    s.campus.fire_out("ebike-shed-west")
+    found = await eventually(
+        lambda: store.alerts(s.site_id, rule="fire-panel-alarm", limit=5),
+        lambda alerts: any(a.cleared_at for a in alerts), 60, "the fire alert cleared")
+    source = next(a.source for a in found if a.cleared_at)
+    await page.locator(f"#plan .dev[data-device='{source}']").click()
+    await expect(page.locator("#trend-marks li[data-kind=clear]").first).to_be_visible(
+        timeout=20_000)
+    await expect(page.locator("#trend-marks li[data-kind=raise]").first).to_be_visible()
+    await page.screenshot(path=shot("trend-raise-clear-1920.png"))

@@ -136,7 +136,8 @@ function axisTimes(u, splits) {
   const span = splits.length > 1 ? splits[splits.length - 1] - splits[0] : 0;
   return splits.map((t) => {
     const d = new Date(t * 1000);
-    const hm = d.toLocaleTimeString("zh-CN", { hour12: false, hour: "2-digit", minute: "2-digit" });
+    const hm = d.toLocaleTimeString("zh-CN", span < 600
+      ? { hour12: false } : { hour12: false, hour: "2-digit", minute: "2-digit" });
     return span > 2 * 86400 ? `${d.getMonth() + 1}月${d.getDate()}日 ${hm}` : hm;
   });
 }
