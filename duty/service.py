@@ -90,6 +90,7 @@ class DutyService(Service):
         self._web: web.AppRunner | None = None
         self._pages_saved: dict[str, str] = {}
         self._roster_read = 0.0
+        self._faults_saved = ""
         self.web_url = ""  # where the acknowledge links are answered
         self.delivered = 0
 
@@ -126,6 +127,8 @@ class DutyService(Service):
         self.deliverer = Deliverer(channels, self._record, self.clock)
         for order in await self.store.orders():
             self.book.orders[order.id] = order
+        self.book.load_faults(await self.store.load_state("faults"))
+        self._faults_saved = self.book.faults_json()
         self._web = await serve(self, self.key, self.options.host, self.options.port)
         host, port = self._web.addresses[0][:2]
         self.web_url = f"http://{host}:{port}"
@@ -399,6 +402,10 @@ class DutyService(Service):
 
     async def _save_orders(self) -> None:
         assert self.store is not None
+        faults = self.book.faults_json()
+        if faults != self._faults_saved:  # a restart must still refuse a faulty "resolved"
+            await self.store.save_state("faults", faults)
+            self._faults_saved = faults
         if self.book.changed:
             changed = [self.book.orders[i] for i in self.book.changed]
             self.book.changed.clear()

@@ -365,7 +365,8 @@ class DutyStore:
     async def save_pages(self, pages: dict[str, str]) -> None:
         """Replace the site's open escalations (incident -> JSON); there are few."""
         async with self.engine.begin() as conn:
-            await conn.execute(pages_t.delete().where(pages_t.c.site == self.site))
+            await conn.execute(pages_t.delete().where(
+                (pages_t.c.site == self.site) & ~pages_t.c.incident.startswith("@")))
             if pages:
                 await conn.execute(pages_t.insert(), [
                     {"site": self.site, "incident": k, "data": v} for k, v in pages.items()])
@@ -374,7 +375,21 @@ class DutyStore:
         async with self.engine.connect() as conn:
             rows = (await conn.execute(pages_t.select().where(
                 pages_t.c.site == self.site))).mappings().all()
-        return {r["incident"]: r["data"] for r in rows}
+        return {r["incident"]: r["data"] for r in rows if not r["incident"].startswith("@")}
+
+    async def save_state(self, name: str, data: str) -> None:
+        """A small named state of the service (the faults under watch) as JSON."""
+        key = f"@{name}"  # '@' is not in an incident id: no clash with the pages
+        async with self.engine.begin() as conn:
+            await conn.execute(pages_t.delete().where(
+                (pages_t.c.site == self.site) & (pages_t.c.incident == key)))
+            await conn.execute(pages_t.insert().values(site=self.site, incident=key, data=data))
+
+    async def load_state(self, name: str) -> str:
+        async with self.engine.connect() as conn:
+            found = (await conn.execute(sa.select(pages_t.c.data).where(
+                (pages_t.c.site == self.site) & (pages_t.c.incident == f"@{name}")))).first()
+        return str(found[0]) if found is not None else ""
 
     async def notice_keys(self) -> set[tuple[str, str, str, int]]:
         c = notices_t.c

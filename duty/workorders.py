@@ -9,14 +9,17 @@ order, or reopens the last one when it was verified less than `reopen_within` ag
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import msgspec
+
 from duty.config import FaultRule, WorkOrderSpec
 from facility import labels
 from facility.errors import Refused
-from facility.messages import AlertMessage
+from facility.messages import AlertMessage, decode, encode
 
 OPEN, ASSIGNED, IN_PROGRESS, RESOLVED, VERIFIED = (
     "open", "assigned", "in_progress", "resolved", "verified")
@@ -145,6 +148,25 @@ class WorkOrderBook:
         order.alerts.append(a.id)
         order.last = {"text": a.text, "value": a.value, "rule": a.rule, "ts": a.ts}
         return order
+
+    def faults_json(self) -> str:
+        """The faults under watch and the devices back to normal, to survive a restart."""
+        return json.dumps({
+            "faults": {d: {"since": f.since, "rule": f.rule.name,
+                           "alert": msgspec.json.decode(encode(f.alert))}
+                       for d, f in self.faults.items()},
+            "normal_since": self.normal_since}, sort_keys=True)
+
+    def load_faults(self, text: str) -> None:
+        if not text:
+            return
+        data = json.loads(text)
+        rules = {r.name: r for r in self.spec.faults}
+        for device, f in data["faults"].items():
+            if f["rule"] in rules:
+                alert = decode(json.dumps(f["alert"]), AlertMessage)
+                self.faults[device] = _Fault(f["since"], alert, rules[f["rule"]])
+        self.normal_since = {k: float(v) for k, v in data["normal_since"].items()}
 
     # --- people's actions ---------------------------------------------------------------
 

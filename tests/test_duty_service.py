@@ -300,6 +300,28 @@ async def test_a_restart_resumes_the_chain_and_pages_nobody_twice(
     assert len(keys) == len(set(keys)) == 5  # 2 raised, the chief, 2 escalation updates
 
 
+async def test_a_restart_remembers_a_faulty_device(
+        tmp_path: Path, mosquitto_server: MosquittoServer, monkeypatch: pytest.MonkeyPatch,
+        phones: Phones) -> None:
+    clock = phones.clock
+    state_url = f"sqlite:///{tmp_path / 'state.sqlite'}"
+    charger = _replace(fire(clock, "ev-a1"), rule="ev-charger-faulted", source="ev-p2-07",
+                       family="ev_charger", severity=m.Severity.MAJOR, incident="inc-ev")
+    async with duty(tmp_path, mosquitto_server, state_url, clock, monkeypatch, phones) as svc:
+        address = parse_url(mosquitto_server.url)
+        async with aiomqtt.Client(address.host, address.port, identifier="raiser") as client:
+            await client.publish(topics.alert(SITE, "ev-a1"), m.encode(charger), qos=1)
+        await until(lambda: "ev-p2-07" in svc.book.faults)
+        clock.at(600)
+        await svc.tick()  # a charger Faulted for 10 minutes: a work order
+        [order] = svc.book.orders.values()
+    async with duty(tmp_path, mosquitto_server, state_url, clock, monkeypatch, phones) as svc:
+        svc.book.move(order.id, "assigned", "chief-huang", assignee="repair-sun")
+        svc.book.move(order.id, "in_progress", "repair-sun")
+        with pytest.raises(WorkOrderRefused, match="设备仍处于故障状态"):
+            svc.book.move(order.id, "resolved", "repair-sun")
+
+
 async def test_the_rotations_are_kept_ahead(
         tmp_path: Path, mosquitto_server: MosquittoServer, monkeypatch: pytest.MonkeyPatch,
         phones: Phones) -> None:
