@@ -25,6 +25,7 @@ class DutyFigures:
     acked: dict[str, list[float]] = field(default_factory=dict)  # person -> seconds
     by_shift: dict[str, list[float]] = field(default_factory=dict)  # control-room shift
     orders: dict[str, dict[str, float]] = field(default_factory=dict)  # system -> figures
+    handovers: list[dict[str, object]] = field(default_factory=list)
 
     def lines(self) -> list[str]:
         out = [f"通知：共{self.notices}条，已送达{self.delivered}条"
@@ -45,6 +46,12 @@ class DutyFigures:
             out.append(f"工单 {labels.label(labels.FAMILY, system)}：新开{int(f['opened'])}，"
                        f"关闭{closed}，MTTR {mttr}（= Σ(修复时刻 − 开单时刻) ÷ 关闭数），"
                        f"SLA达标 {kept}（= 时限内修复数 ÷ 关闭数）")
+        for h in self.handovers:
+            state = f"已由{h['acked_by']}接班确认" if h["acked_by"] else "接班人未确认"
+            items = h["items"] if isinstance(h["items"], dict) else {}
+            out.append(f"交接班 {h['team']}：{h['outgoing']} → {h['incoming']}，"
+                       f"未结事件{len(items.get('incidents', []))}起，"
+                       f"未结工单{len(items.get('workorders', []))}张，{state}")
         return out
 
 
@@ -85,4 +92,6 @@ async def figures(store: DutyStore, since: float, until: float) -> DutyFigures:
             f["repair_s"] += done - order.opened_at
             f["kept"] += done <= order.due_at
     out.orders = dict(orders)
+    out.handovers = [h for h in reversed(await store.handovers(limit=500))
+                     if since <= h["ts_ns"] / 1e9 < until]
     return out

@@ -44,6 +44,9 @@ def test_roster_calendar_round_trip_and_handover(store_env: Path,
     assert "handover 1:" in capsys.readouterr().out
     assert main(["duty", "handover", "--ack", "1", "--by", "guard-wang"]) == 0
     assert main(["duty", "handover", "--ack", "1", "--by", "guard-wang"]) == 1  # once
+    capsys.readouterr()
+    assert main(["duty", "report"]) == 0
+    assert "交接班 control_room：guard-li → guard-wang" in capsys.readouterr().out
     bad = store_env / "bad.ics"
     bad.write_bytes(b"BEGIN:VCALENDAR\r\nBEGIN:VEVENT\r\nUID:x\r\nEND:VEVENT\r\n"
                     b"END:VCALENDAR\r\n")
