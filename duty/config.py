@@ -180,6 +180,9 @@ class DutySettings(BaseSettings):
     # key per process (links end with a restart).
     secret: SecretStr | None = None
     ack_timeout: float = Field(default=10.0, gt=0, description="s for the engine's answer")
+    # Signs the SMS gateway's replies to POST /sms/inbound (FACILITY_DUTY_SMS_INBOUND_SECRET);
+    # unset: reply codes are off.
+    sms_inbound_secret: SecretStr | None = None
 
 
 def load_duty(path: Path) -> DutyFile:

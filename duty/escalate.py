@@ -103,13 +103,16 @@ def page_from_json(text: str) -> Page:
 
 
 LinkMaker = Callable[[str, str], str]  # (person, incident) -> an acknowledge URL
+CodeMaker = Callable[[str, str], str]  # (person, incident) -> a reply code
 
 
 class Escalator:
     def __init__(self, config: DutyFile, roster: Roster, calendar: Calendar,
                  clock: Callable[[], float], *, link: LinkMaker | None = None,
-                 places: Mapping[str, str] | None = None) -> None:
+                 places: Mapping[str, str] | None = None,
+                 code: CodeMaker | None = None) -> None:
         self.config = config
+        self.code = code
         self.roster = roster
         self.calendar = calendar
         self.clock = clock
@@ -279,6 +282,9 @@ class Escalator:
             minutes = round(self.config.link_lifetime / 60)
             lines.append(labels.DUTY_TEXT["ack_prompt"].format(minutes=minutes)
                          + self.link(person.id, page.incident))
+            if self.code is not None and person.contact("mobile"):
+                lines.append(labels.DUTY_TEXT["reply_prompt"].format(
+                    code=self.code(person.id, page.incident)))
         return Notice(incident=page.incident, person=person.id, event=event, step=step,
                       ts=now, title=title, text="\n".join(lines),
                       channels=tuple(route.channels), first=first)

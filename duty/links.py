@@ -50,6 +50,11 @@ class Signer:
                f"{secrets.token_urlsafe(12)}"
         return f"{body}~{self._sign(body)}"
 
+    def code(self, person: str, incident: str) -> str:
+        """The six-digit reply code for a person and an incident (an SMS answer)."""
+        mac = hmac.new(self._key, f"code~{person}~{incident}".encode(), hashlib.sha256)
+        return f"{int.from_bytes(mac.digest()[:4], 'big') % 1_000_000:06d}"
+
     def check(self, token: str, now: float) -> Claim:
         parts = token.split("~")
         if len(parts) != 5:

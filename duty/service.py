@@ -18,6 +18,7 @@ back to the rules engine, work orders kept.
 from __future__ import annotations
 
 import asyncio
+import hmac
 import logging
 import time
 import uuid
@@ -107,7 +108,9 @@ class DutyService(Service):
         roster = await self._extend(roster)
         self._roster_read = self.clock()
         self.escalator = Escalator(self.config, roster, self.calendar, self.clock,
-                                   link=self.link, places=self.places)
+                                   link=self.link, places=self.places,
+                                   code=self.signer.code if self.options.sms_inbound_secret
+                                   else None)
         # Resume: the escalations under way, and every notice ever sent (never twice).
         saved = await self.store.pages()
         self.escalator.pages = {k: page_from_json(v) for k, v in saved.items()}
@@ -129,7 +132,10 @@ class DutyService(Service):
             self.book.orders[order.id] = order
         self.book.load_faults(await self.store.load_state("faults"))
         self._faults_saved = self.book.faults_json()
-        self._web = await serve(self, self.key, self.options.host, self.options.port)
+        sms = self.options.sms_inbound_secret
+        self._web = await serve(self, self.key, self.options.host, self.options.port,
+                                sms_secret=sms.get_secret_value() if sms else "",
+                                clock=self.clock)
         host, port = self._web.addresses[0][:2]
         self.web_url = f"http://{host}:{port}"
 
@@ -294,13 +300,36 @@ class DutyService(Service):
         The link is used up only once the rules engine took the acknowledgement: a press
         while the broker or the engine is away leaves it usable for a second try."""
         assert self.store is not None
-        assert self.escalator is not None
         now = self.clock()
         try:
             claim = self.signer.check(token, now)
         except LinkError as exc:
             await self.store.audit("?", "ack_link_refused", "", exc.reason, now)
             return False, labels.DUTY_TEXT[f"ack_{exc.reason}"]
+        return await self._acknowledge(claim, now)
+
+    async def reply(self, mobile: str, text: str) -> tuple[bool, str]:
+        """An SMS answer "确认 123456" from a person's mobile: the same acknowledgement as
+        the link, once per person and incident."""
+        assert self.store is not None
+        assert self.escalator is not None
+        now = self.clock()
+        digits = "".join(c for c in text if c.isdigit())[-6:]
+        people = [p for p in self.escalator.roster.people.values()
+                  if mobile and p.contact("mobile") == mobile]
+        for person in people:
+            for page in self.escalator.pages.values():
+                if person.id in page.notified and \
+                        hmac.compare_digest(self.signer.code(person.id, page.incident), digits):
+                    claim = Claim(person.id, page.incident, 0,
+                                  f"sms-{page.incident}-{person.id}"[:64])
+                    return await self._acknowledge(claim, now)
+        await self.store.audit(mobile or "?", "ack_reply_refused", "", text[:100], now)
+        return False, labels.DUTY_TEXT["reply_unknown"]
+
+    async def _acknowledge(self, claim: Claim, now: float) -> tuple[bool, str]:
+        assert self.store is not None
+        assert self.escalator is not None
         if await self.store.link_used(claim.nonce):
             return False, labels.DUTY_TEXT["ack_used"]
         person = self.escalator.roster.people.get(claim.person)

@@ -3,6 +3,8 @@
 - /ack/{token}: the acknowledge link's page. GET shows the button and changes nothing
   (chat apps and mail scanners open links to preview them); the person's POST
   acknowledges.
+- /sms/inbound: the SMS gateway forwards a reply ("确认 123456"), signed with
+  FACILITY_DUTY_SMS_INBOUND_SECRET; the code acknowledges like the link.
 - /workorders...: the service is the one writer of work orders (it alone knows whether a
   device is still faulty), so the CLI and the control-room API act on them here, with the
   service's key (FACILITY_DUTY_SECRET) as a bearer token; they read them from the store.
@@ -10,8 +12,11 @@
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import html
+import json
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict
 from typing import Any, Protocol
@@ -32,13 +37,16 @@ class Desk(Protocol):
 
     async def redeem(self, token: str) -> tuple[bool, str]: ...
 
+    async def reply(self, mobile: str, text: str) -> tuple[bool, str]: ...
+
     async def open_order(self, fields: dict[str, Any], by: str) -> WorkOrder: ...
 
     async def move_order(self, order_id: str, state: str, by: str, assignee: str,
                          note: str) -> WorkOrder: ...
 
 
-def app(desk: Desk, key: str) -> web.Application:
+def app(desk: Desk, key: str, sms_secret: str = "",
+        clock: Callable[[], float] = time.time) -> web.Application:
     async def show(request: web.Request) -> web.Response:
         token = html.escape(request.match_info["token"])
         body = (f'<form method="post" action="/ack/{token}"><p>确认收到此告警并处理？</p>'
@@ -81,15 +89,38 @@ def app(desk: Desk, key: str) -> web.Application:
             request.match_info["id"], ACTIONS[action], str(body["by"]),
             str(body.get("assignee", "")), str(body.get("note", ""))))
 
+    async def sms_inbound(request: web.Request) -> web.Response:
+        """The SMS gateway forwards a reply: {"from": mobile, "text": ...}, signed like
+        the webhook channel (X-Facility-Timestamp, X-Facility-Signature), 5 minutes."""
+        if not sms_secret:
+            return web.json_response({"detail": "reply codes are off"}, status=404)
+        body = await request.read()
+        stamp = request.headers.get("X-Facility-Timestamp", "")
+        mac = hmac.new(sms_secret.encode(), stamp.encode() + b"." + body, hashlib.sha256)
+        given = request.headers.get("X-Facility-Signature", "")
+        if not stamp.isdigit() or abs(clock() - int(stamp)) > 300 or \
+                not hmac.compare_digest(given, f"sha256={mac.hexdigest()}"):
+            return web.json_response({"detail": "bad signature"}, status=401)
+        try:
+            data = json.loads(body)
+            mobile, text = str(data["from"]), str(data["text"])
+        except (ValueError, KeyError, TypeError):
+            return web.json_response({"detail": "needs from and text"}, status=422)
+        ok, answer = await desk.reply(mobile, text)
+        return web.json_response({"ok": ok, "text": answer})
+
     application = web.Application()
     application.add_routes([web.get("/ack/{token}", show), web.post("/ack/{token}", ack),
                             web.post("/workorders", open_order),
-                            web.post("/workorders/{id}/{action}", move_order)])
+                            web.post("/workorders/{id}/{action}", move_order),
+                            web.post("/sms/inbound", sms_inbound)])
     return application
 
 
-async def serve(desk: Desk, key: str, host: str, port: int) -> web.AppRunner:
-    runner = web.AppRunner(app(desk, key), access_log=None)  # tokens stay out of logs
+async def serve(desk: Desk, key: str, host: str, port: int, *, sms_secret: str = "",
+                clock: Callable[[], float] = time.time) -> web.AppRunner:
+    runner = web.AppRunner(app(desk, key, sms_secret, clock),
+                           access_log=None)  # tokens stay out of logs
     await runner.setup()
     await web.TCPSite(runner, host, port).start()
     return runner

@@ -11,6 +11,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import hashlib
+import hmac
 import json
 import re
 from collections.abc import AsyncIterator, Callable
@@ -43,6 +45,7 @@ from tests.helpers import eventually
 REPO = Path(__file__).resolve().parent.parent
 SITE = "duty-test"
 NIGHT = datetime(2026, 12, 6, 3, 0, tzinfo=CHINA)  # a Sunday
+SMS_SECRET = "g" * 32  # the SMS gateway's, for replies
 PLACES = {"ebike-shed-west": "西门电动自行车停车棚"}
 
 
@@ -188,7 +191,8 @@ async def duty(tmp_path: Path, server: MosquittoServer, state_url: str, clock: C
     settings = make_settings(tmp_path, server.url, "http://127.0.0.1:1", "unused",
                              state={"url": state_url})
     # The test ticks the fake clock itself.
-    options = DutySettings(port=0, tick=3600, secret=SecretStr("s" * 40), ack_timeout=1.0)
+    options = DutySettings(port=0, tick=3600, secret=SecretStr("s" * 40), ack_timeout=1.0,
+                           sms_inbound_secret=SecretStr(SMS_SECRET))
     service = DutyService(settings, SITE, duty=duty_file(), options=options, clock=clock,
                           places=PLACES)
     config = service.config.model_copy(update={"link_base": ""})
@@ -277,6 +281,40 @@ async def test_a_link_pressed_while_the_engine_is_away_can_be_pressed_again(
         assert svc.store is not None
         actions = [r["action"] for r in await svc.store.audit_rows()]
         assert "ack_failed" in actions and "ack_link" in actions
+
+
+async def sms_reply(svc: DutyService, mobile: str, text: str,
+                    secret: str = SMS_SECRET) -> tuple[int, dict[str, Any]]:
+    body = json.dumps({"from": mobile, "text": text}, ensure_ascii=False).encode()
+    stamp = str(int(svc.clock()))
+    mac = hmac.new(secret.encode(), stamp.encode() + b"." + body, hashlib.sha256).hexdigest()
+    async with aiohttp.ClientSession() as session, session.post(
+            f"{svc.web_url}/sms/inbound", data=body,
+            headers={"X-Facility-Timestamp": stamp,
+                     "X-Facility-Signature": f"sha256={mac}"}) as resp:
+        return resp.status, await resp.json()
+
+
+async def test_a_reply_code_by_sms_acknowledges(
+        tmp_path: Path, mosquitto_server: MosquittoServer, monkeypatch: pytest.MonkeyPatch,
+        phones: Phones) -> None:
+    clock = phones.clock
+    state_url = f"sqlite:///{tmp_path / 'state.sqlite'}"
+    async with engine(mosquitto_server, clock) as rules, \
+            duty(tmp_path, mosquitto_server, state_url, clock, monkeypatch, phones) as svc:
+        await rules.raise_(fire(clock))
+        await until(lambda: "guard-li" in seen(phones, "raised"))
+        text = next(b["text"] for b in phones.got if b["person"] == "guard-li")
+        found = re.search(r"或回复短信：确认 (\d{6})", text)
+        assert found is not None
+        code = found.group(1)
+        assert (await sms_reply(svc, "13800000002", f"确认 {code}", "x" * 32))[0] == 401
+        status, answer = await sms_reply(svc, "13800000021", f"确认 {code}")  # not his code
+        assert status == 200 and not answer["ok"] and "未找到" in answer["text"]
+        status, answer = await sms_reply(svc, "13800000002", f"确认 {code}")
+        assert answer["ok"] and [op.by for op in rules.operations] == ["李建华"]
+        status, answer = await sms_reply(svc, "13800000002", f"确认 {code}")
+        assert not answer["ok"] and "已使用过" in answer["text"]
 
 
 async def test_a_restart_resumes_the_chain_and_pages_nobody_twice(
