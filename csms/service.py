@@ -450,10 +450,13 @@ class CentralSystem(Service):
 
     async def _serve(self) -> None:
         o = self.settings.ocpp
-        half = o.heartbeat_interval / 2
+        # A silent connection: a ping after a third of the interval, a third to answer
+        # it, a third for the closing handshake; then it is closed and the charger offline.
+        third = o.heartbeat_interval / 3
         async with serve(self._handler, o.host, o.port, subprotocols=[SUBPROTOCOL],
                          process_request=self._authorise, ssl=self._tls(),
-                         ping_interval=half, ping_timeout=half, compression=None,
+                         ping_interval=third, ping_timeout=third, close_timeout=third,
+                         compression=None,
                          logger=_library_log) as server:
             self.port = next(iter(server.sockets)).getsockname()[1]
             log.info("%s: charge points connect on %s://%s:%d%s{id}", self.name,

@@ -207,7 +207,8 @@ class SimChargePoint:
                                    subprotocols=["ocpp1.6"],  # type: ignore[list-item]  # websockets: Subprotocol is a NewType of str
                                    additional_headers=self._headers(),
                                    ssl=self.settings.ssl_context, open_timeout=5,
-                                   ping_interval=None, compression=None) as ws:
+                                   ping_interval=None, close_timeout=1,
+                                   compression=None) as ws:
                     backoff.reset()
                     await self._session(ws)
             except InvalidStatus as exc:

@@ -11,6 +11,7 @@ import json
 import socket
 import ssl
 import subprocess
+import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -539,3 +540,51 @@ async def test_charger_alerts_through_the_rules_engine(settings: Settings,
             await asyncio.sleep(0.2)
         offline = (await wait("offline alert", lambda: raised("device-offline")))[0]
         assert offline.text == "停车场直流快充5（OCPP）离线（通信中断）"
+
+
+async def test_a_silent_connection_is_offline_within_the_heartbeat_interval(
+        tmp_path: Path, mosquitto_server: MosquittoServer) -> None:
+    """The network between charger and central system goes silent (no close, no RST): the
+    WebSocket keep-alive closes it within the heartbeat interval (2 s here), offline."""
+    async with rig(tmp_path, mosquitto_server) as r:
+        frozen = asyncio.Event()
+
+        async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            with contextlib.suppress(ConnectionError):
+                while data := await reader.read(65536):
+                    if frozen.is_set():
+                        await asyncio.Event().wait()  # the cable is cut: nothing passes
+                    writer.write(data)
+                    await writer.drain()
+
+        tasks: set[asyncio.Task[None]] = set()
+        writers: list[asyncio.StreamWriter] = []
+
+        async def relay(client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
+            server_r, server_w = await asyncio.open_connection("127.0.0.1", r.csms.port)
+            writers.extend([client_w, server_w])
+            for t in (pipe(client_r, server_w), pipe(server_r, client_w)):
+                tasks.add(asyncio.create_task(t))
+
+        proxy = await asyncio.start_server(relay, "127.0.0.1", 0)
+        port = proxy.sockets[0].getsockname()[1]
+        point = SimChargePoint(CP1, SimSettings(f"ws://127.0.0.1:{port}/ocpp", PASSWORDS[CP1],
+                                                meter_period=3600), 2)
+        try:
+            async with running(point):
+                await asyncio.wait_for(point.booted.wait(), 10)
+                await r.wait("online", lambda: statuses(r)[-1:] == ["online"])
+                frozen.set()
+                cut = time.monotonic()
+                await r.wait("offline", lambda: statuses(r)[-1:] == ["offline"], timeout=10)
+                assert time.monotonic() - cut < r.settings.ocpp.heartbeat_interval + 0.5
+                offline = r.of(m.DeviceStatus, Kind.STATUS)[-1]
+                assert offline.reason == "connection lost"
+        finally:
+            proxy.close()
+            for w in writers:
+                w.close()
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await proxy.wait_closed()
