@@ -16,6 +16,7 @@ from facility.settings import Settings
 from facility.site import SiteConfig
 from reports import charts
 from reports.calendar import WorkCalendar
+from reports.charging import charging_sessions
 from reports.counters import MeterEnergy
 from reports.energy import (
     KGCE_PER_KWH,
@@ -74,13 +75,16 @@ async def build(influx: InfluxClient, settings: Settings, site: SiteConfig, peri
     )
     classes = classify(now.buckets(), calendar, tz)
     context = _Context(site, calendar, tz, now, prev, year, classes)
+    ev = context.ev()
+    ev.tables += await charging_sessions(influx, site, period)  # the OCPP chargers' sessions
+    step("charging sessions read")
     report.sections = [
         context.summary(),
         context.by_building(),
         context.by_load(),
         context.off_hours(),
         context.demand(),
-        context.ev(),
+        ev,
         context.anomalies_section(),
         context.quality(),
     ]

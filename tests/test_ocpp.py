@@ -588,3 +588,64 @@ async def test_a_silent_connection_is_offline_within_the_heartbeat_interval(
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             await proxy.wait_closed()
+
+
+async def test_charging_sessions_for_the_energy_report(influx: Any) -> None:
+    """The energy report's OCPP tables from what the central system publishes, as ingest
+    stores it: sessions per charger and day, idle connectors, faults, time online."""
+    from datetime import datetime
+    from zoneinfo import ZoneInfo
+
+    from ingest.convert import to_line
+    from reports.charging import charging_sessions
+    from reports.periods import Period
+
+    site = load_site(SITE_FILE)
+    sid = site.site.id
+    tz = ZoneInfo(site.site.timezone)
+
+    def at(day: int, hour: int) -> int:
+        return int(datetime(2026, 11, day, hour, tzinfo=tz).timestamp()) * 10**9
+
+    def stop(device: str, ts: int, tx: int, connector: int, wh: int, seconds: int) -> bytes:
+        event = m.Event(site=sid, family=m.Family.EV_CHARGER, device=device, ts=ts,
+                        id=f"{device}.tx{tx}-stop", name="transaction_stopped",
+                        attrs={"transaction_id": tx, "connector": connector,
+                               "energy_wh": wh, "duration_s": seconds}, gateway="csms")
+        return to_line(topics.event(sid, "ev_charger", device), m.encode(event))
+
+    def change(device: str, ts: int, status: str, previous: str) -> bytes:
+        event = m.Event(site=sid, family=m.Family.EV_CHARGER, device=device, ts=ts,
+                        id=f"{device}.st-{ts}", name="status_change",
+                        attrs={"status": status, "previous": previous}, gateway="csms")
+        return to_line(topics.event(sid, "ev_charger", device), m.encode(event))
+
+    def status(device: str, ts: int, state: m.Availability) -> bytes:
+        s = m.DeviceStatus(site=sid, family=m.Family.EV_CHARGER, device=device, ts=ts,
+                           state=state, gateway="csms")
+        return to_line(topics.status(sid, "ev_charger", device), m.encode(s))
+
+    on, off = m.Availability.ONLINE, m.Availability.OFFLINE
+    lines = [stop("evc-oc-01", at(2, 10), 1, 1, 12000, 3600),
+             stop("evc-oc-01", at(2, 15), 2, 1, 8000, 5400),
+             stop("evc-oc-01", at(3, 9), 3, 1, 20500, 7200),
+             stop("evc-oc-03", at(3, 11), 4, 1, 7000, 1800),
+             stop("evc-oc-01", at(4, 1), 5, 2, 999, 60),  # after the period
+             change("evc-oc-02", at(2, 12), "faulted", "available"),
+             change("evc-oc-02", at(2, 13), "faulted", "faulted"),  # still the same fault
+             change("evc-oc-02", at(3, 8), "available", "faulted"),
+             status("evc-oc-01", at(1, 20), on), status("evc-oc-01", at(2, 12), off),
+             status("evc-oc-01", at(2, 18), on), status("evc-oc-02", at(2, 0), on)]
+    await influx.write(b"\n".join(lines))
+    period = Period(datetime(2026, 11, 2, tzinfo=tz), datetime(2026, 11, 4, tzinfo=tz),
+                    "range", "2026-11-02..03")
+    sessions, usage = await charging_sessions(influx, site, period)
+    assert sessions.rows == [
+        ["停车场直流快充5（OCPP）", "2026-11-02", 2, 20.0, 10.0, 90.0],
+        ["停车场直流快充5（OCPP）", "2026-11-03", 1, 20.5, 20.5, 120.0],
+        ["停车楼交流桩7（OCPP）", "2026-11-03", 1, 7.0, 7.0, 30.0]]
+    assert usage.rows == [
+        ["停车场直流快充5（OCPP）", 2, 3, 40.5, "2号枪", 0, 42 / 48],
+        ["停车场直流快充6（OCPP）", 2, 0, 0.0, "1号枪、2号枪", 1, 1.0],
+        ["停车楼交流桩7（OCPP）", 1, 1, 7.0, "—", 0, None],
+        ["停车楼交流桩8（OCPP）", 1, 0, 0.0, "1号枪", 0, None]]
