@@ -99,6 +99,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--start-servers", action="store_true",
                    help="start InfluxDB/Mosquitto (data in var/) if they are not running")
     p.add_argument("--every", type=float, default=5.0, help="seconds between status lines")
+    p.add_argument("--history-days", type=float, default=35.0,
+                   help="days of simulated history written first into an empty InfluxDB "
+                        "(default 35; 0: none)")
     p.set_defaults(func=cmd_up)
 
     p = sub.add_parser(
