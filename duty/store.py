@@ -351,9 +351,12 @@ class DutyStore:
                 target=str(handover), detail=""))
         return True
 
-    async def handovers(self, limit: int = 50) -> list[dict[str, Any]]:
+    async def handovers(self, limit: int = 50, number: int = 0) -> list[dict[str, Any]]:
+        """The newest handovers, or the one numbered `number`."""
         q = handovers_t.select().where(handovers_t.c.site == self.site) \
             .order_by(handovers_t.c.id.desc()).limit(limit)
+        if number:
+            q = q.where(handovers_t.c.id == number)
         async with self.engine.connect() as conn:
             rows = [dict(r) for r in (await conn.execute(q)).mappings().all()]
         for row in rows:

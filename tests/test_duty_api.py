@@ -59,6 +59,11 @@ async def test_duty_routes(clients: tuple[httpx.AsyncClient, httpx.AsyncClient])
     now = (await viewer.get("/api/duty/now", params={"at": "2026-12-06T03:00:00+08:00"})).json()
     room = next(t for t in now if t["team"] == "control_room")
     assert room["people"] == [{"id": "guard-li", "name": "李建华"}]
+    naive = await viewer.get("/api/duty/now", params={"at": "2026-12-05T19:00:00"})  # UTC
+    assert next(t for t in naive.json() if t["team"] == "control_room")["people"] == \
+        [{"id": "guard-li", "name": "李建华"}]
+    assert (await viewer.get("/api/duty/shifts", params={
+        "since": "2026-12-05T00:00:00", "until": "2026-12-07T00:00:00+08:00"})).status_code == 200
     shifts = await viewer.get("/api/duty/shifts", params={"team": "control_room"})
     assert shifts.status_code == 200 and shifts.json()
     assert {s["name"] for s in shifts.json()} >= {"李建华", "王伟"}

@@ -125,6 +125,11 @@ class WorkOrderAction(BaseModel):
     note: str = Field(default="", max_length=2000)
 
 
+def _aware(value: datetime | None) -> datetime | None:
+    """Naive query times are UTC, as everywhere in this API."""
+    return value.replace(tzinfo=UTC) if value is not None and value.tzinfo is None else value
+
+
 @asynccontextmanager
 async def _store(ctx: Ctx) -> AsyncIterator[DutyStore]:
     try:
@@ -152,7 +157,7 @@ async def duty_labels(_: CurrentUser) -> dict[str, dict[str, str]]:
             summary="Who is on duty now (or at `at`), per team")
 async def on_duty(_: CurrentUser, ctx: Ctx,
                   at: Annotated[IsoTime | None, Query()] = None) -> list[OnDuty]:
-    moment = at or datetime.now(UTC)
+    moment = _aware(at) or datetime.now(UTC)
     async with _store(ctx) as store:
         roster = await store.roster()
     return [OnDuty(team=t.id, name=t.name, kind=t.kind,
@@ -165,6 +170,7 @@ async def on_duty(_: CurrentUser, ctx: Ctx,
 async def shifts(_: CurrentUser, ctx: Ctx, since: Annotated[IsoTime | None, Query()] = None,
                  until: Annotated[IsoTime | None, Query()] = None,
                  team: Annotated[str | None, Query(max_length=64)] = None) -> list[ShiftView]:
+    since, until = _aware(since), _aware(until)
     async with _store(ctx) as store:
         roster = await store.roster()
     names = {p.id: p.name for p in roster.people.values()}
@@ -214,8 +220,7 @@ async def handover(body: HandoverRequest, user: Operator, ctx: Ctx) -> HandoverV
         items = await store.handover_items(body.notes)
         number = await store.add_handover(body.team, user.username, body.incoming, items,
                                           time.time())
-        rows = await store.handovers()
-    row = next(r for r in rows if r["id"] == number)
+        [row] = await store.handovers(number=number)
     return HandoverView(**{k: row[k] for k in HandoverView.model_fields})
 
 
@@ -227,8 +232,7 @@ async def handover_ack(number: Annotated[int, Path(ge=1, le=2**31)], user: Opera
     async with _store(ctx) as store:
         if not await store.ack_handover(number, user.username, time.time()):
             raise HTTPException(409, "no open handover with this number")
-        rows = await store.handovers()
-    row = next(r for r in rows if r["id"] == number)
+        [row] = await store.handovers(number=number)
     return HandoverView(**{k: row[k] for k in HandoverView.model_fields})
 
 
