@@ -32,7 +32,8 @@ def register(sub: Any) -> None:
         "users", help="manage control-room users (add the first admin here)",
         description="Users of the control-room API, in the state store. Passwords are "
                     "asked for twice on the terminal, or read from one line of standard "
-                    "input with --password-stdin; they are stored as Argon2id hashes.")
+                    "input with --password-stdin or when standard input is not a "
+                    "terminal; they are stored as Argon2id hashes.")
     us = p.add_subparsers(dest="users_command", required=True, metavar="ACTION")
     u = us.add_parser("add", help="add a user")
     u.add_argument("username")
@@ -83,18 +84,44 @@ def _zones(text: str, site: SiteConfig) -> tuple[str, ...]:
     return zones
 
 
+class NoPassword(Exception):
+    """No password could be read; the text says how to give one."""
+
+
+HOW = ("give it on standard input with --password-stdin, e.g.\n"
+       "  printf '%s\\n' \"$PASSWORD\" | facility users {action} NAME ... --password-stdin")
+
+
 def _password(args: argparse.Namespace, passwords: Any) -> str:
-    if args.password_stdin:
-        password = sys.stdin.readline().rstrip("\n")
+    """One line of standard input with --password-stdin, or when there is no terminal to
+    ask on (a pipe, a script); otherwise asked for twice on the terminal."""
+    action = getattr(args, "users_command", "add")
+    if args.password_stdin or not sys.stdin.isatty():
+        line = sys.stdin.readline() if not sys.stdin.closed else ""
+        if not line.strip("\r\n"):
+            raise NoPassword("no password: standard input is not a terminal and held no "
+                             "password line; " + HOW.format(action=action))
+        password = line.rstrip("\r\n")
     else:
-        password = getpass.getpass("password: ")
-        if getpass.getpass("again: ") != password:
-            raise ConfigError("the two passwords differ")
+        try:
+            password = getpass.getpass("password: ")
+            if getpass.getpass("again: ") != password:
+                raise ConfigError("the two passwords differ")
+        except EOFError:
+            raise NoPassword("no password given; " + HOW.format(action=action)) from None
     try:
         passwords.check_policy(password)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
     return password
+
+
+def _read_password(args: argparse.Namespace, passwords: Any) -> str | None:
+    try:
+        return _password(args, passwords)
+    except NoPassword as exc:
+        print(exc, file=sys.stderr)
+        return None
 
 
 async def _open(settings: Settings) -> Any:
@@ -114,7 +141,10 @@ async def cmd_add(args: argparse.Namespace, settings: Settings, catalog: Catalog
                           "starting with a letter")
     zones = _zones(args.zones, catalog.site)
     passwords = Passwords(settings.api.min_password_length)
-    hashed = await passwords.hash(_password(args, passwords))
+    password = _read_password(args, passwords)
+    if password is None:
+        return 2
+    hashed = await passwords.hash(password)
     async with await _open(settings) as store:
         user = User(username=args.username, role=Role(args.role), zones=zones,
                     display_name=args.name)
@@ -141,7 +171,10 @@ async def cmd_passwd(args: argparse.Namespace, settings: Settings, catalog: Cata
     from api.auth import Passwords
 
     passwords = Passwords(settings.api.min_password_length)
-    hashed = await passwords.hash(_password(args, passwords))
+    password = _read_password(args, passwords)
+    if password is None:
+        return 2
+    hashed = await passwords.hash(password)
     async with await _open(settings) as store:
         changed = await store.update_user(args.username, password_hash=hashed)
     if changed is None:
