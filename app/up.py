@@ -23,6 +23,7 @@ from urllib.parse import urlsplit
 
 from api.service import ApiService
 from app import history, wiring
+from csms.service import CentralSystem
 from facility import labels, topics
 from facility import messages as m
 from facility.catalog import Catalog
@@ -278,6 +279,9 @@ def status_lines(running: list[tuple[str, Service]], monitor: RateMonitor,
         elif isinstance(svc, Gateway):
             offline = sum(1 for s in svc.status.values() if s.state.value == "offline")
             extra = f"设备 {len(svc.devices)}  离线 {offline}"
+        elif isinstance(svc, CentralSystem):
+            extra = (f"充电桩 {len(svc.config.charge_points)}  "
+                     f"在线 {len(svc.sessions)}  死信 {svc.letters.total}")
         rows.append([name, state, extra])
     lines += table(rows)
     rates = monitor.rates()
