@@ -81,6 +81,20 @@ def parse_time(text: Any) -> int:
     return seconds * 10**9 + moment.microsecond * 1000
 
 
+# A charger's clock before it synchronised (1970 after a power cut) or far ahead: its
+# time is replaced by the moment the central system received the message, and said so.
+EARLIEST = 946_684_800 * 10**9  # 2000-01-01
+AHEAD = 24 * 3600 * 10**9
+
+
+def plausible_time(text: Any, now_ns: int) -> tuple[int, str]:
+    """The charger's timestamp, or the receipt time and why, when its clock is off."""
+    ts = parse_time(text)
+    if EARLIEST <= ts <= now_ns + AHEAD:
+        return ts, ""
+    return now_ns, f"charger clock {str(text)[:32]} implausible; receipt time used"
+
+
 def exact(value: Decimal) -> Scalar:
     """An integer stays an integer; a decimal is the nearest double of its exact value."""
     if value == value.to_integral_value():
@@ -88,9 +102,12 @@ def exact(value: Decimal) -> Scalar:
     return float(value)
 
 
-def sample(meter_value: dict[str, Any]) -> Sample:
+def sample(meter_value: dict[str, Any], now_ns: int) -> Sample:
     """One MeterValue ({timestamp, sampledValue: [...]}, snake_case keys) to a Sample."""
-    out = Sample(parse_time(meter_value.get("timestamp")))
+    ts, clock = plausible_time(meter_value.get("timestamp"), now_ns)
+    out = Sample(ts)
+    if clock:
+        out.errors["timestamp"] = clock
     for sv in meter_value.get("sampled_value") or []:
         if not isinstance(sv, dict):
             raise OcppValueError("a sampledValue is not an object")

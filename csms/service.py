@@ -205,8 +205,8 @@ class OcppSession(ChargePoint):
     def on_status(self, connector_id: int, error_code: str, status: str,
                   **kwargs: Any) -> call_result.StatusNotification:
         def body() -> call_result.StatusNotification:
-            ts = meter.parse_time(kwargs["timestamp"]) if "timestamp" in kwargs \
-                else self.csms.clock_ns()
+            ts, clock = meter.plausible_time(kwargs["timestamp"], self.csms.clock_ns()) \
+                if "timestamp" in kwargs else (self.csms.clock_ns(), "")
             if connector_id > self.spec.connectors:
                 raise meter.OcppValueError(f"connector {connector_id} is not one of the "
                                            f"{self.spec.connectors} of {self.id}")
@@ -219,7 +219,7 @@ class OcppSession(ChargePoint):
             for key in ("vendor_error_code", "info"):
                 if isinstance(kwargs.get(key), str) and kwargs[key]:
                     values[key] = kwargs[key]
-            self.csms.reading(self.spec, ts, values)
+            self.csms.reading(self.spec, ts, values, errors={"timestamp": clock} if clock else None)
             self.csms.event(self.spec, ts, f"st-{connector_id}-{ts}", "status_change",
                             {"connector": connector_id, "status": word,
                              "error_code": error_code, "overall": overall,
@@ -254,7 +254,7 @@ class OcppSession(ChargePoint):
     def on_start(self, connector_id: int, id_tag: str, meter_start: int, timestamp: str,
                  **kwargs: Any) -> call_result.StartTransaction:
         def body() -> call_result.StartTransaction:
-            ts = meter.parse_time(timestamp)
+            ts, _ = meter.plausible_time(timestamp, self.csms.clock_ns())
             info = self.csms.id_tag_info(id_tag)
             tx, new = self.csms.store.start(self.id, connector_id, id_tag, meter_start,
                                             timestamp)
@@ -274,7 +274,7 @@ class OcppSession(ChargePoint):
     def on_stop(self, meter_stop: int, timestamp: str, transaction_id: int,
                 **kwargs: Any) -> call_result.StopTransaction:
         def body() -> call_result.StopTransaction:
-            ts = meter.parse_time(timestamp)
+            ts, _ = meter.plausible_time(timestamp, self.csms.clock_ns())
             reason = str(kwargs.get("reason") or "Local")
             known = self.csms.store.get(self.id, transaction_id)
             connector_id = known.connector if known else 0
@@ -563,7 +563,9 @@ class CentralSystem(Service):
     def reading(self, spec: ChargePointSpec, ts: int, values: dict[str, m.Scalar],
                 units: dict[str, str] | None = None, errors: dict[str, str] | None = None,
                 tags: dict[str, str] | None = None) -> None:
-        quality = m.Quality.BAD_VALUE if errors else m.Quality.GOOD
+        # A replaced timestamp is said in `errors`; only a value left out makes it bad.
+        quality = m.Quality.BAD_VALUE if errors and set(errors) - {"timestamp"} \
+            else m.Quality.GOOD
         reading = Reading(site=self.site_id, family=Family.EV_CHARGER, device=spec.device.id,
                           ts=ts, values=values, units=units or {}, quality=quality,
                           tags={**spec.tags, **(tags or {})}, gateway=self.gateway_id,
@@ -583,7 +585,7 @@ class CentralSystem(Service):
         for raw in meter_values:
             if not isinstance(raw, dict):
                 raise meter.OcppValueError("a meterValue is not an object")
-            sample = meter.sample(raw)
+            sample = meter.sample(raw, self.clock_ns())
             self.m_sample_age.observe(max(0, self.clock_ns() - sample.ts) / NS)
             values, units = dict(sample.values), dict(sample.units)
             values["connector"] = connector_id

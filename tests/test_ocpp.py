@@ -271,6 +271,15 @@ async def test_bad_frames_are_answered_and_dead_lettered(tmp_path: Path,
             assert bad_time[:3] == [4, "u4", "PropertyConstraintViolation"]
             # The connection goes on: a good frame is answered.
             assert (await ask('[2, "u5", "Heartbeat", {}]'))[:2] == [3, "u5"]
+            # A charger whose clock is not set yet (1970): the receipt time, and why.
+            before = __import__("time").time_ns()
+            assert await ask('[2, "u6", "StatusNotification", {"connectorId": 1, "errorCode": '
+                             '"NoError", "status": "Available", '
+                             '"timestamp": "1970-01-01T00:00:10Z"}]') == [3, "u6", {}]
+            late = await r.wait("a reading", lambda: readings(r))
+            assert late[0].ts >= before and late[0].quality is m.Quality.GOOD
+            assert late[0].errors == {"timestamp": "charger clock 1970-01-01T00:00:10Z "
+                                                   "implausible; receipt time used"}
         letters = await r.wait("letters", lambda: len(r.of(m.DeadLetter, Kind.DEADLETTER)) >= 6
                                and r.of(m.DeadLetter, Kind.DEADLETTER))
         assert {x.source for x in letters} == {"csms"}
