@@ -248,7 +248,8 @@ class OcppSession(ChargePoint):
 
     @on(Action.authorize)
     def on_authorize(self, id_tag: str) -> call_result.Authorize:
-        return call_result.Authorize(id_tag_info=self.csms.id_tag_info(id_tag))
+        return self.guard("Authorize", {"id_tag": id_tag}, lambda: call_result.Authorize(
+            id_tag_info=self.csms.id_tag_info(id_tag)))
 
     @on(Action.start_transaction)
     def on_start(self, connector_id: int, id_tag: str, meter_start: int, timestamp: str,
@@ -306,27 +307,34 @@ class OcppSession(ChargePoint):
 
     @on(Action.data_transfer)
     def on_data_transfer(self, vendor_id: str, **kwargs: Any) -> call_result.DataTransfer:
-        message_id = str(kwargs.get("message_id") or "")
-        data = kwargs.get("data")
-        log.info("%s: DataTransfer from vendor %r, message %r, %d characters of data",
-                 self.id, vendor_id[:64], message_id[:64], len(data or ""))
-        self.csms.event(self.spec, self.csms.clock_ns(), f"dt-{self.csms.clock_ns()}",
-                        "data_transfer", {"vendor_id": vendor_id[:255],
-                                          "message_id": message_id[:50]},
-                        text=str(data or "")[:1000])
-        return call_result.DataTransfer(status=DataTransferStatus.accepted)
+        def body() -> call_result.DataTransfer:
+            message_id = str(kwargs.get("message_id") or "")
+            data = str(kwargs.get("data") or "")
+            log.info("%s: DataTransfer from vendor %r, message %r, %d characters of data",
+                     self.id, vendor_id[:64], message_id[:64], len(data))
+            ts = self.csms.clock_ns()
+            self.csms.event(self.spec, ts, f"dt-{ts}", "data_transfer",
+                            {"vendor_id": vendor_id[:255], "message_id": message_id[:50]},
+                            text=data[:1000])
+            return call_result.DataTransfer(status=DataTransferStatus.accepted)
+        return self.guard("DataTransfer", {"vendor_id": vendor_id, **kwargs}, body)
 
     @on(Action.firmware_status_notification)
     def on_firmware(self, status: str) -> call_result.FirmwareStatusNotification:
-        ts = self.csms.clock_ns()
-        self.csms.event(self.spec, ts, f"fw-{ts}", "firmware_status", {"status": status})
-        return call_result.FirmwareStatusNotification()
+        def body() -> call_result.FirmwareStatusNotification:
+            ts = self.csms.clock_ns()
+            self.csms.event(self.spec, ts, f"fw-{ts}", "firmware_status", {"status": status})
+            return call_result.FirmwareStatusNotification()
+        return self.guard("FirmwareStatusNotification", {"status": status}, body)
 
     @on(Action.diagnostics_status_notification)
     def on_diagnostics(self, status: str) -> call_result.DiagnosticsStatusNotification:
-        ts = self.csms.clock_ns()
-        self.csms.event(self.spec, ts, f"diag-{ts}", "diagnostics_status", {"status": status})
-        return call_result.DiagnosticsStatusNotification()
+        def body() -> call_result.DiagnosticsStatusNotification:
+            ts = self.csms.clock_ns()
+            self.csms.event(self.spec, ts, f"diag-{ts}", "diagnostics_status",
+                            {"status": status})
+            return call_result.DiagnosticsStatusNotification()
+        return self.guard("DiagnosticsStatusNotification", {"status": status}, body)
 
 
 def _unique_id(raw: str | bytes) -> str:
