@@ -404,6 +404,20 @@ async def test_offline_queue_taken_once(tmp_path: Path, mosquitto_server: Mosqui
                            ("Sample.Periodic", 1.8), ("Transaction.End", 1.8)]
         assert r.csms.m_duplicates.labels("StopTransaction")._value.get() == 1
         await r.wait("offline again", lambda: statuses(r)[-1:] == ["offline"])
+        # A whole session while offline: its start, samples and stop wait in the queue
+        # (the samples and the stop under a local number until the start is answered).
+        await cp.start_session(1, "PYGOV-STAFF-0002")
+        await cp.meter_while_offline(1, 2)
+        await cp.stop_session(1)
+        assert cp.connectors[1].transaction_id is None and len(cp.queue) == 4
+        async with running(cp):
+            later = await r.wait("the offline session", lambda: len(
+                events(r, "transaction_stopped")) == 2 and events(r, "transaction_stopped"))
+        assert len(events(r, "transaction_started")) == 2
+        second = later[1].attrs
+        assert second["transaction_id"] == tx + 1
+        assert (second["meter_start"], second["meter_stop"], second["energy_wh"]) == \
+            (1800, 3000, 1200)
 
 
 async def test_demo_wiring_brings_the_simulated_chargers_online(
