@@ -104,7 +104,11 @@ async def cmd_energy(args: argparse.Namespace, settings: Settings, catalog: Cata
     started = time.perf_counter()
     with progress(8 + len(formats), "能耗报告", not args.no_progress) as step:
         async with InfluxClient(settings.influx) as influx:
-            report = await build(influx, settings, site, period, calendar, step)
+            try:
+                report = await build(influx, settings, site, period, calendar, step)
+            except ValueError as exc:  # a period that has not started yet
+                print(f"facility report energy: {exc}", file=sys.stderr)
+                return 2
         computed = time.perf_counter() - started
         paths = render.write_all(report, _out_dir(args, settings), f"energy-{period.slug}",
                                  formats)

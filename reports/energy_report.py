@@ -38,7 +38,7 @@ from reports.energy import (
     total,
 )
 from reports.model import Chart, Column, Figure, Report, Section, Table
-from reports.periods import Period
+from reports.periods import Period, same_length, until_now
 
 Step = Callable[[str], None]
 
@@ -60,18 +60,24 @@ F_OTHER = "其他（未分项）= 总表电量 − Σ 分项表电量"
 
 
 async def build(influx: InfluxClient, settings: Settings, site: SiteConfig, period: Period,
-                calendar: WorkCalendar, step: Step) -> Report:
+                calendar: WorkCalendar, step: Step, *, at: datetime | None = None) -> Report:
+    """The report of `period` as of `at` (default now): a period still in progress is read
+    up to the 15-minute interval in progress, and compared with the same stretch of the
+    previous period and of the year before."""
     tz = ZoneInfo(site.site.timezone)
+    moment = at or datetime.now(tz)
+    whole = period
+    period = until_now(whole, moment)
     # The three periods are independent reads: InfluxDB answers them on its cores at once.
     now, prev, year = await asyncio.gather(
         load_period(influx, settings, site, period, step, chargers=True),
-        load_period(influx, settings, site, period.previous(), step),
-        load_period(influx, settings, site, period.year_before(), step))
+        load_period(influx, settings, site, same_length(whole.previous(), period), step),
+        load_period(influx, settings, site, same_length(whole.year_before(), period), step))
     report = Report(
         kind="energy",
         title=f"{site.site.name}公共机构能耗统计与节能分析报告",
         subtitle=f"统计期：{_period_text(period)}",
-        generated_at=datetime.now(tz).strftime("%Y-%m-%d %H:%M"),
+        generated_at=moment.astimezone(tz).strftime("%Y-%m-%d %H:%M"),
     )
     classes = classify(now.buckets(), calendar, tz)
     context = _Context(site, calendar, tz, now, prev, year, classes)
@@ -94,8 +100,13 @@ async def build(influx: InfluxClient, settings: Settings, site: SiteConfig, peri
 
 
 def _period_text(period: Period) -> str:
-    last = period.end - timedelta(microseconds=1)
-    return f"{period.start:%Y年%m月%d日} 至 {last:%Y年%m月%d日}（{period.label}）"
+    last = (period.full_end or period.end) - timedelta(microseconds=1)
+    text = f"{period.start:%Y年%m月%d日} 至 {last:%Y年%m月%d日}（{period.label}）"
+    if period.in_progress:
+        text += (f"；本期尚未结束，数据截至 {period.end:%m月%d日 %H:%M}"
+                 f"（不含进行中的15分钟区间，未到的时间不计为数据缺口），"
+                 f"上期与去年同期取相同时长")
+    return text
 
 
 def _pct(value: float | None) -> str:
@@ -456,6 +467,10 @@ class _Context:
             F_DEMAND + "。", F_MOM + "；" + F_YOY + "。上期、去年同期与本期口径相同。",
             F_COVER + "。缺口不插补，只报告。",
             "时间均为北京时间（" + self.site.site.timezone + "）。",
+            *([f"本期尚未结束：只统计到 {self.now.period.end:%Y-%m-%d %H:%M} 为止已结束的15分钟区间"
+               "（进行中的区间读数不全，不计入；之后的时间尚未发生，不计为数据缺口，"
+               "覆盖率的分母也只含已结束的区间）；上期与去年同期取自各自开始起的相同时长。"]
+              if self.now.period.in_progress else []),
         ]
 
     # Charts -----------------------------------------------------------------------

@@ -17,6 +17,9 @@ class Period:
     end: datetime
     kind: str
     label: str
+    # Set when the period is still in progress: the end it will have; `end` is then the
+    # start of the 15-minute interval in progress (see `until_now`).
+    full_end: datetime | None = None
 
     def __post_init__(self) -> None:
         if self.start.tzinfo is None or self.end.tzinfo is None:
@@ -38,6 +41,14 @@ class Period:
 
     def ns(self) -> tuple[int, int]:
         return _ns(self.start), _ns(self.end)
+
+    @property
+    def in_progress(self) -> bool:
+        return self.full_end is not None
+
+    def cut(self, end: datetime) -> Period:
+        """The same period read only up to `end` (its end to come kept as `full_end`)."""
+        return Period(self.start, end, self.kind, self.label, self.full_end or self.end)
 
     def _zone(self) -> ZoneInfo:
         zone = self.start.tzinfo
@@ -65,6 +76,33 @@ class Period:
             return week(iso.year - 1, min(iso.week, _weeks_in(iso.year - 1)), tz)
         start, end = _minus_year(self.start), _minus_year(self.end)
         return Period(start, end, "range", _range_label(start, end))
+
+
+BUCKET = timedelta(minutes=15)
+
+
+def until_now(period: Period, now: datetime) -> Period:
+    """The part of `period` a report can count at `now`: all of it once it is over; while
+    it runs, up to the start of the 15-minute interval in progress (that interval is not
+    complete and the rest has not happened, so neither is data or a gap). ValueError when
+    the period has not started or is less than one interval old."""
+    if now >= period.end:
+        return period
+    if now < period.start:
+        raise ValueError(f"统计期 {period.label} 尚未开始")
+    epoch = datetime.fromtimestamp(0, now.tzinfo)
+    cut = now - (now - epoch) % BUCKET
+    if cut <= period.start:
+        raise ValueError(f"统计期 {period.label} 开始不足15分钟，还没有完整的15分钟区间")
+    return period.cut(cut)
+
+
+def same_length(period: Period, like: Period) -> Period:
+    """`period` (a previous or year-earlier one) cut to the length `like` has run, so that
+    a period in progress is compared with the same stretch of the other."""
+    if not like.in_progress:
+        return period
+    return period.cut(min(period.end, period.start + (like.end - like.start)))
 
 
 def _ns(moment: datetime) -> int:
