@@ -36,6 +36,7 @@ from gateway.service import Gateway
 from ingest.service import Ingest
 from rules.service import RulesService
 from simulators import campus
+from simulators import drills as sim_drills
 
 log = logging.getLogger("facility")
 
@@ -121,6 +122,7 @@ def _parser() -> argparse.ArgumentParser:
     duty.cli.register(sub)
     reports.cli.register(sub)
     csms.cli.register(sub, run=cmd_ocpp_run)
+    sim_drills.register(sub)  # `facility drill ...`: 演练 on the running simulators
     return parser
 
 

@@ -288,7 +288,8 @@ class Run:
         make = router._broadcast
 
         def broadcast(endpoint: Any, kind: m.DisplayKind, priority: int, text: str,
-                      repeat: int, incident: str, alert: str, now: int) -> None:
+                      repeat: int, incident: str, alert: str, now: int,
+                      drill: str = "") -> None:
             if kind is m.DisplayKind.ALL_CLEAR:
                 found = book.incidents.get(incident)
                 if found is None or found.closed_at:
@@ -299,7 +300,7 @@ class Run:
                     severity, category = found.severity.value, found.category
                 self._made[f"{endpoint.id}:{incident}:{now}"] = AllClear(
                     endpoint.id, incident, now, state, severity, category)
-            make(endpoint, kind, priority, text, repeat, incident, alert, now)
+            make(endpoint, kind, priority, text, repeat, incident, alert, now, drill)
         router._broadcast = broadcast  # type: ignore[method-assign]  # not a library's: the bench wraps this live instance's method to time it
 
         take_ack = engine.display_ack

@@ -260,3 +260,12 @@ TEAM_KIND: Mapping[str, str] = MappingProxyType({
 CHANNEL: Mapping[str, str] = MappingProxyType({
     "wecom": "企业微信", "dingtalk": "钉钉", "feishu": "飞书", "email": "电子邮件",
     "sms": "短信", "webhook": "Webhook", "apprise": "通知"})
+
+# Drills (演练): every screen and PA text of a drill starts with DRILL_PREFIX, and the
+# scenarios have names (the command line, the API, the page).
+DRILL_PREFIX = "【演练】"
+DRILL_SPEECH_PREFIX = "演练，演练。"  # said before a drill's announcement
+DRILL: Mapping[str, str] = MappingProxyType({
+    "fire": "火警演练", "rainstorm": "暴雨内涝演练", "gateway-loss": "网关失联演练",
+    "bollard-fault": "升降柱故障演练", "drill": "演练", "started": "演练已开始",
+    "ended": "演练已结束"})

@@ -154,6 +154,7 @@ class Reading(msgspec.Struct, frozen=True, kw_only=True):
     gateway: str = ""
     seq: int = 0  # per-gateway sequence number, to count loss end to end
     errors: dict[str, str] = {}  # values left out of this reading, and why
+    drill: str = ""  # the drill (演练) this reading belongs to, when a drill caused it
     v: int = SCHEMA_VERSION
 
     def __post_init__(self) -> None:
@@ -206,6 +207,7 @@ class Event(msgspec.Struct, frozen=True, kw_only=True):
     text: str = ""  # the vendor's own message, often Chinese
     gateway: str = ""
     seq: int = 0
+    drill: str = ""  # the drill (演练) this event belongs to, when a drill caused it
     v: int = SCHEMA_VERSION
 
     def __post_init__(self) -> None:
@@ -423,6 +425,7 @@ class AlertMessage(msgspec.Struct, frozen=True, kw_only=True):
     # are the level and value now. None/0 from a sender before these fields.
     peak_severity: Severity | None = None
     peak_priority: int = 0
+    drill: str = ""  # raised by a drill (演练): its id; empty for a real alert
     v: int = SCHEMA_VERSION
 
     def __post_init__(self) -> None:
@@ -462,6 +465,7 @@ class DisplayMessage(msgspec.Struct, frozen=True, kw_only=True):
     colour: str = ""  # red, orange, yellow, blue, green, white; empty: the screen's default
     incident: str = ""
     alert: str = ""
+    drill: str = ""  # a drill's (演练) message: its id; the text says 演练 too
     v: int = SCHEMA_VERSION
 
     def __post_init__(self) -> None:
@@ -490,6 +494,7 @@ class Broadcast(msgspec.Struct, frozen=True, kw_only=True):
     chime: bool = True
     incident: str = ""
     alert: str = ""
+    drill: str = ""  # a drill's (演练) announcement: its id; the text says 演练 too
     v: int = SCHEMA_VERSION
 
     def __post_init__(self) -> None:
@@ -586,3 +591,47 @@ class AlertOperationResult(msgspec.Struct, frozen=True, kw_only=True):
     detail: str = ""
     state: str = ""  # the alert's state after the operation, when it names an alert
     v: int = SCHEMA_VERSION
+
+
+# --- Drills (演练, issue 16) ------------------------------------------------------------------
+# Appended; a compatible v1 change: the optional `drill` fields above default to "" (a real
+# message) and a v1 reader that predates them ignores them. Topic: drill/{drill_id}.
+
+
+class DrillScenario(StrEnum):
+    FIRE = "fire"  # a fire at a place: detectors, the panel, the electrical-fire monitors
+    RAINSTORM = "rainstorm"  # heavy rain: a drain floods, pumps start
+    GATEWAY_LOSS = "gateway-loss"  # a gateway loses its devices (their link is cut)
+    BOLLARD_FAULT = "bollard-fault"  # a south-gate bollard faults
+
+
+class Drill(msgspec.Struct, frozen=True, kw_only=True):
+    """A drill (演练) started by a person, on drill/{id}: the simulators play its scenario,
+    and the rules engine marks every alert of its `sources` or `places` raised while it
+    lasts (until `ends_at`) as this drill's, so its screens and PA say 演练."""
+
+    id: str
+    site: str
+    scenario: DrillScenario
+    ts: int  # when it was started
+    ends_at: int  # the scenario stops (the fire is out, the link is back) at this time
+    by: str
+    place: str = ""  # where it happens (fire, rainstorm), or the gateway / bollard
+    sources: list[str] = []  # the devices (and gateways) whose alerts belong to the drill
+    places: list[str] = []  # the places whose alerts (correlations) belong to it
+    params: dict[str, Scalar] = {}
+    v: int = SCHEMA_VERSION
+
+    def __post_init__(self) -> None:
+        _check_version(self.v)
+        check_id(self.id, "drill id")
+        check_id(self.site, "site")
+        _check_ts(self.ts)
+        _check_ts(self.ends_at, "ends_at")
+        if self.ends_at <= self.ts:
+            raise ContractError("a drill must end after it starts")
+        if not self.by.strip():
+            raise ContractError("a drill must say who started it")
+        for item in (*self.sources, *self.places):
+            check_id(item, "drill source")
+        _check_values(self.params, frozenset())

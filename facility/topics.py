@@ -11,6 +11,7 @@ Layout (version 1)::
     facility/v1/{site}/display/{display_id}             retained
     facility/v1/{site}/broadcast/{zone}
     facility/v1/{site}/deadletter/{source}
+    facility/v1/{site}/drill/{drill_id}
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ class Kind(StrEnum):
     DISPLAY_ACK = "display-ack"
     BROADCAST = "broadcast"
     DEADLETTER = "deadletter"
+    DRILL = "drill"
 
 
 _DEVICE_KINDS = frozenset(
@@ -113,6 +115,10 @@ def broadcast(site: str, zone: str) -> str:
 
 def deadletter(site: str, source: str) -> str:
     return _single(Kind.DEADLETTER, site, source, "source")
+
+
+def drill(site: str, drill_id: str) -> str:
+    return _single(Kind.DRILL, site, drill_id, "drill id")
 
 
 def device_topic(kind: Kind, site: str, family: str, device: str) -> str:

@@ -66,6 +66,7 @@ class Alert:
     # `value` are the level and value now, which the screens and the PA follow.
     peak_severity: Severity | None = None
     peak_priority: int = 0
+    drill: str = ""  # raised by a drill (演练): the drill's id; its outputs say 演练
 
     @property
     def peak(self) -> Severity:
@@ -105,7 +106,7 @@ class Alert:
             suppressed_by=self.suppressed_by, escalation=self.escalation,
             escalated_to=self.escalated_to, chattering=self.chattering,
             category=self.category, late_s=self.late_s, peak_severity=self.peak,
-            peak_priority=self.peak_priority or self.priority)
+            peak_priority=self.peak_priority or self.priority, drill=self.drill)
 
     def to_json(self) -> dict[str, Any]:
         built: dict[str, Any] = msgspec.to_builtins(self)

@@ -25,6 +25,7 @@ from facility.messages import (
     CommandResult,
     DeviceStatus,
     DisplayAck,
+    Drill,
     Event,
     Reading,
     Severity,
@@ -216,6 +217,17 @@ class Engine:
         if self.router.silence_changes:  # an endpoint back from silence clears its alert
             self._pipeline([], now)
 
+    def drill(self, drill: Drill, now: int) -> None:
+        """A drill (演练) under way: the alerts of its sources and places raised until it
+        ends are its own, and their screens and PA say 演练."""
+        drills = self.book.drills
+        for old in [k for k, d in drills.items() if d.ends_at <= now]:
+            del drills[old]
+        if drill.ends_at > now and drill.id not in drills:
+            drills[drill.id] = drill
+            log.warning("rules %s: drill %s (%s at %s) by %s until %d", self.site, drill.id,
+                        drill.scenario.value, drill.place, drill.by, drill.ends_at)
+
     def caught_up(self, now: int) -> None:
         """The service has taken in what the broker kept while it was away."""
         self.evaluator.caught_up(now)
@@ -288,7 +300,8 @@ class Engine:
                 description=description or incident.title, instruction=spec.instruction,
                 sender_name=self.topology.site.site.name,
                 area_desc=place or self.topology.site.site.name, zones=incident.zones,
-                over=over, status=self.cap_status)
+                over=over, status="Exercise" if lead is not None and lead.drill
+                else self.cap_status)  # CAP 1.2: a drill's documents are an Exercise
             incident.cap_refs.append(cap.reference(self.cap_sender, identifier, now,
                                                    self.topology.timezone))
             incident.cap_state = state

@@ -101,6 +101,7 @@ class Evaluator(Context):
             plan = Plan()
         data = self.data.get(source) or self.source(source)
         self.lag = now - reading.ts
+        self.drill = reading.drill
         # A device clock ahead of ours cannot order what comes after it (a gateway stamps
         # with its receive time once the skew is too large): such a time counts as now.
         key = reading.ts if reading.ts <= now else now
@@ -138,6 +139,7 @@ class Evaluator(Context):
     def on_event(self, event: Event, now: int) -> list[Signal]:
         out: list[Signal] = []
         self.lag = now - event.ts
+        self.drill = event.drill
         if event.device in self.topology.sources:
             data = self.data.get(event.device) or self.source(event.device)
             key = event.ts if event.ts <= now else now
@@ -152,6 +154,7 @@ class Evaluator(Context):
 
     def on_status(self, status: DeviceStatus, now: int) -> list[Signal]:
         self.lag = 0  # not a device's input: never late
+        self.drill = ""
         if status.device not in self.topology.sources:
             return []
         data = self.source(status.device)
@@ -172,16 +175,19 @@ class Evaluator(Context):
 
     def on_command(self, command: Command, now: int) -> list[Signal]:
         self.lag = 0  # not a device's input: never late
+        self.drill = ""
         return self.command.on_command(command, now)
 
     def on_command_result(self, result: CommandResult, now: int) -> list[Signal]:
         self.lag = 0  # not a device's input: never late
+        self.drill = ""
         return self.command.on_command_result(result, now)
 
     # --- time -----------------------------------------------------------------------
 
     def tick(self, now: int) -> list[Signal]:
         self.lag = 0  # not a device's input: never late
+        self.drill = ""
         out = self.threshold.due(now)
         for compiled in self.absence.rules:
             out += self.absence.scan(compiled, now)

@@ -155,6 +155,12 @@ class Intake:
                 engine.command_result(m.decode(payload, m.CommandResult), now)
             elif kind is Kind.DISPLAY_ACK:
                 engine.display_ack(m.decode(payload, m.DisplayAck), now)
+            elif kind is Kind.DRILL:
+                drill = m.decode(payload, m.Drill)
+                if drill.site != self.site_id:
+                    return self._refuse(topic, "mismatch", f"site {drill.site!r} on the topic "
+                                        f"of {self.site_id!r}", payload, kind), None
+                engine.drill(drill, now)
             else:
                 return self._refuse(topic, "topic", f"the rules engine does not read {kind}",
                                     payload, None), None

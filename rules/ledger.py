@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from facility.messages import AlertState
+from facility.messages import AlertState, Drill
 from facility.topology import Topology
 from rules.alerts import Alert, ChatterPolicy, Incident, Point, Transition
 from rules.clock import NS
@@ -38,6 +38,15 @@ class Ledger:
         self.incidents_changed: dict[str, Incident] = {}
         self.points_changed: dict[tuple[str, str], Point] = {}
         self.escalations: list[tuple[Alert, str]] = []
+        self.drills: dict[str, Drill] = {}  # drills under way (演练), by id
+
+    def drill_for(self, source: str, place: str, now: int) -> str:
+        """The drill under way whose scope holds this source or place, if any."""
+        for drill in self.drills.values():
+            if drill.ts <= now < drill.ends_at and (source in drill.sources
+                                                     or (place and place in drill.places)):
+                return drill.id
+        return ""
 
     def by_id(self, alert_id: str) -> Alert | None:
         return next((a for a in self.open.values() if a.id == alert_id), None)

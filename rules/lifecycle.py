@@ -77,6 +77,8 @@ def _new(book: Ledger, sig: Signal, compiled: Any, now: int) -> Alert:
                   place=place,
                   zone=zone, rule_revision=compiled.revision,
                   late_s=int(sig.detail.get("late_s", 0)))
+    # A drill's (演练) alert: its input said so, or a drill under way covers it.
+    alert.drill = str(sig.detail.get("drill", "")) or book.drill_for(sig.source, place, now)
     fill(book, alert, sig, compiled, severity)
     point = book.points.get((rule.id, sig.source))
     whole = book.points.get(("*", sig.source))

@@ -17,6 +17,7 @@ from zoneinfo import ZoneInfo
 
 import msgspec
 
+from facility import labels
 from facility.endpoints import Endpoint, EndpointConfig
 from facility.messages import SEVERITY_RANK, Broadcast, DisplayKind, DisplayMessage
 from rules.alerts import Incident, short_id
@@ -42,6 +43,7 @@ class Content:
     alert: str = ""
     all_clear: str = ""  # PA: what to say when it is over
     repeat: int = 1
+    drill: str = ""  # a drill's (演练) content: the drill id; its words say 演练
 
     def same_as(self, other: Content | None) -> bool:
         return other is not None and (self.priority, self.title, self.text, self.short,
@@ -133,18 +135,21 @@ class Router:
                     values["time"] = local_time(now, book.topology.timezone)
                     priority = notify.priority or alert.priority
                     all_clear = ""
+                    drill = alert.drill
                     if notify.all_clear:
                         ac = self.rules.templates[notify.all_clear]
-                        all_clear = render(ac.speech or ac.text, values)
+                        all_clear = drilled(render(ac.speech or ac.text, values), drill, True)
                     content = Content(
                         priority=priority,
                         kind=DisplayKind.EMERGENCY.value if priority <= 2
                         else DisplayKind.ALERT.value,
-                        title=render(template.title, values), text=render(template.text, values),
-                        short=render(template.short or template.title, values),
-                        speech=render(template.speech or template.text, values),
+                        title=drilled(render(template.title, values), drill),
+                        text=drilled(render(template.text, values), drill),
+                        short=drilled(render(template.short or template.title, values), drill),
+                        speech=drilled(render(template.speech or template.text, values), drill,
+                                       True),
                         colour=template.colour, incident=incident.id, alert=alert.id,
-                        all_clear=all_clear, repeat=notify.repeat)
+                        all_clear=all_clear, repeat=notify.repeat, drill=drill)
                     for endpoint in self._targets(notify.to, incident):
                         have = wanted[endpoint.id].get(incident.id)
                         if have is None or content.priority < have.priority:
@@ -200,6 +205,8 @@ class Router:
             body = {"kind": top.kind, "priority": top.priority, "text": text,
                     "short_text": top.short, "title": top.title, "colour": top.colour,
                     "incident": top.incident, "alert": top.alert}
+            if top.drill:
+                body["drill"] = top.drill
         shown = state.shown
         if not force and shown is not None and all(shown.get(k) == v for k, v in body.items()):
             return
@@ -225,7 +232,7 @@ class Router:
             self.dirty.add(endpoint.id)
             if gone.all_clear:
                 self._broadcast(endpoint, DisplayKind.ALL_CLEAR, 5, gone.all_clear, 1,
-                                incident_id, gone.alert, now)
+                                incident_id, gone.alert, now, gone.drill)
         # An incident never talks over one the zone is already announcing unless it is more
         # urgent; it waits, and is announced when it is the most urgent left.
         for incident_id, content in sorted(layers.items(), key=lambda kv: kv[1].priority):
@@ -240,15 +247,15 @@ class Router:
             self.dirty.add(endpoint.id)
             kind = DisplayKind(content.kind)
             self._broadcast(endpoint, kind, content.priority, content.speech, content.repeat,
-                            incident_id, content.alert, now)
+                            incident_id, content.alert, now, content.drill)
 
     def _broadcast(self, endpoint: Endpoint, kind: DisplayKind, priority: int, text: str,
-                   repeat: int, incident: str, alert: str, now: int) -> None:
+                   repeat: int, incident: str, alert: str, now: int, drill: str = "") -> None:
         message = Broadcast(id=f"bc-{short_id(endpoint.id, incident, text, now)}",
                             site=self.site, zone=endpoint.id, ts=now, kind=kind,
                             priority=priority, text=text, repeat=repeat,
                             chime="chime" in endpoint.capabilities, incident=incident,
-                            alert=alert)
+                            alert=alert, drill=drill)
         self._send(endpoint, "broadcast", message, now, incident)
 
     def _send(self, endpoint: Endpoint, kind: str, message: DisplayMessage | Broadcast,
@@ -343,6 +350,13 @@ class Router:
     def silence_alert_text(self, endpoint_id: str) -> str:
         endpoint = self.endpoints[endpoint_id]
         return f"{endpoint.name}未确认显示/播报内容"
+
+
+def drilled(text: str, drill: str, spoken: bool = False) -> str:
+    """A drill's words begin with 演练 (screens: 【演练】, the PA: 演练，演练。)."""
+    if not drill or not text:
+        return text
+    return (labels.DRILL_SPEECH_PREFIX if spoken else labels.DRILL_PREFIX) + text
 
 
 def local_time(now: int, timezone: str) -> str:

@@ -221,7 +221,8 @@ class RulesService(Service):
         return [topics.subscription(Kind.STATUS, s), topics.subscription(Kind.EVENT, s),
                 topics.subscription(Kind.COMMAND, s),
                 topics.subscription(Kind.COMMAND_RESULT, s),
-                topics.subscription(Kind.DISPLAY_ACK, s)]
+                topics.subscription(Kind.DISPLAY_ACK, s),
+                topics.subscription(Kind.DRILL, s)]
 
     def bulk_filters(self) -> list[str]:
         return [topics.subscription(Kind.TELEMETRY, self.site_id)]

@@ -465,6 +465,10 @@ class BollardPlc:
         self.update()
         self.door_open = open_
 
+    def reset_faults(self) -> None:
+        """A fault reset at the cabinet (as command 4): faulted bollards clear."""
+        self._reset(self.update())
+
     def inject_fault(self, n: int, code: FaultCode) -> None:
         t = self.update()
         b = self.bollards[n - 1]

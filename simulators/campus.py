@@ -36,6 +36,7 @@ from simulators.drainage import (
     RainGauge,
     SumpPump,
 )
+from simulators.drills import DrillDesk
 from simulators.ev import Charger
 from simulators.fire import AcrelMonitor, FireScenes, GstDetector, GstPanel
 from simulators.meters import METER_MAPS, SINGLE_PHASE_PEAK_KW, Meter
@@ -58,7 +59,10 @@ class Campus:
 
     def __init__(self, site: SiteConfig, mqtt: MqttSettings, *, clock: SimClock, seed: int = 1,
                  use_config_ports: bool = True, families: set[Family] | None = None,
-                 min_interval: float = 1.0, topic_prefix: str = "") -> None:
+                 min_interval: float = 1.0, topic_prefix: str = "",
+                 drills: bool | None = None) -> None:
+        """`drills`: take drills (演练) from the broker (simulators/drills.py); by default
+        when MQTT devices are simulated (a broker is there)."""
         self.config_site = site
         self.site = site  # replaced by a copy with the bound ports once started
         self.mqtt = mqtt
@@ -82,7 +86,10 @@ class Campus:
         self._stack: contextlib.AsyncExitStack | None = None
         self.publisher: Publisher | None = None
         self.drainage: DrainageSystem | None = None
+        self.drills: DrillDesk | None = None
         self._build()
+        if drills or (drills is None and self._mqtt_devices):
+            self.drills = DrillDesk(self, mqtt, site.site.id)
 
     # Building the models from the site file.
     def _wanted(self, device: Device) -> bool:
@@ -223,6 +230,8 @@ class Campus:
             self.site = self._site_with_bound_ports()
             self.clock.add_listener(self._wake_all)
             stack.callback(self.clock.remove_listener, self._wake_all)
+            if self.drills is not None:  # listening before the devices speak
+                await stack.enter_async_context(self.drills)
             group = await stack.enter_async_context(asyncio.TaskGroup())
             if self._mqtt_devices:
                 client_id = f"{self.mqtt.client_prefix}-simulators-{uuid.uuid4().hex[:8]}"

@@ -90,6 +90,7 @@ class Context:
         self.timing: set[tuple[str, str]] = set()  # threshold instances with a running timer
         self.recheck: set[tuple[str, str]] = set()  # to evaluate at the next tick (reload)
         self.lag = 0  # how old the input being evaluated is (0 on a tick)
+        self.drill = ""  # the drill (演练) the input being evaluated says it belongs to
         self._schedules: dict[tuple[tuple[str, ...], int], bool] = {}
         self._local = (0, datetime.fromtimestamp(0, self.tz))
         # What `tags` reads in an expression: the source's tags, and its id as 'device'
@@ -191,6 +192,8 @@ class Context:
         detail = dict(detail or {})
         if self.lag >= LATE and level >= 0:
             detail["late_s"] = round(self.lag / NS)
+        if self.drill and level >= 0:
+            detail["drill"] = self.drill
         if inst.restored_gap and level >= 0:
             detail["timer_spanned_restart_s"] = round(inst.restored_gap / NS, 1)
             inst.restored_gap = 0
