@@ -126,7 +126,7 @@ async def cmd_run(args: argparse.Namespace, settings: Settings, site: Any) -> in
 
 async def cmd_load(args: argparse.Namespace, settings: Settings, site: Any) -> int:
     options = DutySettings()
-    config = load_duty(settings.config_path.parent / options.file)
+    config = load_duty(settings.config_folder / options.file)
     now = datetime.now(UTC)
     roster = config.roster(Calendar.load(options.holidays_file), now - timedelta(days=1),
                            now + timedelta(days=args.days))

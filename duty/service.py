@@ -30,7 +30,6 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import aiomqtt
 from aiohttp import web
 
 from duty.channels import Channel, build
@@ -46,7 +45,7 @@ from facility import labels, topics
 from facility import messages as m
 from facility.deadletters import DeadLetters, Letter
 from facility.metrics import Metrics
-from facility.mqtt import run_connected
+from facility.mqtt import MqttError, run_connected
 from facility.mqttlink import MqttLink, connector
 from facility.ops import Operations
 from facility.service import Service
@@ -69,7 +68,7 @@ class DutyService(Service):
         self.settings = settings
         self.site = site
         self.options = options or DutySettings()
-        folder = settings.config_path.parent
+        folder = settings.config_folder
         self.config = duty or load_duty(folder / self.options.file)
         self.calendar = Calendar.load(_resolve(folder, self.options.holidays_file))
         self.clock = clock
@@ -361,7 +360,7 @@ class DutyService(Service):
                     comment=f"手机确认链接（{claim.person}）", timeout=self.options.ack_timeout)
                 taken = taken or result.ok
                 details.append(f"{alert}: {'ok' if result.ok else result.detail}")
-            except (TimeoutError, aiomqtt.MqttError) as exc:
+            except (TimeoutError, MqttError) as exc:
                 details.append(f"{alert}: {exc}")
         return taken, "; ".join(details)
 
