@@ -135,7 +135,11 @@ async def cmd_shift(args: argparse.Namespace, settings: Settings, catalog: Catal
     formats = tuple(args.formats or ("html", "pdf"))
     with progress(4 + len(formats), "值班报告", not args.no_progress) as step:
         async with InfluxClient(settings.influx) as influx:
-            report = await build(influx, settings, site, period, step)
+            try:
+                report = await build(influx, settings, site, period, step)
+            except ValueError as exc:  # a shift that has not begun
+                print(f"facility report shift: {exc}", file=sys.stderr)
+                return 2
         paths = render.write_all(report, _out_dir(args, settings), f"shift-{args.date}", formats)
         for _ in formats:
             step("rendered")

@@ -58,13 +58,20 @@ def _minutes(seconds: float | None) -> float | None:
 
 
 async def build(influx: InfluxClient, settings: Settings, site: SiteConfig, period: Period,
-                step: Step) -> Report:
+                step: Step, *, at: datetime | None = None) -> Report:
+    """The report of one shift as of `at` (default now): a shift still under way is
+    counted up to now (availability, unacknowledged at handover), not to its end."""
     tz = ZoneInfo(site.site.timezone)
+    moment = (at or datetime.now(tz)).astimezone(tz)
     start, end = period.ns()
+    subtitle = f"值班时段：{period.start:%Y-%m-%d %H:%M} 至 {period.end:%Y-%m-%d %H:%M}"
+    if period.start <= moment < period.end:
+        end = int(moment.timestamp() * NS)
+        subtitle += f"（值班尚未结束，统计截至 {moment:%Y-%m-%d %H:%M:%S}）"
+    elif moment < period.start:
+        raise ValueError(f"值班时段 {period.label} 尚未开始")
     report = Report(kind="shift", title=f"{site.site.name}安防控制室值班报告",
-                    subtitle=f"值班时段：{period.start:%Y-%m-%d %H:%M} 至 "
-                             f"{period.end:%Y-%m-%d %H:%M}",
-                    generated_at=datetime.now(tz).strftime("%Y-%m-%d %H:%M"))
+                    subtitle=subtitle, generated_at=moment.strftime("%Y-%m-%d %H:%M"))
     names = _Names(site)
     report.sections += await _alert_sections(settings, site.site.id, start, end, names, tz, step)
     commands = await _commands(settings, site.site.id, start, end, names, tz)
@@ -312,26 +319,37 @@ async def _commands(settings: Settings, site: str, start: int, end: int, names: 
 async def _bollards(influx: InfluxClient, site: str, start: int, end: int,
                     tz: ZoneInfo, commands: Table) -> Section:
     where = f"site = {quote_string(site)} AND time >= {start} AND time < {end}"
-    per_minute = await influx.query(
-        'SELECT last("bollards_up") AS up, last("bollards_down") AS down, '
-        'last("bollards_fault") AS fault, last("mode") AS mode, '
-        'last("emergency_rise") AS emergency FROM "bollard" '
-        f"WHERE {where} AND \"controller\" = '' GROUP BY time(1m), \"device\" fill(none)")
-    ops = Table("bollard_operations", "升降柱动作（PLC 读数变化）", [
+    # Every reading of the PLC's group registers (the gateway reads them every second), so
+    # that each change shows, however short: a 7-second emergency rise falls between two
+    # minute samples. The reading before the shift gives the state it began with.
+    fields = '"bollards_up", "bollards_down", "bollards_fault", "mode", "emergency_rise"'
+    group = "AND \"controller\" = '' GROUP BY \"device\""
+    before = await influx.query(
+        f"SELECT {fields} FROM \"bollard\" WHERE site = {quote_string(site)} "
+        f"AND time < {start} {group} ORDER BY time DESC LIMIT 1")
+    readings = await influx.query(f'SELECT {fields} FROM "bollard" WHERE {where} {group}')
+    ops = Table("bollard_operations", "升降柱动作（PLC 状态变化）", [
         Column("时间", kind="text"), Column("控制柜", kind="text"), Column("升起", digits=0),
         Column("降下", digits=0), Column("故障", digits=0), Column("模式", kind="text"),
         Column("紧急升起", kind="text")],
-        formulas=["按分钟取 PLC 的升起/降下/故障数量、模式、紧急升起状态，"
-                  "列出与上一分钟不同的时刻"])
-    for series in per_minute[0] if per_minute else []:
-        before: tuple[Any, ...] | None = None
-        for t, up, down, fault, mode, emergency in series.values:
-            now = (up, down, fault, mode, emergency)
-            if now != before:
-                ops.rows.append([datetime.fromtimestamp(int(t) / NS, tz).strftime("%H:%M"),
-                                 series.tags.get("device", ""), up, down, fault, mode or "—",
-                                 emergency or "—"])
-            before = now
+        formulas=["逐条读取 PLC 的升起/降下/故障数量、模式、紧急升起状态（网关每秒读一次），"
+                  "列出与前一次读数不同的时刻（值班开始时的状态为第一行）"])
+    initial = {s.tags.get("device", ""): tuple(s.values[0][1:])
+               for s in (before[0] if before else []) if s.values}
+    for series in readings[0] if readings else []:
+        device = series.tags.get("device", "")
+        last: tuple[Any, ...] | None = initial.get(device)
+        if last is not None:
+            ops.rows.append([datetime.fromtimestamp(start / NS, tz).strftime("%H:%M:%S"),
+                             device, *_plc_state(last)])
+        for t, *values in series.values:
+            state = tuple(values)
+            if all(v is None for v in state):
+                continue  # no answer from the PLC: not a change of its state
+            if state != last:
+                ops.rows.append([datetime.fromtimestamp(int(t) / NS, tz).strftime("%H:%M:%S"),
+                                 device, *_plc_state(state)])
+            last = state
     units = await influx.query(
         'SELECT spread("cycle_count") AS cycles, last("state") AS state, '
         'last("fault_code") AS fault_code FROM "bollard" '
@@ -346,6 +364,12 @@ async def _bollards(influx: InfluxClient, site: str, start: int, end: int,
     if not ops.rows:
         ops.notes.append("值班时段内没有升降柱 PLC 数据。")
     return Section("四、升降柱", tables=[commands, ops, per_unit])
+
+
+def _plc_state(state: tuple[Any, ...]) -> list[Any]:
+    up, down, fault, mode, emergency = state
+    return [up, down, fault, labels.label(labels.BOLLARD_MODE, mode) if mode else "—",
+            labels.label(labels.EMERGENCY_RISE, emergency) if emergency else "—"]
 
 
 async def _events(influx: InfluxClient, site: str, start: int, end: int,

@@ -130,6 +130,16 @@ async def fill_influx(influx: InfluxClient, settings: Settings) -> None:
         lines.append(lp.line("bollard", unit, {"quality": "good", "state": "up" if up else
                                                "down", "cycle_count": 100 + (2 if up else 0),
                                                "fault_code": "none"}, t))
+    # A 7-second emergency rise at 11:00:10, between two minute samples; the gateway
+    # reads the PLC every second, so each second of it is a reading.
+    for second in range(0, 30):
+        t = at(20, 11) + second * NS
+        emergency = 10 <= second < 17
+        lines.append(lp.line("bollard", plc, {
+            "quality": "good", "bollards_up": 42, "bollards_down": 0, "bollards_fault": 0,
+            "mode": "emergency" if emergency else "auto",
+            "emergency_rise": ("rising" if second < 12 else "complete") if emergency
+            else "idle"}, t))
     for device, changes in {"em-main-total": [(at(20, 7), "online", ""),
                                               (at(20, 12), "offline", "no answer"),
                                               (at(20, 13), "online", "")],
@@ -203,7 +213,10 @@ async def test_shift_report(settings: Settings, influx: InfluxClient, tmp_path: 
         ("全部降下", "王五", "张三", "完成"), ("升起", "访客", "无需审批", "拒绝执行")]
     assert commands[0][0] == "11-20 09:55:00" and commands[0][5] == "消防车进场"
     ops = table(report, "bollard_operations").rows
-    assert [(r[0], r[2]) for r in ops] == [("08:00", 0), ("10:00", 42)]
+    assert [(r[0], r[2], r[5], r[6]) for r in ops] == [
+        ("08:00:00", 0, "自动", "未触发"), ("10:00:00", 42, "自动", "未触发"),
+        ("11:00:10", 42, "紧急", "上升中"), ("11:00:12", 42, "紧急", "已完成"),
+        ("11:00:17", 42, "自动", "未触发")]
     assert table(report, "bollard_units").rows == [["bollard-s01", 2, "up", "none"]]
     assert table(report, "device_events").rows[0][3] == 2
     unavailable = {r[0]: r for r in table(report, "unavailable").rows}
@@ -218,3 +231,27 @@ async def test_shift_report(settings: Settings, influx: InfluxClient, tmp_path: 
     for expected in ("值班报告", "报警系统性能", "ISA-18.2", "指令及下达人", "消防车进场",
                      "设备在线率"):
         assert expected in text, expected
+
+
+async def test_a_shift_under_way_counts_up_to_now(settings: Settings, influx: InfluxClient,
+                                                  tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'state.sqlite'}"
+    settings = settings.model_copy(update={"state": StateSettings(url=SecretStr(url))})
+    await fill_store(url)
+    await fill_audit(url)
+    await fill_influx(influx, settings)
+    site = load_site(settings.site_path)
+    period = shift_period("2026-11-20", "08:00", 24, TZ)
+    now = datetime(2026, 11, 20, 14, 0, tzinfo=TZ)
+    report = await build(influx, settings, site, period, lambda _: None, at=now)
+    assert "值班尚未结束，统计截至 2026-11-20 14:00:00" in report.subtitle
+    # Offline 12:00-13:00 of the six hours so far (not of 24: the rest has not happened).
+    unavailable = {r[0]: r for r in table(report, "unavailable").rows}
+    assert unavailable["主楼总表"][2] == pytest.approx(5 / 6)
+    summary = {r[0]: r for r in table(report, "availability").rows}
+    assert summary["消防"][3] == 1.0
+    # The bollards' changes so far; none after now.
+    assert [r[0] for r in table(report, "bollard_operations").rows][-1] == "11:00:17"
+    with pytest.raises(ValueError, match="尚未开始"):
+        await build(influx, settings, site, period, lambda _: None,
+                    at=datetime(2026, 11, 20, 7, 59, tzinfo=TZ))
