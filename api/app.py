@@ -20,7 +20,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from api.context import open_context
 from api.deps import SITE_NAMES, known_query, site_names
 from api.routes import alerts, auth, campus, chargers, commands, desk, outputs, stream, system
+from api.routes import drills as drill_routes
 from api.routes import duty as duty_routes
+from api.routes import pa as pa_routes
 from facility.catalog import Catalog
 from facility.settings import Settings
 from facility.site import SiteConfig
@@ -136,6 +138,8 @@ def create_app(settings: Settings, catalog: Catalog) -> FastAPI:
                    system):
         app.include_router(module.router)
     app.include_router(duty_routes.router)  # the duty roster and work orders
+    app.include_router(drill_routes.router)  # drills (演练), supervisors, audited
+    app.include_router(pa_routes.router)  # the PA zones' last announcements as audio
     add_page(app)
     add_docs(app)
     app.openapi = lambda: _described(app, catalog.site)  # type: ignore[method-assign]  # fastapi: replacing app.openapi is its documented hook, but it is typed as a method
