@@ -41,6 +41,16 @@ class Source:
         return self.tags.get("panel") or self.tags.get("controller") or ""
 
 
+# What an OCPP charge point's readings carry through the central system: csms/meter.py
+# maps OCPP's measurands onto these names (tests/test_ocpp_values.py holds the two together).
+OCPP_VALUES = frozenset(
+    {"energy_import", "power", "power_offered", "current", "current_offered", "voltage",
+     "connector_temperature", "soc", "frequency", "session_energy", "connector",
+     "transaction_id", "context", "status", "connector_status", "error_code",
+     "vendor_error_code", "info"}
+    | {f"{base}_{p}" for base in ("power", "current", "voltage") for p in "abc"})
+
+
 def _vendor_values(vendors: Mapping[str, VendorMapping]
                    ) -> dict[str, tuple[frozenset[str], float]]:
     return {vendor: (frozenset(name for message in mapping.messages for name in message.values),
@@ -73,6 +83,8 @@ class Topology:
             period = 60.0
             if device.mqtt is not None:
                 names, period = vendors.get(device.mqtt.vendor, (frozenset(), 60.0))
+            elif device.ocpp is not None:
+                names = OCPP_VALUES
             elif device.modbus is not None:
                 names, unit_names = models.get(device.modbus.model, (frozenset(), frozenset()))
                 period = device.modbus.period
