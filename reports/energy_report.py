@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
@@ -314,7 +314,9 @@ class _Context:
         names.append(labels.LOAD["other"])
         values.append(other)
         png = charts.horizontal_bars("分项用电量（kWh）", names, values, "kWh")
-        chart = Chart("分项用电量", png, F_OTHER)
+        chart = Chart("分项用电量", png, F_OTHER,
+                      _series("chart_loads", "图：分项用电量", "分项", names,
+                              {"用电量": values}, "kWh", [F_ENERGY, F_OTHER]))
         return Section("三、分项能耗", tables=[table], charts=[chart])
 
     def off_hours(self) -> Section:
@@ -348,9 +350,11 @@ class _Context:
         if holidays:
             table.notes.append("期内法定节假日：" + "、".join(f"{d:%m-%d}{n}" for d, n in holidays)
                                + f"（日历：{self.calendar.source}）")
+        stacks = {"工作时间": office, "工作日夜间": night, "周末及节假日": rest}
         chart = Chart("工作时间与非工作时间用电", charts.stacked_bars(
-            "工作时间与非工作时间用电（kWh）", categories,
-            {"工作时间": office, "工作日夜间": night, "周末及节假日": rest}, "kWh"), F_SPLIT)
+            "工作时间与非工作时间用电（kWh）", categories, stacks, "kWh"), F_SPLIT,
+            _series("chart_office_hours", "图：工作时间与非工作时间用电", "建筑", categories,
+                    stacks, "kWh", [F_SPLIT]))
         return Section("四、工作时间与非工作时间", intro="非工作时间的用电即无人办公时段的用电，"
                        "是节能管理的重点。", tables=[table], charts=[chart, self._profile_chart()])
 
@@ -492,8 +496,16 @@ class _Context:
                         values[day_index[key]] += kwh
             series[self.place_name(building_id)] = values
         png = charts.stacked_bars("逐日用电量（kWh）", days, series, "kWh", rotate=len(days) > 10)
-        return Chart("逐日用电量", png,
-                     "逐日电量 = Σ 当日各15分钟区间已分配电量（跨缺口电量不含在内）")
+        formula = "逐日电量 = Σ 当日各15分钟区间已分配电量（跨缺口电量不含在内）"
+        dates = []
+        moment = self.now.period.start
+        while moment < self.now.period.end:
+            dates.append(moment.strftime("%Y-%m-%d"))
+            moment += timedelta(days=1)
+        totals = [math.fsum(v[i] for v in series.values()) for i in range(len(days))]
+        return Chart("逐日用电量", png, formula,
+                     _series("chart_daily", "图：逐日用电量（按建筑）", "日期", dates,
+                             {**series, "合计": totals}, "kWh", [formula]))
 
     def _profile_chart(self) -> Chart:
         demand = self._campus_demand()
@@ -511,7 +523,26 @@ class _Context:
             for kind in sums}
         labels = [f"{slot // 4:02d}:{slot % 4 * 15:02d}" for slot in range(per_slot)]
         png = charts.lines("园区平均负荷曲线（kW）", labels, series, "kW")
-        return Chart("平均负荷曲线", png, "各时刻平均需量 = 同类日同一15分钟区间园区需量的平均值")
+        formula = "各时刻平均需量 = 同类日同一15分钟区间园区需量的平均值"
+        counted = {f"{kind}天数": [float(c) for c in counts[kind]] for kind in counts}
+        return Chart("平均负荷曲线", png, formula,
+                     _series("chart_load_curve", "图：园区平均负荷曲线（15分钟）", "时刻",
+                             labels, {**series, **counted}, "kW",
+                             [formula, "天数：该时刻参与平均的同类日数"
+                                       "（该区间各表读数完整的日子）"]))
+
+
+def _series(key: str, title: str, x_label: str, x: list[str],
+            series: Mapping[str, Sequence[float | None]], unit: str,
+            formulas: list[str]) -> Table:
+    """The numbers a chart draws, one row per point of its axis (the workbook's sheet)."""
+    table = Table(key, title, [Column(x_label, kind="text"),
+                               *[Column(name, "" if name.endswith("天数") else unit,
+                                        0 if name.endswith("天数") else 1)
+                                 for name in series]], formulas=formulas)
+    for index, label in enumerate(x):
+        table.rows.append([label, *[values[index] for values in series.values()]])
+    return table
 
 
 def _share(part: float, whole: float) -> str:

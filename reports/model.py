@@ -40,6 +40,7 @@ class Chart:
     title: str
     png: bytes
     caption: str
+    data: Table | None = None  # the numbers drawn, a sheet of the workbook
 
 
 @dataclass(slots=True)
@@ -62,6 +63,10 @@ class Report:
 
     def tables(self) -> list[Table]:
         return [t for s in self.sections for t in s.tables]
+
+    def chart_data(self) -> list[Table]:
+        """The series behind each chart, in the order the charts appear."""
+        return [c.data for s in self.sections for c in s.charts if c.data is not None]
 
     def figures(self) -> list[Figure]:
         return [f for s in self.sections for f in s.figures]

@@ -87,7 +87,8 @@ def xlsx(report: Report, target: Path) -> None:
                 if f.digits else "#,##0"
             sheet.cell(sheet.max_row, 5).number_format = "0.0%"
     _widths(sheet, [18, 30, 16, 10, 12, 90])
-    for table in report.tables():
+    # Every table, then the series behind every chart (one sheet each, named chart_*).
+    for table in [*report.tables(), *report.chart_data()]:
         ws = book.create_sheet(table.key[:31])
         ws.append([table.title])
         ws.cell(1, 1).font = Font(bold=True, size=12)

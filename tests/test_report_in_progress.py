@@ -5,6 +5,7 @@ the same stretch of the previous period; against a real InfluxDB."""
 from __future__ import annotations
 
 from datetime import date, datetime, timedelta
+from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -13,7 +14,7 @@ from facility.influx import InfluxClient
 from facility.schema import ensure_downsampling
 from facility.settings import Settings
 from facility.site import load_site
-from reports import periods
+from reports import periods, render
 from reports.calendar import load_calendar
 from reports.energy_report import build
 from reports.model import Report, Table
@@ -43,7 +44,8 @@ def test_until_now_cuts_at_the_interval_in_progress() -> None:
         periods.until_now(MONTH, MONTH.start + timedelta(minutes=14))
 
 
-async def test_a_month_in_progress(settings: Settings, influx: InfluxClient) -> None:
+async def test_a_month_in_progress(settings: Settings, influx: InfluxClient,
+                                   tmp_path: Path) -> None:
     site = load_site(settings.site_path)
     await ensure_downsampling(influx, settings.reports)
     # 60 kW (1 kWh a minute) from the evening before September to a minute past AT: the
@@ -73,3 +75,21 @@ async def test_a_month_in_progress(settings: Settings, influx: InfluxClient) -> 
     assert summary["环比"].value == "+0.0%"
     # Peak demand is a whole interval's (60 kW), none from the interval in progress.
     assert summary["园区最大需量"].value == 60.0
+
+    # The workbook carries the numbers behind each chart: the days so far, by building.
+    from openpyxl import load_workbook
+
+    paths = render.write_all(report, tmp_path, "energy", ("xlsx",))
+    book = load_workbook(paths["xlsx"])
+    assert {"chart_daily", "chart_loads", "chart_office_hours", "chart_load_curve"} <= set(
+        book.sheetnames)
+    daily = [list(r) for r in book["chart_daily"].iter_rows(min_row=2, max_row=5,
+                                                             values_only=True)]
+    assert daily == [["日期", "主楼 (kWh)", "合计 (kWh)"], ["2026-10-01", 1440.0, 1440.0],
+                     ["2026-10-02", 1440.0, 1440.0], ["2026-10-03", 600.0, 600.0]]
+    curve = [list(r) for r in book["chart_load_curve"].iter_rows(min_row=3, values_only=True)]
+    assert curve[0][0] == "00:00" and curve[95][0] == "23:45"
+    # 1-3 October are National Day rest days. From 10:00 on, only the two whole days
+    # before count; none comes from the interval in progress (no fake drop).
+    assert curve[40][1:] == [None, 60.0, 0, 2]
+    assert curve[39][1:] == [None, 60.0, 0, 3]
