@@ -54,13 +54,15 @@ def acl(catalog: Catalog) -> str:
     out += _service("ingest", read=[(k.TELEMETRY,), (k.STATUS,), (k.EVENT,), (k.DEADLETTER,)],
                     write=[(k.DEADLETTER, "ingest")], site=s)
     out += _service("rules", read=[(k.TELEMETRY,), (k.STATUS,), (k.EVENT,),
-                                   (k.COMMAND_RESULT,), (k.COMMAND,), (k.DISPLAY_ACK,)],
+                                   (k.COMMAND_RESULT,), (k.COMMAND,), (k.DISPLAY_ACK,),
+                                   (k.DRILL,)],
                     write=[(k.ALERT,), (k.DISPLAY,), (k.BROADCAST,),
                            (k.COMMAND_RESULT, "alert"), (k.DEADLETTER, "rules")], site=s)
     out += _service("api", read=[(k.TELEMETRY,), (k.STATUS,), (k.EVENT,), (k.ALERT,),
                                  (k.DISPLAY,), (k.DISPLAY_ACK,), (k.BROADCAST,),
                                  (k.COMMAND_RESULT,)],
-                    write=[(k.COMMAND,), (k.BROADCAST,), (k.DISPLAY,), (k.DEADLETTER, "api")],
+                    write=[(k.COMMAND,), (k.BROADCAST,), (k.DISPLAY,), (k.DEADLETTER, "api"),
+                           (k.DRILL,)],  # drills: a supervisor's POST /api/drills
                     site=s)
     out += _service("monitor", read=[(k.TELEMETRY,), (k.DEADLETTER,), (k.STATUS,)], write=[],
                     site=s)
