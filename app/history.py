@@ -14,9 +14,11 @@ import asyncio
 import contextlib
 import logging
 import math
+import multiprocessing
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from itertools import count
 
@@ -26,13 +28,17 @@ from facility import lineprotocol as lp
 from facility import topics
 from facility.catalog import Catalog
 from facility.influx import InfluxClient, quote_ident
-from facility.messages import Reading
+from facility.messages import Family, Reading
 from facility.schema import BUCKET_NS, ENERGY, EV_CHARGING, Rollup, ensure_downsampling
-from facility.settings import Settings
+from facility.settings import MqttSettings, Settings
+from facility.site import SiteConfig
+from facility.vendormaps import VendorMapping
 from gateway.vendors import MappingError, VendorDecoder
 from ingest.convert import Converter, Rejected
+from simulators.bollards import BollardPlc
 from simulators.campus import Campus
-from simulators.history import DAY_S, History, VendorMessage
+from simulators.history import DAY_S, History, VendorMessage, history_span, status_lines
+from simulators.meters import Meter
 
 log = logging.getLogger("facility.history")
 
@@ -44,9 +50,8 @@ class Backfill:
     days: float
     start: float
     end: float
-    lines: int
+    lines: int  # raw points and rollup rows
     seconds: float
-    rollup_seconds: float
 
 
 class Rollups:
@@ -57,11 +62,15 @@ class Rollups:
 
     def __init__(self) -> None:
         self.rows: dict[tuple[str, int], list[tuple[int, float | None, float | None]]] = {}
+        self._series: dict[tuple[str, str], str] = {}
 
-    def add(self, rollup: Rollup, tags: dict[str, str], ts: int, counter: float | None,
-            power: float | None) -> None:
-        key = (lp.series_key(rollup.name, tags), ts - ts % BUCKET_NS)
-        self.rows.setdefault(key, []).append((ts, counter, power))
+    def add(self, rollup: Rollup, device: str, tags: dict[str, str], ts: int,
+            counter: float | None, power: float | None) -> None:
+        """A reading of `device` (whose tags do not change in the history)."""
+        series = self._series.get((rollup.name, device))
+        if series is None:
+            series = self._series[(rollup.name, device)] = lp.series_key(rollup.name, tags)
+        self.rows.setdefault((series, ts - ts % BUCKET_NS), []).append((ts, counter, power))
 
     def lines(self) -> list[bytes]:
         out = []
@@ -90,16 +99,16 @@ async def has_data(influx: InfluxClient) -> bool:
 class _Decoder:
     """Vendor payloads to the lines ingest would write for them."""
 
-    def __init__(self, catalog: Catalog, rollups: Rollups) -> None:
-        site = catalog.site
+    def __init__(self, site: SiteConfig, vendors: Mapping[str, VendorMapping],
+                 rollups: Rollups) -> None:
         self.rollups = rollups
         self.now_ns = 0
         self.decoders: dict[str, VendorDecoder] = {}
         for spec in site.gateways:
             for vendor in spec.vendors:
-                if vendor in catalog.vendors:
-                    self.decoders[vendor] = VendorDecoder(catalog.vendors[vendor], site,
-                                                          spec.id, lambda: self.now_ns)
+                if vendor in vendors:
+                    self.decoders[vendor] = VendorDecoder(vendors[vendor], site, spec.id,
+                                                          lambda: self.now_ns)
         self.converter = Converter()
         self.seq = count(1)
         self.site = site.site.id
@@ -132,10 +141,75 @@ class _Decoder:
 
     def _roll(self, r: Reading) -> None:
         counter, power = r.values.get(EV_CHARGING.counter), r.values.get(EV_CHARGING.power)
-        self.rollups.add(EV_CHARGING, {"site": r.site, "device": r.device, **r.tags,
-                                       "gateway": r.gateway}, r.ts,
+        self.rollups.add(EV_CHARGING, r.device, {"site": r.site, "device": r.device, **r.tags,
+                                                 "gateway": r.gateway}, r.ts,
                          counter if isinstance(counter, float | int) else None,
                          power if isinstance(power, float | int) else None)
+
+
+# The history is made by two worker processes, one per half of the work (the Modbus
+# families: meters and the PLC; the vendor MQTT families and their decoding), so that both
+# cores work while this process only writes. Each keeps its models from day to day.
+PARTS: tuple[frozenset[Family], ...] = (
+    frozenset({Family.ENERGY, Family.BOLLARD}),
+    frozenset({Family.FIRE, Family.EV_CHARGER, Family.DRAINAGE, Family.GAS}))
+
+
+@dataclass(frozen=True, slots=True)
+class _Plan:
+    site: SiteConfig
+    vendors: Mapping[str, VendorMapping]
+    mqtt: MqttSettings
+    seed: int
+    end: float
+    days: float
+    readings: dict[str, float]
+
+
+class _Part:
+    """One worker's share of the history: its models, its decoder, its rollups."""
+
+    def __init__(self, plan: _Plan, families: frozenset[Family]) -> None:
+        self.history = History(plan.site, plan.mqtt, seed=plan.seed, end=plan.end,
+                               days=plan.days, end_readings=plan.readings,
+                               families=set(families))
+        self.rollups = Rollups()
+        self.history.on_energy = self._energy
+        self.decoder = _Decoder(plan.site, plan.vendors, self.rollups)
+
+    def _energy(self, device: str, tags: dict[str, str], ts: int, kwh: float,
+                kw: float) -> None:
+        self.rollups.add(ENERGY, device, tags, ts, kwh, kw)
+
+    def walk(self, t0: float, t1: float) -> tuple[bytes, bytes]:
+        """The chunk's lines and its rollups (chunks start on a 15-minute interval, so
+        its intervals are complete; the last one, at the start of the live run, the
+        continuous queries finish)."""
+        modbus, vendor = self.history.walk(t0, t1)
+        lines = b"\n".join(modbus + self.decoder.lines(vendor))
+        return lines, b"\n".join(self.rollups.lines())
+
+    def finish(self) -> tuple[int, dict[tuple[str, int], int]]:
+        """The messages refused, the bollards' cycle counts at the end."""
+        return self.decoder.refused, self.history.final_cycles()
+
+
+_part: _Part | None = None  # the worker process's share
+
+
+def _start(plan: _Plan, families: frozenset[Family]) -> None:
+    global _part
+    _part = _Part(plan, families)
+
+
+def _walk(t0: float, t1: float) -> tuple[bytes, bytes]:
+    assert _part is not None
+    return _part.walk(t0, t1)
+
+
+def _finish() -> tuple[int, dict[tuple[str, int], int]]:
+    assert _part is not None
+    return _part.finish()
 
 
 async def backfill(settings: Settings, catalog: Catalog, live: Campus, *, days: float,
@@ -152,50 +226,63 @@ async def backfill(settings: Settings, catalog: Catalog, live: Campus, *, days: 
         await ensure_downsampling(influx, settings.reports)
         end = live.origin
         readings = {m.device_id: m.energy_import(end) for m in live.models.values()
-                    if hasattr(m, "energy_import") and hasattr(m, "minute_kw")}
-        cycles = {}
-        with contextlib.suppress(KeyError, TypeError):
-            plc = live.plc()
-            cycles = {(plc.device_id, b.n): b.cycles for b in plc.bollards}
-        history = History(catalog.site, settings.mqtt, seed=live.seed, end=end, days=days,
-                          end_readings=readings, end_cycles=cycles)
-        rollups = Rollups()
-        history.on_energy = lambda tags, ts, kwh, kw: rollups.add(ENERGY, tags, ts, kwh, kw)
-        decoder = _Decoder(catalog, rollups)
-        chunks = history.chunks(DAY_S)
+                    if isinstance(m, Meter)}
+        plan = _Plan(catalog.site, catalog.vendors, settings.mqtt, live.seed, end, days,
+                     readings)
+        start, chunks = history_span(end, days, DAY_S)
         advance = (bar or _bar(progress))(len(chunks) + 1)
         written = 0
+        refused = 0
 
-        async def write(lines: list[bytes], rp: str | None = None) -> None:
+        async def write(body: bytes, rp: str | None = None) -> None:
             nonlocal written
+            lines = body.split(b"\n") if body else []
             for i in range(0, len(lines), BATCH_LINES):
                 await influx.write(b"\n".join(lines[i:i + BATCH_LINES]), retention_policy=rp)
             written += len(lines)
 
-        def generate(t0: float, t1: float) -> list[bytes]:
-            modbus, vendor = history.walk(t0, t1)
-            return modbus + decoder.lines(vendor)
-
-        pending: Awaitable[None] = write(history.status_lines())
-        await asyncio.to_thread(history.prepare_energy)
-        for t0, t1 in chunks:
-            # The next day is made in a thread while InfluxDB takes the last one.
-            lines, _ = await asyncio.gather(asyncio.to_thread(generate, t0, t1), pending)
-            pending = write(lines)
-            advance(1)
-        await pending
-        await write(history.bollard_lines())
-        rolled = time.monotonic()
-        await write(rollups.lines(), settings.reports.rollup_retention_policy)
+        spawn = multiprocessing.get_context("spawn")  # no fork of a process with threads
+        with contextlib.ExitStack() as stack:
+            workers = [ProcessPoolExecutor(1, mp_context=spawn, initializer=_start,
+                                           initargs=(plan, families)) for families in PARTS]
+            for worker in workers:
+                # Stopped (SIGTERM, an error): the days not begun are dropped, not made.
+                stack.callback(worker.shutdown, wait=True, cancel_futures=True)
+            # Every day is queued at once; each worker makes its days in order.
+            days_made = [[asyncio.wrap_future(w.submit(_walk, t0, t1)) for w in workers]
+                         for t0, t1 in chunks]
+            pending: Awaitable[None] = write(b"\n".join(status_lines(catalog.site, start)))
+            rp = settings.reports.rollup_retention_policy
+            for made in days_made:
+                parts = await asyncio.gather(*made)
+                await pending
+                pending = _both(write(b"\n".join(raw for raw, _ in parts if raw)),
+                                write(b"\n".join(rolled for _, rolled in parts if rolled), rp))
+                advance(1)
+            await pending
+            for not_decoded, cycles in await asyncio.gather(
+                    *(asyncio.wrap_future(w.submit(_finish)) for w in workers)):
+                refused += not_decoded
+                _go_on(live, cycles)
         advance(1)
-        if decoder.refused:
-            log.warning("history: %d vendor messages did not decode", decoder.refused)
-    done = Backfill(days=days, start=history.start, end=end, lines=written,
-                    seconds=time.monotonic() - began,
-                    rollup_seconds=time.monotonic() - rolled)
-    log.info("history: %d days, %d lines in %.1f s (rollups %.1f s)", days, written,
-             done.seconds, done.rollup_seconds)
+        if refused:
+            log.warning("history: %d vendor messages did not decode", refused)
+    done = Backfill(days=days, start=start, end=end, lines=written,
+                    seconds=time.monotonic() - began)
+    log.info("history: %g days, %d lines in %.1f s", days, written, done.seconds)
     return done
+
+
+async def _both(*writes: Awaitable[None]) -> None:
+    await asyncio.gather(*writes)
+
+
+def _go_on(live: Campus, cycles: dict[tuple[str, int], int]) -> None:
+    """The live PLC's bollards continue the history's cycle counts (not started yet)."""
+    for model in live.models.values():
+        if isinstance(model, BollardPlc):
+            for bollard in model.bollards:
+                bollard.cycles = cycles.get((model.device_id, bollard.n), bollard.cycles)
 
 
 def _bar(enabled: bool | None) -> Callable[[int], Callable[[int], None]]:

@@ -209,9 +209,8 @@ async def _run_up(args: argparse.Namespace, settings: Settings, catalog: Catalog
                 # An empty database first gets the campus's past, from the same models.
                 done = await history.backfill(settings, catalog, campus, days=days)
                 if done is not None:
-                    print(f"已写入 {done.days:g} 天模拟历史数据：{done.lines} 条，"
-                          f"用时 {done.seconds:.1f} 秒（其中汇总 {done.rollup_seconds:.1f} 秒）",
-                          flush=True)
+                    print(f"已写入 {done.days:g} 天模拟历史数据：{done.lines} 条"
+                          f"（含15分钟汇总），用时 {done.seconds:.1f} 秒", flush=True)
         async with contextlib.AsyncExitStack() as stack:
             running: list[tuple[str, Service]] = []
 
