@@ -244,6 +244,8 @@ class AlertView(BaseModel):
                         "(a backlog after an outage); 0 if on time")
     peak_severity: str | None = Field(default=None, description="the highest severity it "
                                       "reached (it keeps that until acknowledged and normal)")
+    drill: str = Field(default="", description="the drill (演练) that raised it; empty for a "
+                       "real alert (show 演练 beside it: labels DRILL_PREFIX)")
 
 
 class Transition(BaseModel):

@@ -77,6 +77,10 @@ async def test_a_supervisor_starts_a_drill_and_the_page_can_play_the_pa(
             anonymous = await stack.http.get(f"/api/pa/{zone['zone']}/last.wav")
             assert anonymous.status_code == 401
             assert stack.player is not None
+            # The page sees the alerts as the drill's.
+            marked = [a for a in (await stack.get("/api/alerts")).json()
+                      if a["drill"] == view["id"]]
+            assert marked and {a["place"] for a in marked} == {"ebike-shed-west"}
             screens = [s.current.text for s in stack.player.screens.values()
                        if s.current is not None and s.current.drill == view["id"]]
             assert screens and all(t.startswith(labels.DRILL_PREFIX) for t in screens)

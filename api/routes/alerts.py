@@ -41,7 +41,7 @@ def alert_view(a: Alert) -> AlertView:
         shelved_by=a.shelved_by, out_of_service_by=a.out_of_service_by,
         suppressed_by=a.suppressed_by, escalation=a.escalation, escalated_to=a.escalated_to,
         chattering=a.chattering, updated_at=a.updated_at, late_s=a.late_s,
-        peak_severity=_peak(a))
+        peak_severity=_peak(a), drill=a.drill)
 
 
 def _peak(a: Alert) -> str | None:
