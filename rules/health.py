@@ -192,6 +192,13 @@ async def alarm_health(store: AlertStore, site: str, start: int, end: int, *,
             if found is not None:
                 alerts[alert_id] = found
 
+    # A drill's (演练) alerts test the people, not the alarm system: none is counted.
+    drills = {alert_id for alert_id, a in alerts.items() if a.drill}
+    for alert_id in drills:
+        del alerts[alert_id]
+        by_alert.pop(alert_id, None)
+    history = [h for h in history if h["alert"] not in drills]
+
     def alarm(alert_id: str) -> Alert | None:
         found = alerts.get(alert_id)
         return found if found is not None and found.category == "alarm" else None
@@ -266,7 +273,8 @@ async def alarm_health(store: AlertStore, site: str, start: int, end: int, *,
         ack_median_s=_percentile(acks, 0.5), ack_p90_s=_percentile(acks, 0.9),
         not_annunciated=hidden,
         formulas={
-            "annunciated": "annunciations of category 'alarm' alerts with start <= ts < end: "
+            "annunciated": "annunciations of category 'alarm' alerts (not a drill's) with "
+                           "start <= ts < end: "
                            "once per activation (raised/re_raised), at the first moment "
                            "(transitions of one alert with one ts) after which it is active "
                            "and shown (active_unack/active_ack, not suppressed, shelved or "

@@ -5,6 +5,8 @@ marked as well; after its end an alert is real again. And what a drill cannot be
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import msgspec
 import pytest
 
@@ -12,12 +14,14 @@ from facility import labels
 from facility import messages as m
 from facility.drills import DrillError, plan
 from facility.endpoints import load_endpoints
-from facility.messages import Family, Reading
+from facility.messages import Event, Family, Reading
 from facility.site import load_site
 from facility.topology import Topology
 from rules.clock import NS
 from rules.config import load_rules, rule_files
 from rules.engine import Engine
+from rules.health import alarm_health
+from rules.store import AlertStore
 from tests.conftest import REPO, SITE_FILE, catalog
 
 START = 1_795_500_000 * NS  # 2026-11-24 (a Tuesday) 14:00 Asia/Shanghai
@@ -111,3 +115,26 @@ def test_a_drill_names_what_it_cannot_do() -> None:
     assert m.decode(msgspec.json.encode({**sent, "later_field": 1}), m.Broadcast).drill == "d"
     del sent["drill"]
     assert m.decode(msgspec.json.encode(sent), m.Broadcast).drill == ""
+
+
+async def test_a_drills_alarms_are_not_the_alarm_systems_figures(tmp_path: Path) -> None:
+    """ISA-18.2 figures measure the alarm system in real use: a drill's alarms are left out."""
+    engine = _engine()
+    store = await AlertStore.open(f"sqlite:///{tmp_path / 'state.sqlite'}")
+    try:
+        engine.restore(await store.load(engine.site), START)
+        drill = plan(load_site(SITE_FILE), "rainstorm", by="x", duration_s=600, now=START)
+        engine.drill(drill, START)
+        now = START + NS
+        _water(engine, 46.0, now)  # the drill's flood
+        engine.event(Event(site=engine.site, family=Family.FIRE, device="fd-ebw-01", ts=now,
+                           id="real-1", name="fire_alarm", text="火警"), now)  # not a drill
+        await store.apply(engine.site, engine.take(), now)
+        stored = await store.alerts(engine.site)
+        health = await alarm_health(store, engine.site, START, now + NS)
+    finally:
+        await store.close()
+    assert {a.rule for a in stored if a.drill} == {"waterlogging"}
+    real = [a for a in stored if not a.drill and a.category == "alarm" and a.annunciated]
+    assert real and health.annunciated == len(real)
+    assert all(t["rule"] != "waterlogging" for t in health.top)
