@@ -52,7 +52,14 @@ COMMAND_ACTION: Mapping[str, str] = MappingProxyType({
     "remote_start_transaction": "远程启动充电", "remote_stop_transaction": "远程停止充电",
     "unlock_connector": "解锁充电枪", "change_availability": "设置可用状态",
     "reset": "重启充电桩", "trigger_message": "请求上报", "get_configuration": "读取配置",
-    "change_configuration": "修改配置"})
+    "change_configuration": "修改配置",
+    # an OCPP command's parameter, as "<action>:<value>" (the page's choices and lists)
+    "reset:soft": "软重启（先结束充电）", "reset:hard": "硬重启（立即断电重启）",
+    "change_availability:inoperative": "停用", "change_availability:operative": "恢复可用",
+    "trigger_message:StatusNotification": "上报状态", "trigger_message:MeterValues": "上报计量数据",
+    "trigger_message:Heartbeat": "上报心跳", "trigger_message:BootNotification": "上报启动信息",
+    "trigger_message:DiagnosticsStatusNotification": "上报诊断上传状态",
+    "trigger_message:FirmwareStatusNotification": "上报固件升级状态"})
 
 # A command's state as the API folds it: the gateway's CommandStatus and the API's own
 # (approval, supersession, sent, no result).
@@ -63,7 +70,26 @@ COMMAND_STATUS: Mapping[str, str] = MappingProxyType({
     CommandStatus.ACCEPTED: "执行中", CommandStatus.DONE: "完成",
     CommandStatus.REFUSED: "拒绝执行", CommandStatus.FAILED: "失败",
     CommandStatus.TIMED_OUT: "超时未到位", CommandStatus.EXPIRED: "已过期",
-    CommandStatus.DUPLICATE: "重复指令"})
+    CommandStatus.DUPLICATE: "重复指令",
+    # OCPP chargers: a state where the bollards' word does not fit ("charger:<status>")
+    "charger:accepted": "已下发，等待充电桩应答", "charger:timed_out": "充电桩未应答（超时）",
+    # the charge point's answer, which the central system (csms/service.py) puts in the
+    # result's detail ("ocpp:<answer>"), and its own reasons, matched at the detail's start
+    "ocpp:Accepted": "已接受", "ocpp:Rejected": "已拒绝", "ocpp:Unlocked": "已解锁",
+    "ocpp:UnlockFailed": "解锁失败", "ocpp:NotSupported": "不支持此操作",
+    "ocpp:NotImplemented": "未实现此操作", "ocpp:Scheduled": "已接受，充电结束后执行",
+    "ocpp:RebootRequired": "已接受，重启后生效", "ocpp:no status": "应答未说明结果",
+    "ocpp:sent": "已发给充电桩", "ocpp:charge point not connected": "充电桩未连接",
+    "ocpp:no answer from the charge point": "充电桩未应答（超时）",
+    "ocpp:CALLERROR": "充电桩回复协议错误",
+    "ocpp:connection closed before the answer": "应答前连接已断开",
+    "ocpp:arrived after its validity": "指令到达时已过期",
+    "ocpp:this command id was already taken": "此指令编号已执行过，未再执行",
+    "ocpp:connector": "充电枪号不在本桩范围内", "ocpp:parameter": "缺少必填参数",
+    "ocpp:type must be": "类型无效", "ocpp:message": "上报类型无效",
+    "ocpp:transaction_id": "充电交易号无效",
+    "ocpp:transactions in progress": "该枪没有正在进行的充电（或不止一个），请指定交易号",
+    "ocpp:no result from the gateway": "中央系统无回执"})
 
 APPROVAL: Mapping[str, str] = MappingProxyType({
     "pending": "待审批", "not_required": "无需审批", "approved": "已审批",
@@ -126,7 +152,12 @@ VALUE: Mapping[str, str] = MappingProxyType({
     # OCPP chargers (csms/meter.py)
     "connector_status": "充电枪状态", "vendor_error_code": "厂家故障代码", "info": "附加信息",
     "transaction_id": "充电交易号", "soc": "车辆电量", "power_offered": "可用功率",
-    "current_offered": "可用电流", "context": "采样类型"})
+    "current_offered": "可用电流", "context": "采样类型",
+    # OCPP 1.6 configuration keys (GetConfiguration's answer, as the page lists it)
+    "HeartbeatInterval": "心跳间隔", "MeterValueSampleInterval": "计量采样间隔",
+    "MeterValuesSampledData": "计量采样项", "ConnectionTimeOut": "插枪等待超时",
+    "ClockAlignedDataInterval": "整点对齐采样间隔", "NumberOfConnectors": "充电枪数量",
+    "LocalAuthorizeOffline": "离线本地授权", "AuthorizeRemoteTxRequests": "远程启动需授权"})
 
 # The state a fire detector or panel reports (a reading's `state` value).
 DEVICE_STATE: Mapping[str, str] = MappingProxyType({

@@ -20,7 +20,9 @@ const state = {
   devices: new Map(), // id -> device view, with latest values
   alerts: new Map(), // id -> AlertMessage
   displays: new Map(),
-  commands: new Map(),
+  commands: new Map(), // bollard commands
+  chargerCommands: new Map(), // OCPP charger commands (POST /api/chargers/{device}/commands)
+  chargerParams: new Map(), // id -> the parameters of a charger command sent from this page
   approvals: new Map(),
   selected: new Set(),
   lastEventId: "",
@@ -31,6 +33,7 @@ const state = {
   history: null, // closed alerts too, when the alert history is shown
   sounding: new Map(), // unacknowledged critical alerts: id -> alert
   silenced: new Set(),
+  detail: null, // the device whose detail dialog is open
 };
 
 // --- small helpers ------------------------------------------------------------------
@@ -236,11 +239,13 @@ function can(role) {
 // --- loading state ------------------------------------------------------------------
 
 async function reload() {
-  const [devices, alerts, displays, commands, approvals, manual] = await Promise.all([
-    api("GET", "/api/devices"), api("GET", "/api/alerts"), api("GET", "/api/displays"),
-    api("GET", "/api/commands?hours=12"), api("GET", "/api/commands?pending=true"),
-    api("GET", "/api/displays/manual"),
-  ]);
+  const [devices, alerts, displays, commands, approvals, manual, chargerCommands] =
+    await Promise.all([
+      api("GET", "/api/devices"), api("GET", "/api/alerts"), api("GET", "/api/displays"),
+      api("GET", "/api/commands?hours=12"), api("GET", "/api/commands?pending=true"),
+      api("GET", "/api/displays/manual"), api("GET", "/api/chargers/commands?hours=12"),
+    ]);
+  state.chargerCommands = new Map(chargerCommands.map((c) => [c.id, c]));
   state.manual = new Map(manual.map((m) => [m.display, m]));
   state.devices = new Map(devices.map((d) => [d.id, d]));
   state.alerts = new Map(alerts.map((a) => [a.id, a]));
@@ -249,6 +254,7 @@ async function reload() {
   state.approvals = new Map(approvals.map((c) => [c.id, c]));
   for (const a of state.alerts.values()) considerAlarm(a, false);
   ["plan", "alerts", "bollards", "water", "ev", "displays", "commands"].forEach(mark);
+  renderChargerCommands();
 }
 
 async function refreshEnergy() {
@@ -395,14 +401,24 @@ const HANDLERS = {
     mark("displays");
   },
   command(c) {
-    state.commands.set(c.id, c);
-    if (c.status === "awaiting_approval") state.approvals.set(c.id, c);
-    else state.approvals.delete(c.id);
-    mark("commands");
-    if (c.final && c.requested_by === (state.user && state.user.username)) {
-      const said = chinese(c.detail);
-      notice(`指令 ${ACTION[c.action] || c.action}：${COMMAND_STATUS[c.status] || c.status}` +
-             (said ? `（${said}）` : ""), c.status !== "done");
+    const charger = CHARGER_ACTIONS.some((a) => a.action === c.action);
+    const book = charger ? state.chargerCommands : state.commands;
+    const known = book.get(c.id);
+    // A command's answer may overtake the reply to its POST: never go back from an outcome.
+    if (known && known.final && !c.final) return;
+    const news = !known || known.status !== c.status;
+    book.set(c.id, c);
+    if (charger) {
+      renderChargerCommands();
+    } else {
+      if (c.status === "awaiting_approval") state.approvals.set(c.id, c);
+      else state.approvals.delete(c.id);
+      mark("commands");
+    }
+    if (news && c.final && c.requested_by === (state.user && state.user.username)) {
+      const said = charger ? chargerAnswer(c).text : chinese(c.detail);
+      notice(`指令 ${ACTION[c.action] || c.action}：${commandStatus(c)}` +
+             (said && said !== commandStatus(c) ? `（${said}）` : ""), c.status !== "done");
     }
   },
 };
@@ -894,7 +910,10 @@ async function openDevice(id) {
       : [el("li", { class: "empty" }, "无")]));
     $("device-commands").replaceChildren(...(activity.commands.length ? activity.commands.map(
       (c) => el("li", {}, commandText(c))) : [el("li", { class: "empty" }, "无")]));
+    state.detail = d;
+    $("charger-panel").hidden = !isOcppCharger(d);
     if (!dialog.open) dialog.showModal();
+    if (isOcppCharger(d)) openCharger(d);
     drawTrend();
   } catch (error) {
     notice(explain(error), true);
@@ -970,6 +989,221 @@ async function drawTrend() {
                value: (u, v) => (v == null ? "—" : showValue(field, v)) }],
   }, [xs, ys], box);
   box.dataset.points = String(xs.length);
+}
+
+// --- OCPP chargers: remote commands from the device dialog -------------------------
+
+// What the API allows (api/routes/chargers.py checks it again): the role each action
+// needs and the parameters it takes. The charger's zone decides as for everything else.
+const CHARGER_ACTIONS = [
+  { action: "remote_start_transaction", role: "operator", connector: 1,
+    what: "用控制室的卡号在所选充电枪上启动充电（车辆须已插枪）。" },
+  { action: "remote_stop_transaction", role: "operator", connector: 1,
+    what: "停止所选充电枪上正在进行的充电。" },
+  { action: "unlock_connector", role: "operator", connector: 1,
+    what: "解锁所选充电枪，以便拔出；若该枪正在充电，充电桩会先结束充电。" },
+  { action: "trigger_message", role: "operator", connector: "optional",
+    messages: ["StatusNotification", "MeterValues", "Heartbeat", "BootNotification",
+               "DiagnosticsStatusNotification", "FirmwareStatusNotification"],
+    what: "请充电桩立即上报所选信息（充电枪号留空：整桩）。" },
+  { action: "get_configuration", role: "operator", key: "optional",
+    what: "读取充电桩的配置项（多个用英文逗号分隔，留空读取全部）。" },
+  { action: "change_availability", role: "supervisor", connector: 0,
+    types: ["inoperative", "operative"],
+    what: "停用或恢复充电枪（0 号为整桩）；正在充电时，充电桩在充电结束后执行。" },
+  { action: "reset", role: "supervisor", types: ["soft", "hard"],
+    what: "重启充电桩。" },
+  { action: "change_configuration", role: "supervisor", key: "required", value: true,
+    what: "修改充电桩的一个配置项（配置项名称以充电桩厂家文档为准）。" },
+];
+
+function isOcppCharger(d) {
+  if (d.family !== "ev_charger" || !state.site) return false;
+  const gateway = state.site.gateways.find((g) => g.id === d.gateway);
+  return Boolean(gateway && gateway.kind === "ocpp");
+}
+
+// Why this user may not send this action to this charger ("" if they may).
+function chargerRefusal(d, spec) {
+  if (!can("operator")) return `${ROLE[state.user.role]}只能查看，不能下发指令`;
+  if (!mayIn("operator", [d.zone])) return `${d.zone_name}不在您的负责区域内`;
+  if (!can(spec.role)) return `需要${ROLE[spec.role]}权限`;
+  return "";
+}
+
+async function openCharger(d) {
+  $("charger-panel").hidden = false;
+  const buttons = CHARGER_ACTIONS.map((spec) => {
+    const why = chargerRefusal(d, spec);
+    const button = el("button", { type: "button", dataset: { action: spec.action },
+                                  onclick: () => chargerCommand(d, spec) },
+                      ACTION[spec.action] || spec.action);
+    button.disabled = Boolean(why);
+    if (why) button.title = why;
+    return button;
+  });
+  $("charger-actions").replaceChildren(...buttons);
+  const supervisorOnly = CHARGER_ACTIONS.filter((a) => a.role === "supervisor")
+    .map((a) => ACTION[a.action]).join("、");
+  const hint = !can("operator") || !mayIn("operator", [d.zone])
+    ? `${chargerRefusal(d, CHARGER_ACTIONS[0])}。`
+    : can("supervisor") ? "" : `${supervisorOnly}需要${ROLE.supervisor}权限。`;
+  $("charger-hint").textContent = hint + (d.online === false ? "充电桩当前离线，指令无法送达。" : "");
+  try {
+    const recent = await api("GET", "/api/chargers/commands?hours=168");
+    for (const c of recent) {
+      const known = state.chargerCommands.get(c.id);
+      if (!known || !known.final) state.chargerCommands.set(c.id, c);
+    }
+  } catch (error) {
+    $("charger-hint").textContent = `${hint}指令记录暂不可读：${explain(error)}`;
+  }
+  renderChargerCommands();
+}
+
+// The charge point's answer in the label table's words ("ocpp:<answer>"; the central
+// system's own reasons are matched at the start of the detail).
+function ocppWord(detail) {
+  if (!detail) return "";
+  const exact = COMMAND_STATUS[`ocpp:${detail}`];
+  if (exact) return exact;
+  const bare = detail.replace(/^\d+\s+/, "");
+  let best = "";
+  for (const key of Object.keys(COMMAND_STATUS)) {
+    if (key.startsWith("ocpp:") && bare.startsWith(key.slice(5)) && key.length > best.length) {
+      best = key;
+    }
+  }
+  return best ? COMMAND_STATUS[best] : chinese(detail);
+}
+
+function chargerAnswer(c) {
+  if (!c.final) return { text: "", good: false };
+  const detail = c.detail || (c.results[0] || {}).detail || "";
+  if (c.action === "get_configuration" && c.status === "done") {
+    try {
+      const answer = JSON.parse(detail);
+      const known = Object.entries(answer.configuration || {}).map(([k, v]) =>
+        `${VALUE[k] ? `${VALUE[k]}（${k}）` : k} = ${v === null ? "—" : v}`);
+      const unknown = (answer.unknown || []).length
+        ? [`充电桩没有的配置项：${answer.unknown.join("、")}`] : [];
+      return { text: [...known, ...unknown].join("；") || "无配置项", good: true };
+    } catch (error) { /* not JSON: read as any other answer */ }
+  }
+  return { text: ocppWord(detail), good: c.status === "done" };
+}
+
+function chargerParamsText(c) {
+  const p = state.chargerParams.get(c.id);
+  if (!p) return "";
+  const parts = [];
+  if (p.connector !== undefined) parts.push(p.connector === 0 ? "整桩" : `${p.connector}号枪`);
+  if (p.type) parts.push(ACTION[`${c.action}:${p.type}`] || p.type);
+  if (p.message) parts.push(ACTION[`trigger_message:${p.message}`] || p.message);
+  if (p.key) parts.push(`${VALUE[p.key] || p.key}${p.value !== undefined ? ` = ${p.value}` : ""}`);
+  return parts.length ? `（${parts.join("，")}）` : "";
+}
+
+// The open dialog's charger: its commands, newest first, with state and answer (live).
+function renderChargerCommands() {
+  const dialog = $("device-dialog");
+  const d = state.detail;
+  if (!dialog.open || !d || d.id !== dialog.dataset.device || !isOcppCharger(d)) return;
+  const mine = [...state.chargerCommands.values()].filter((c) => c.targets.includes(d.id))
+    .sort((a, b) => b.requested_at - a.requested_at).slice(0, 30);
+  $("device-commands").replaceChildren(...(mine.length ? mine.map((c) => {
+    const answer = chargerAnswer(c);
+    const status = commandStatus(c);
+    return el("li", { dataset: { command: c.id, status: c.status, final: String(c.final),
+                                 outcome: c.final ? (answer.good ? "good" : "bad") : "" },
+                      title: `原因：${c.reason}` },
+      `${dateTime(c.requested_at)} ${ACTION[c.action] || c.action}${chargerParamsText(c)}` +
+      ` · ${c.requested_by} · `, el("span", { class: "state" }, status),
+      answer.text && answer.text !== status
+        ? el("span", { class: "answer" }, ` · 充电桩应答：${answer.text}`) : null,
+      el("br"), el("small", {}, `原因：${c.reason}`));
+  }) : [el("li", { class: "empty" }, "无")]));
+}
+
+function chooseOptions(select, values, label) {
+  select.replaceChildren(...values.map((v) => el("option", { value: v }, label(v))));
+}
+
+async function chargerCommand(d, spec) {
+  const dialog = $("charger-dialog");
+  $("charger-title").textContent = `${ACTION[spec.action]}：${d.name}`;
+  $("charger-what").textContent = spec.what;
+  const connector = $("charger-connector");
+  $("charger-connector-field").hidden = spec.connector === undefined;
+  connector.min = spec.connector === 1 ? "1" : "0";
+  connector.value = spec.connector === "optional" ? "" : spec.connector === 0 ? "0" : "1";
+  $("charger-connector-hint").hidden = spec.connector === undefined;
+  $("charger-connector-hint").textContent = spec.connector === 0 ? "0：整桩；1、2……：各充电枪"
+    : spec.connector === "optional" ? "留空：整桩" : "充电枪编号见桩体标识（1、2……）";
+  $("charger-type-field").hidden = !spec.types;
+  if (spec.types) chooseOptions($("charger-type"), spec.types, (t) => ACTION[`${spec.action}:${t}`] || t);
+  $("charger-message-field").hidden = !spec.messages;
+  if (spec.messages) {
+    chooseOptions($("charger-message"), spec.messages, (m) => ACTION[`trigger_message:${m}`] || m);
+  }
+  $("charger-key-field").hidden = !spec.key;
+  $("charger-key").value = "";
+  $("charger-value-field").hidden = !spec.value;
+  $("charger-value").value = "";
+  $("charger-reason").value = "";
+  $("charger-error").textContent = "";
+  let params = {};
+  const check = () => {
+    const fail = (text, field) => { $("charger-error").textContent = text; field.focus(); return false; };
+    params = {};
+    if (spec.connector !== undefined && connector.value.trim() !== "") {
+      const n = Number(connector.value);
+      if (!Number.isInteger(n) || n < Number(connector.min) || n > 16) {
+        return fail(`充电枪号应为 ${connector.min} 至 16 的整数`, connector);
+      }
+      params.connector = n;
+    } else if (spec.connector !== undefined && spec.connector !== "optional") {
+      return fail("请填写充电枪号", connector);
+    }
+    if (spec.types) params.type = $("charger-type").value;
+    if (spec.messages) params.message = $("charger-message").value;
+    const key = $("charger-key").value.trim();
+    if (spec.key === "required" && !key) return fail("请填写配置项", $("charger-key"));
+    if (spec.key && key) params.key = key;
+    if (spec.value) params.value = $("charger-value").value;
+    if ($("charger-reason").value.trim().length < 2) {
+      return fail("请填写指令原因（至少两个字）", $("charger-reason"));
+    }
+    return true;
+  };
+  if (await ask(dialog, check) !== "ok") return;
+  const body = { id: newId(), action: spec.action, reason: $("charger-reason").value.trim(),
+                 ...params };
+  state.chargerParams.set(body.id, params);
+  try {
+    const view = await sendOnce(`/api/chargers/${encodeURIComponent(d.id)}/commands`, body);
+    HANDLERS.command(view);
+    // The answer may have come over the live stream first: then its notice stands.
+    if (!state.chargerCommands.get(view.id).final) {
+      notice(`${ACTION[spec.action]} 已发送，等待充电桩应答`);
+    }
+  } catch (error) {
+    notice(explain(error), true);
+  }
+}
+
+// A command whose answer was lost on the way (the network, not the API) is sent again
+// with the same id: the API executes an id at most once and returns the first command.
+async function sendOnce(path, body) {
+  for (let attempt = 1; ; attempt += 1) {
+    try {
+      return await api("POST", path, body);
+    } catch (error) {
+      if (error instanceof ApiError) throw error;
+      if (attempt >= 3) throw new ApiError(0, "");
+      await new Promise((resolve) => setTimeout(resolve, 1000 * attempt));
+    }
+  }
 }
 
 // --- the alarm: heard and seen until acknowledged or silenced ----------------------
@@ -1145,6 +1379,11 @@ async function decide(view, approve) {
   } catch (error) {
     notice(explain(error), true);
   }
+}
+
+function commandStatus(c) {
+  const charger = CHARGER_ACTIONS.some((a) => a.action === c.action);
+  return (charger && COMMAND_STATUS[`charger:${c.status}`]) || COMMAND_STATUS[c.status] || c.status;
 }
 
 function commandText(c) {
