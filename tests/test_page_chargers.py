@@ -4,8 +4,9 @@ and a simulated charge point (the ocpp library's charge-point side).
 
 The parking guard opens the charger's detail, unlocks a connector (the dialog asks for the
 reason and the connector) and reads the charge point's answer in Chinese as it comes over
-the live stream; a remote start is Accepted and the charger is seen charging; a viewer and
-an operator of other zones have no enabled button; a supervisor has all eight.
+the live stream; a stuck connector's UnlockFailed reads as such; a remote start is Accepted
+and the charger is seen charging; a viewer and an operator of other zones have no enabled
+button; a supervisor has all eight.
 """
 
 from __future__ import annotations
@@ -107,6 +108,19 @@ async def test_charger_commands_from_the_device_dialog(settings: Settings,
                     f"充电桩应答：{ANSWER['ocpp:Unlocked']}", timeout=15_000)
                 await expect(unlock).to_have_attribute("data-status", "done")
                 await expect(unlock).to_contain_text(labels.COMMAND_STATUS["done"])
+                # ... and beside the buttons, where the guard is looking.
+                await expect(guard.locator("#charger-last")).to_contain_text(
+                    f"解锁充电枪（1号枪） · otto · {labels.COMMAND_STATUS['done']}"
+                    f" · 充电桩应答：{ANSWER['ocpp:Unlocked']}")
+
+                # A connector that will not unlock: the charge point's UnlockFailed.
+                point.stuck.add(2)
+                await send(guard, "unlock_connector", "车主无法拔枪", 2)
+                await expect(guard.locator("#charger-last")).to_contain_text(
+                    f"充电桩应答：{ANSWER['ocpp:UnlockFailed']}", timeout=15_000)
+                await expect(guard.locator("#charger-last")).to_have_attribute(
+                    "data-outcome", "bad")
+                point.stuck.clear()
 
                 # A remote start: Accepted, and the charger is seen charging (live).
                 await send(guard, "remote_start_transaction", "车主手机没电，远程启动", 2)

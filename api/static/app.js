@@ -1033,6 +1033,7 @@ function chargerRefusal(d, spec) {
 
 async function openCharger(d) {
   $("charger-panel").hidden = false;
+  renderChargerCommands(); // what is known already; the recent ones are fetched below
   const buttons = CHARGER_ACTIONS.map((spec) => {
     const why = chargerRefusal(d, spec);
     const button = el("button", { type: "button", dataset: { action: spec.action },
@@ -1111,18 +1112,23 @@ function renderChargerCommands() {
   if (!dialog.open || !d || d.id !== dialog.dataset.device || !isOcppCharger(d)) return;
   const mine = [...state.chargerCommands.values()].filter((c) => c.targets.includes(d.id))
     .sort((a, b) => b.requested_at - a.requested_at).slice(0, 30);
-  $("device-commands").replaceChildren(...(mine.length ? mine.map((c) => {
+  const line = (c) => {
     const answer = chargerAnswer(c);
     const status = commandStatus(c);
-    return el("li", { dataset: { command: c.id, status: c.status, final: String(c.final),
-                                 outcome: c.final ? (answer.good ? "good" : "bad") : "" },
-                      title: `原因：${c.reason}` },
-      `${dateTime(c.requested_at)} ${ACTION[c.action] || c.action}${chargerParamsText(c)}` +
+    return [`${dateTime(c.requested_at)} ${ACTION[c.action] || c.action}${chargerParamsText(c)}` +
       ` · ${c.requested_by} · `, el("span", { class: "state" }, status),
       answer.text && answer.text !== status
-        ? el("span", { class: "answer" }, ` · 充电桩应答：${answer.text}`) : null,
-      el("br"), el("small", {}, `原因：${c.reason}`));
-  }) : [el("li", { class: "empty" }, "无")]));
+        ? el("span", { class: "answer" }, ` · 充电桩应答：${answer.text}`) : null];
+  };
+  const look = (c) => ({ command: c.id, status: c.status, final: String(c.final),
+                         outcome: c.final ? (chargerAnswer(c).good ? "good" : "bad") : "" });
+  $("device-commands").replaceChildren(...(mine.length ? mine.map((c) => el("li", {
+    dataset: look(c), title: `原因：${c.reason}` }, ...line(c), el("br"),
+    el("small", {}, `原因：${c.reason}`))) : [el("li", { class: "empty" }, "无")]));
+  // The newest one also beside the buttons, where the guard's eyes are.
+  const last = $("charger-last");
+  last.replaceChildren(...(mine.length ? ["最近指令：", ...line(mine[0])] : []));
+  Object.assign(last.dataset, mine.length ? look(mine[0]) : { command: "", status: "", final: "", outcome: "" });
 }
 
 function chooseOptions(select, values, label) {
