@@ -24,6 +24,8 @@ from urllib.parse import urlsplit
 from api.service import ApiService
 from app import history, wiring
 from csms.service import CentralSystem
+from duty.config import DutySettings
+from duty.service import DutyService
 from facility import labels, topics
 from facility import messages as m
 from facility.catalog import Catalog
@@ -230,6 +232,10 @@ async def _run_up(args: argparse.Namespace, settings: Settings, catalog: Catalog
             for svc in (wiring.display_player(settings, engine), engine,
                         ApiService(settings, catalog)):
                 await start(svc.name, svc)
+            # People in the loop: notifications that escalate, acknowledge links, work
+            # orders (channels only where FACILITY_DUTY_*_URL are set; docs/duty.md).
+            await start("duty", DutyService(settings, DutySettings().site or site.site.id,
+                                            places={p.id: p.name for p in site.places}))
             for spec in site.gateways:
                 if spec.kind is GatewayKind.MQTT:
                     await start(f"gateway {spec.id}", Gateway(settings, catalog, spec.id))

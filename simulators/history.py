@@ -79,15 +79,15 @@ def history_span(end: float, days: float,
 
 
 def status_lines(site: SiteConfig, start: float) -> list[bytes]:
-    """Every device (and controller unit) online at the start of the history."""
+    """Every gateway, device and controller unit online at the start of the history."""
     ts = round(start * 1e9)
-    lines = []
-    for device_id, family, device in site.all_device_ids():
-        tags = {"site": site.site.id, "family": family.value, "device": device_id,
-                "gateway": device.gateway}
-        fields: dict[str, Scalar] = {"state": "online", "online": True, "reason": ""}
-        lines.append(lp.line("device_status", tags, fields, ts).encode())
-    return lines
+    fields: dict[str, Scalar] = {"state": "online", "online": True, "reason": ""}
+    sources = [(g.id, Family.GATEWAY.value, g.id) for g in site.gateways]
+    sources += [(device_id, family.value, device.gateway)
+                for device_id, family, device in site.all_device_ids()]
+    return [lp.line("device_status", {"site": site.site.id, "family": family,
+                                      "device": device_id, "gateway": gateway},
+                    fields, ts).encode() for device_id, family, gateway in sources]
 
 
 @dataclass(frozen=True, slots=True)
