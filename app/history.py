@@ -255,15 +255,20 @@ async def backfill(settings: Settings, catalog: Catalog, live: Campus, *, days: 
             # Every day is queued at once; each worker makes its days in order.
             days_made = [[asyncio.wrap_future(w.submit(_walk, t0, t1)) for w in workers]
                          for t0, t1 in chunks]
-            pending: Awaitable[None] = write(b"\n".join(status_lines(catalog.site, start)))
+            # One day is written while the next is awaited; a write left when stopped
+            # is cancelled, not abandoned.
+            writes = [asyncio.create_task(
+                write(b"\n".join(status_lines(catalog.site, start))))]
+            stack.callback(lambda: [task.cancel() for task in writes])
             rp = settings.reports.rollup_retention_policy
             for made in days_made:
                 parts = await asyncio.gather(*made)
-                await pending
-                pending = _both(write(b"\n".join(raw for raw, _ in parts if raw)),
-                                write(b"\n".join(rolled for _, rolled in parts if rolled), rp))
+                await writes[-1]
+                writes.append(asyncio.create_task(_both(
+                    write(b"\n".join(raw for raw, _ in parts if raw)),
+                    write(b"\n".join(rolled for _, rolled in parts if rolled), rp))))
                 advance(1)
-            await pending
+            await writes[-1]
             cpu = []
             for not_decoded, cycles, seconds in await asyncio.gather(
                     *(asyncio.wrap_future(w.submit(_finish)) for w in workers)):

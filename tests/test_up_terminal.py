@@ -113,8 +113,8 @@ def _alive(pid: int) -> bool:
     return stat.rsplit(")", 1)[1].split()[0] != "Z"  # a zombie has ended
 
 
-def test_sigterm_stops_everything_it_started(tmp_path: Path) -> None:
-    env = {**os.environ,
+def _env(tmp_path: Path) -> dict[str, str]:
+    return {**os.environ,
            "FACILITY_SITE_FILE": str(SITE_FILE),
            "FACILITY_STATE_URL": f"sqlite:///{tmp_path / 'state.sqlite'}",
            "FACILITY_MQTT_URL": f"mqtt://127.0.0.1:{_free_port()}",
@@ -124,6 +124,10 @@ def test_sigterm_stops_everything_it_started(tmp_path: Path) -> None:
            "FACILITY_RULES_DISPLAY_PORT": str(_free_port()),
            "FACILITY_OCPP_PORT": str(_free_port()),
            "FACILITY_DUTY_PORT": str(_free_port())}
+
+
+def test_sigterm_stops_everything_it_started(tmp_path: Path) -> None:
+    env = _env(tmp_path)
     log = tmp_path / "up.log"
     with log.open("w") as out:
         process = subprocess.Popen(
@@ -146,6 +150,39 @@ def test_sigterm_stops_everything_it_started(tmp_path: Path) -> None:
             assert time.monotonic() < deadline, "servers outlived facility up"
             time.sleep(0.05)
         assert "SIGTERM" in log.read_text()
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+def test_sigterm_while_the_history_is_written(tmp_path: Path) -> None:
+    """Stopped while it writes the simulated history: its worker processes, InfluxDB and
+    Mosquitto end with it."""
+    log = tmp_path / "up.log"
+    with log.open("w") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "app", "up", "--start-servers", "--history-days", "35"],
+            cwd=REPO, env=_env(tmp_path), stdout=out, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 60
+        while True:  # the servers and the two history workers (and spawn's tracker)
+            assert process.poll() is None, log.read_text()[-3000:]
+            assert time.monotonic() < deadline, log.read_text()[-3000:]
+            children = _children(process.pid)
+            names = [Path(f"/proc/{pid}/comm").read_text().strip() for pid in children
+                     if _alive(pid)]
+            if {"influxd", "mosquitto"} <= set(names) and names.count("python") >= 3:
+                break
+            time.sleep(0.1)
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(30) == 0, log.read_text()[-3000:]
+        deadline = time.monotonic() + 10
+        while any(_alive(pid) for pid in children):
+            assert time.monotonic() < deadline, "children outlived facility up"
+            time.sleep(0.05)
+        assert "never awaited" not in log.read_text()
+        assert "已写入" not in log.read_text()  # stopped before the history was done
     finally:
         if process.poll() is None:
             process.kill()
