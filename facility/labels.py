@@ -208,6 +208,12 @@ AGGREGATE: Mapping[str, str] = MappingProxyType({
 BOLLARD_MODE: Mapping[str, str] = MappingProxyType({
     "auto": "自动", "manual": "手动", "maintenance": "维护", "emergency": "紧急"})
 
+# A bollard's fault code as the PLC reports it (docs/devices/bollard-plc.md).
+BOLLARD_FAULT: Mapping[str, str] = MappingProxyType({
+    "none": "无", "pressure_low": "液压不足", "motor_overload": "电机过载",
+    "position_sensor": "位置传感器故障", "travel_timeout": "行程超时",
+    "oil_overtemperature": "油温过高", "obstruction": "遇阻"})
+
 EMERGENCY_RISE: Mapping[str, str] = MappingProxyType({
     "idle": "未触发", "rising": "上升中", "complete": "已完成"})
 

@@ -75,7 +75,8 @@ async def build(influx: InfluxClient, settings: Settings, site: SiteConfig, peri
     names = _Names(site)
     report.sections += await _alert_sections(settings, site.site.id, start, end, names, tz, step)
     commands = await _commands(settings, site.site.id, start, end, names, tz)
-    report.sections.append(await _bollards(influx, site.site.id, start, end, tz, commands))
+    report.sections.append(await _bollards(influx, site.site.id, start, end, tz, commands,
+                                           names))
     step("bollard operations read")
     report.sections.append(await _events(influx, site.site.id, start, end, names))
     step("device events read")
@@ -99,6 +100,10 @@ class _Names:
         self.places = {p.id: p.name for p in site.places}
         self.devices = {d: (dev.name if d == dev.id else "") or d
                         for d, _, dev in site.all_device_ids()}
+        for dev in site.devices:  # units behind a controller: their names from its format
+            if dev.units is not None and dev.units.name:
+                for n, unit_id in enumerate(dev.unit_ids(), start=1):
+                    self.devices[unit_id] = dev.units.name.format(n=n)
 
     def place(self, place_id: str) -> str:
         return self.places.get(place_id, place_id or "—")
@@ -317,7 +322,7 @@ async def _commands(settings: Settings, site: str, start: int, end: int, names: 
 
 
 async def _bollards(influx: InfluxClient, site: str, start: int, end: int,
-                    tz: ZoneInfo, commands: Table) -> Section:
+                    tz: ZoneInfo, commands: Table, names: _Names) -> Section:
     where = f"site = {quote_string(site)} AND time >= {start} AND time < {end}"
     # Every reading of the PLC's group registers (the gateway reads them every second), so
     # that each change shows, however short: a 7-second emergency rise falls between two
@@ -341,14 +346,14 @@ async def _bollards(influx: InfluxClient, site: str, start: int, end: int,
         last: tuple[Any, ...] | None = initial.get(device)
         if last is not None:
             ops.rows.append([datetime.fromtimestamp(start / NS, tz).strftime("%H:%M:%S"),
-                             device, *_plc_state(last)])
+                             names.device(device), *_plc_state(last)])
         for t, *values in series.values:
             state = tuple(values)
             if all(v is None for v in state):
                 continue  # no answer from the PLC: not a change of its state
             if state != last:
                 ops.rows.append([datetime.fromtimestamp(int(t) / NS, tz).strftime("%H:%M:%S"),
-                                 device, *_plc_state(state)])
+                                 names.device(device), *_plc_state(state)])
             last = state
     units = await influx.query(
         'SELECT spread("cycle_count") AS cycles, last("state") AS state, '
@@ -360,7 +365,10 @@ async def _bollards(influx: InfluxClient, site: str, start: int, end: int,
         formulas=["动作次数 = 值班时段内该升降柱动作计数器（cycle_count）的最大值 − 最小值"])
     for series in sorted(units[0] if units else [], key=lambda s: s.tags.get("device", "")):
         for _, cycles, state, fault_code in series.values:
-            per_unit.rows.append([series.tags.get("device", ""), cycles, state, fault_code])
+            per_unit.rows.append([names.device(series.tags.get("device", "")), cycles,
+                                  labels.label(labels.BOLLARD, state) if state else "—",
+                                  labels.label(labels.BOLLARD_FAULT, fault_code)
+                                  if fault_code else "—"])
     if not ops.rows:
         ops.notes.append("值班时段内没有升降柱 PLC 数据。")
     return Section("四、升降柱", tables=[commands, ops, per_unit])

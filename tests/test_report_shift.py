@@ -217,7 +217,8 @@ async def test_shift_report(settings: Settings, influx: InfluxClient, tmp_path: 
         ("08:00:00", 0, "自动", "未触发"), ("10:00:00", 42, "自动", "未触发"),
         ("11:00:10", 42, "紧急", "上升中"), ("11:00:12", 42, "紧急", "已完成"),
         ("11:00:17", 42, "自动", "未触发")]
-    assert table(report, "bollard_units").rows == [["bollard-s01", 2, "up", "none"]]
+    assert table(report, "bollard_units").rows == [["南门升降柱1号", 2, "升起", "无"]]
+    assert {r[1] for r in ops} == {"南门防暴恐升降柱控制柜"}
     assert table(report, "device_events").rows[0][3] == 2
     unavailable = {r[0]: r for r in table(report, "unavailable").rows}
     assert unavailable["主楼总表"][2] == pytest.approx(23 / 24)
