@@ -2,10 +2,12 @@
 
 The simulators' models give the history (simulators/history.py); vendor payloads go
 through the gateway's own mappings (gateway.vendors.VendorDecoder) and ingest's converter,
-so the history has the fields and tags of live data. The lines go in bulk straight to
-InfluxDB's HTTP write API (facility.influx), not through the broker, while the next day is
-generated; then the 15-minute rollups are built for the past, which the continuous queries
-never do (they only roll up the last two hours as data arrives).
+so the history has the fields and tags of live data. Two spawned worker processes make it
+day by day (each a share of the families, keeping its models from day to day); this
+process writes each day in bulk straight to InfluxDB's HTTP write API (facility.influx),
+not through the broker, with the day's 15-minute rollups, which the continuous queries
+would never make for the past (they roll up the last two hours as data arrives).
+A database that holds any measurement is left alone.
 """
 
 from __future__ import annotations
