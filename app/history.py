@@ -30,7 +30,7 @@ import msgspec
 from facility import lineprotocol as lp
 from facility import topics
 from facility.catalog import Catalog
-from facility.influx import InfluxClient, quote_ident
+from facility.influx import InfluxClient, quote_ident, quote_string
 from facility.messages import Family, Reading
 from facility.schema import BUCKET_NS, ENERGY, EV_CHARGING, Rollup, ensure_downsampling
 from facility.settings import MqttSettings, Settings
@@ -228,6 +228,7 @@ async def backfill(settings: Settings, catalog: Catalog, live: Campus, *, days: 
         await influx.ensure_database()
         if await has_data(influx):
             log.info("InfluxDB has data already: no simulated history written")
+            await go_on(influx, live)
             return None
         await ensure_downsampling(influx, settings.reports)
         end = live.origin
@@ -285,6 +286,34 @@ async def backfill(settings: Settings, catalog: Catalog, live: Campus, *, days: 
     log.info("history: %g days, %d lines in %.1f s (the workers' CPU: %s s)", days, written,
              done.seconds, " + ".join(f"{c:.1f}" for c in cpu))
     return done
+
+
+async def go_on(influx: InfluxClient, live: Campus) -> int:
+    """The live meters and bollards count on from the last readings stored (a run before
+    this one), not from their seeded counts: a drop would read as a meter replacement at
+    every restart of the demo. Returns how many counters were set."""
+    site = quote_string(live.site.site.id)
+    found = 0
+    meters = {m.device_id: m for m in live.models.values() if isinstance(m, Meter)}
+    result = await influx.query(f'SELECT last("energy_import") FROM "energy" WHERE '
+                                f'"site" = {site} GROUP BY "device"')
+    for series in result[0] if result else []:
+        meter = meters.get(series.tags.get("device", ""))
+        if meter is not None and series.values and series.values[0][1] is not None:
+            meter.go_on_from(float(series.values[0][1]))
+            found += 1
+    units = {unit_id: bollard for m in live.models.values() if isinstance(m, BollardPlc)
+             for unit_id, bollard in zip(live.site.device(m.device_id).unit_ids(),
+                                         m.bollards, strict=False)}
+    result = await influx.query(f'SELECT last("cycle_count") FROM "bollard" WHERE '
+                                f'"site" = {site} AND "controller" != \'\' GROUP BY "device"')
+    for series in result[0] if result else []:
+        bollard = units.get(series.tags.get("device", ""))
+        if bollard is not None and series.values and series.values[0][1] is not None:
+            bollard.cycles = int(series.values[0][1])
+            found += 1
+    log.info("simulators go on from %d counters stored by an earlier run", found)
+    return found
 
 
 async def _both(*writes: Awaitable[None]) -> None:

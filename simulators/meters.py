@@ -221,6 +221,11 @@ class EnergyCounter:
         """A new meter: the reading starts again from 0 at t."""
         self._offset = self.raw(t)
 
+    def go_on_from(self, t: float, reading: float) -> None:
+        """Read `reading` at t and count on from there (a simulation started again goes on
+        from the last reading it stored, not from its seeded one)."""
+        self._offset = self.raw(t) - reading
+
 
 class Meter:
     """One energy meter on an RS485 line: a Modbus unit with a snapshot of what it shows."""
@@ -265,6 +270,10 @@ class Meter:
     def energy_import(self, t: float | None = None) -> float:
         """kWh in float64, before the register's float32 rounding."""
         return self.import_counter.reading(self.clock.now() if t is None else t)
+
+    def go_on_from(self, reading: float) -> None:
+        """The import counter reads `reading` now and counts on from there."""
+        self.import_counter.go_on_from(self.clock.now(), reading)
 
     def reset(self) -> None:
         """Meter replaced: the counters start again from 0 now."""
