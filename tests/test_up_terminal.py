@@ -12,6 +12,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from app.up import RateMonitor, print_alert, table, text_width
 from facility import messages as m
 from facility import topics
@@ -126,6 +128,7 @@ def _env(tmp_path: Path) -> dict[str, str]:
            "FACILITY_DUTY_PORT": str(_free_port())}
 
 
+@pytest.mark.servers
 def test_sigterm_stops_everything_it_started(tmp_path: Path) -> None:
     env = _env(tmp_path)
     log = tmp_path / "up.log"
@@ -156,6 +159,7 @@ def test_sigterm_stops_everything_it_started(tmp_path: Path) -> None:
             process.wait()
 
 
+@pytest.mark.servers
 def test_sigterm_while_the_history_is_written(tmp_path: Path) -> None:
     """Stopped while it writes the simulated history: its worker processes, InfluxDB and
     Mosquitto end with it."""

@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -18,6 +20,7 @@ def _users(args: list[str], tmp_path: Path, stdin: str | None) -> subprocess.Com
                           capture_output=True, text=True, timeout=60, check=False)
 
 
+@pytest.mark.servers  # six processes of the command: not for the fast tier
 def test_users_add_without_a_terminal(tmp_path: Path) -> None:
     empty = _users(["add", "ada", "--role", "admin", "--zones", "*"], tmp_path, None)
     assert empty.returncode == 2
