@@ -18,8 +18,10 @@ import time
 import unicodedata
 from collections import Counter, defaultdict, deque
 from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 from urllib.parse import urlsplit
+from zoneinfo import ZoneInfo
 
 from api.service import ApiService
 from app import history, wiring
@@ -260,7 +262,8 @@ def print_alert(alert: m.AlertMessage, site: SiteConfig) -> None:
     """A new alert as it happens, one line (raised, raised again, escalated)."""
     if alert.transition not in ("raised", "re_raised", "escalated"):
         return
-    when = time.strftime("%H:%M:%S", time.localtime(alert.ts / 1e9))
+    when = datetime.fromtimestamp(alert.ts / 1e9, ZoneInfo(site.site.timezone)).strftime(
+        "%H:%M:%S")  # the campus's time, as the page and the reports show it
     severity = (alert.peak_severity or alert.severity).value
     place = next((p.name for p in site.places if p.id == alert.place), alert.place)
     word = "报警升级" if alert.transition == "escalated" else "新报警"
@@ -274,7 +277,8 @@ def print_alert(alert: m.AlertMessage, site: SiteConfig) -> None:
 
 def status_lines(running: list[tuple[str, Service]], monitor: RateMonitor,
                  site: SiteConfig) -> list[str]:
-    lines = [f"--- facility up：{site.site.name}（{site.site.id}） {time.strftime('%H:%M:%S')}"]
+    now = datetime.now(ZoneInfo(site.site.timezone))
+    lines = [f"--- facility up：{site.site.name}（{site.site.id}） {now:%H:%M:%S}"]
     rows = [["服务", "状态", "说明"]]
     for name, svc in running:
         state = "已连接" if svc.ready.is_set() else "连接中"

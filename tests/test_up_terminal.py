@@ -90,7 +90,7 @@ def test_a_new_alert_is_printed_at_once(settings: Settings, capsys: object) -> N
                                   "transition": "acknowledged"}), site)
     out = capsys.readouterr().out  # type: ignore[attr-defined]
     assert out.count("\n") == 1
-    assert "新报警" in out and "紧急  消防  西门电动自行车停车棚  西门电动自行车停车棚火警" in out
+    assert "新报警 22:13:20  紧急  消防  西门电动自行车停车棚  西门电动自行车停车棚火警" in out
 
 
 def _free_port() -> int:
