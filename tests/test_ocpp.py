@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidMessage, InvalidStatus
+from websockets.typing import Subprotocol
 
 from csms.config import hash_password
 from csms.service import CentralSystem
@@ -40,6 +41,7 @@ pytestmark = pytest.mark.servers
 CP1, CP2 = "PYGOV-OC-01", "PYGOV-OC-02"  # evc-oc-01 and evc-oc-02, two connectors each
 PASSWORDS = {CP1: uuid.uuid4().hex, CP2: uuid.uuid4().hex}
 HASHES = {cp: hash_password(pw, random_token=True) for cp, pw in PASSWORDS.items()}
+OCPP16 = [Subprotocol("ocpp1.6")]
 
 
 @dataclass
@@ -194,7 +196,7 @@ async def test_security_profile_1(tmp_path: Path, mosquitto_server: MosquittoSer
                 token = base64.b64encode(f"{cp}:{password}".encode()).decode()
                 headers["Authorization"] = f"Basic {token}"
             with pytest.raises(InvalidStatus) as info:
-                async with connect(f"{r.url}/{path_id or cp}", subprotocols=["ocpp1.6"],  # type: ignore[list-item]
+                async with connect(f"{r.url}/{path_id or cp}", subprotocols=OCPP16,
                                    additional_headers=headers):
                     pass
             return info.value.response.status_code
@@ -233,10 +235,10 @@ async def test_security_profile_2_tls(tmp_path: Path, mosquitto_server: Mosquitt
         # Plain ws:// to the TLS port does not get through, nor TLS without the password.
         with pytest.raises((OSError, InvalidMessage)):
             async with connect(f"ws://127.0.0.1:{r.csms.port}/ocpp/{CP1}",
-                               subprotocols=["ocpp1.6"], open_timeout=3):  # type: ignore[list-item]
+                               subprotocols=OCPP16, open_timeout=3):
                 pass
         with pytest.raises(InvalidStatus) as info:
-            async with connect(f"{r.url}/{CP1}", subprotocols=["ocpp1.6"], ssl=trusted):  # type: ignore[list-item]
+            async with connect(f"{r.url}/{CP1}", subprotocols=OCPP16, ssl=trusted):
                 pass
         assert info.value.response.status_code == 401
 
@@ -246,7 +248,7 @@ async def test_bad_frames_are_answered_and_dead_lettered(tmp_path: Path,
                                                          ) -> None:
     async with rig(tmp_path, mosquitto_server) as r:
         token = base64.b64encode(f"{CP1}:{PASSWORDS[CP1]}".encode()).decode()
-        async with connect(f"{r.url}/{CP1}", subprotocols=["ocpp1.6"],  # type: ignore[list-item]
+        async with connect(f"{r.url}/{CP1}", subprotocols=OCPP16,
                            additional_headers={"Authorization": f"Basic {token}"}) as ws:
             async def ask(frame: str) -> list[Any]:
                 await ws.send(frame)
@@ -306,7 +308,8 @@ async def _final(r: Rig, cid: str) -> m.CommandResult:
     results = await r.wait(f"result of {cid}", lambda: [
         x for x in r.of(m.CommandResult, Kind.COMMAND_RESULT)
         if x.id == cid and x.status is not m.CommandStatus.ACCEPTED])
-    return results[0]  # type: ignore[no-any-return]
+    result: m.CommandResult = results[0]
+    return result
 
 
 async def test_commands_reach_the_charge_point(tmp_path: Path,
@@ -362,7 +365,7 @@ async def test_commands_reach_the_charge_point(tmp_path: Path,
 
         # A charge point that never answers: the command times out (call_timeout 1 s).
         token = base64.b64encode(f"{CP2}:{PASSWORDS[CP2]}".encode()).decode()
-        async with connect(f"{r.url}/{CP2}", subprotocols=["ocpp1.6"],  # type: ignore[list-item]
+        async with connect(f"{r.url}/{CP2}", subprotocols=OCPP16,
                            additional_headers={"Authorization": f"Basic {token}"}):
             await r.wait("cp2 online", lambda: "online" in statuses(r, "evc-oc-02"))
             mute = await _final(r, await _command(r, "reset", device="evc-oc-02"))

@@ -74,7 +74,8 @@ def _starts(line: str) -> list[int]:
     return out
 
 
-def test_a_new_alert_is_printed_at_once(settings: Settings, capsys: object) -> None:
+def test_a_new_alert_is_printed_at_once(settings: Settings,
+                                        capsys: pytest.CaptureFixture[str]) -> None:
     site = catalog().site
     seen: list[m.AlertMessage] = []
     monitor = RateMonitor(settings, on_alert=seen.append)
@@ -88,7 +89,7 @@ def test_a_new_alert_is_printed_at_once(settings: Settings, capsys: object) -> N
     print_alert(alert, site)
     print_alert(m.AlertMessage(**{**{f: getattr(alert, f) for f in alert.__struct_fields__},
                                   "transition": "acknowledged"}), site)
-    out = capsys.readouterr().out  # type: ignore[attr-defined]
+    out = capsys.readouterr().out
     assert out.count("\n") == 1
     assert "新报警 22:13:20  紧急  消防  西门电动自行车停车棚  西门电动自行车停车棚火警" in out
 
