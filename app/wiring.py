@@ -28,9 +28,11 @@ def configuration(path: Path | None = None) -> tuple[Settings, Catalog]:
 
 def display_player(settings: Settings, engine: RulesService) -> DisplayPlayer:
     """The simulated screens and PA zones of the engine's site (pages on display_port)."""
+    var = settings.resolve(settings.spool.dir).parent  # beside the spools: var/ in the demo
     return DisplayPlayer.from_config(settings.mqtt, engine.site_id, engine.endpoints,
                                      http_host=settings.rules.display_host,
-                                     http_port=settings.rules.display_port)
+                                     http_port=settings.rules.display_port,
+                                     data_dir=var / "displays")  # the PA's audio, not $TMPDIR
 
 
 def ocpp(settings: Settings, catalog: Catalog, *, simulate: bool
