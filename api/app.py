@@ -39,9 +39,11 @@ Log in with `POST /api/auth/login` and send the token as `Authorization: Bearer 
 Roles: viewer < operator < supervisor < admin; operators and supervisors act only in the
 zones granted to them. See docs/api.md."""
 
-# The page loads nothing from elsewhere; inline scripts and styles are not allowed.
+# The page loads nothing from elsewhere; inline scripts and styles are not allowed. Media:
+# the PA's last announcement, fetched with the login header and played from a blob: URL.
 SECURITY_HEADERS = {
     "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; "
+                               "media-src 'self' blob:; "
                                "frame-ancestors 'none'; base-uri 'none'; form-action 'self'",
     "X-Content-Type-Options": "nosniff",
     "X-Frame-Options": "DENY",

@@ -470,6 +470,12 @@ class Labels(BaseModel):
     aggregate: dict[str, str]
     plan_state: dict[str, str] = Field(description="a device's colour on the campus plan")
     incident_state: dict[str, str]
+    drill: dict[str, str] = Field(description="drills (演练): each scenario's name, and the "
+                                  "words drill, started, ended")
+    drill_prefix: str = Field(description="what a drill's alerts, screens and notices start "
+                              "with (【演练】)")
+    drill_speech_prefix: str = Field(description="what a drill's spoken announcements start "
+                                     "with")
 
 
 DeviceDetail.model_rebuild()

@@ -246,11 +246,15 @@ def label(table: Mapping[str, str], key: str) -> str:
 
 def as_json() -> dict[str, object]:
     """The whole table as the page loads it: each table by name (plain string keys), the
-    severity rank and the severity order, worst first."""
+    severity rank and the severity order, worst first, and the drill words."""
     out: dict[str, object] = {name: {str(k): v for k, v in table.items()}
                               for name, table in TABLES.items()}
     out["severity_rank"] = {str(k): v for k, v in SEVERITY_RANK.items()}
     out["severity_order"] = [str(s) for s in SEVERITY_ORDER]
+    # Drills (演练, below): the scenarios' names and the marks a drill's texts carry.
+    out["drill"] = dict(DRILL)
+    out["drill_prefix"] = DRILL_PREFIX
+    out["drill_speech_prefix"] = DRILL_SPEECH_PREFIX
     return out
 
 

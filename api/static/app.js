@@ -11,6 +11,9 @@ let COMMAND_STATUS = {}, ACTION = {}, DELIVERY = {}, ROLE = {}, AVAILABILITY = {
 let SEVERITY_ORDER = [], HISTORY_ACTION = {}, FAMILY = {}, VALUE = {}, DEVICE_STATE = {};
 let EVENT = {}, DEVICE_KIND = {}, HTTP_STATUS = {}, AGGREGATE = {}, PLAN_STATE = {};
 let INCIDENT_STATE = {};
+// Drills (演练): each scenario's name, and the marks a drill's texts carry (【演练】 shown,
+// 演练，演练。 said).
+let DRILL = {}, DRILL_PREFIX = "", DRILL_SPEECH_PREFIX = "";
 const STALE_AFTER_MS = 35000; // the server sends something at least every 15 s
 
 const state = {
@@ -34,6 +37,10 @@ const state = {
   sounding: new Map(), // unacknowledged critical alerts: id -> alert
   silenced: new Set(),
   detail: null, // the device whose detail dialog is open
+  pa: new Map(), // PA zone -> its last announcement and audio (GET /api/pa)
+  paWaiting: new Map(), // PA zone -> the announcement whose audio is not rendered yet
+  paPlay: new Map(), // PA zone -> what its play button did (markPlay)
+  drills: new Map(), // drill id -> DrillView (GET /api/drills)
 };
 
 // --- small helpers ------------------------------------------------------------------
@@ -210,7 +217,8 @@ async function loadLabels() {
      history_action: HISTORY_ACTION, family: FAMILY, value: VALUE,
      device_state: DEVICE_STATE, event: EVENT, device_kind: DEVICE_KIND,
      http_status: HTTP_STATUS, aggregate: AGGREGATE, plan_state: PLAN_STATE,
-     incident_state: INCIDENT_STATE } = table);
+     incident_state: INCIDENT_STATE, drill: DRILL, drill_prefix: DRILL_PREFIX,
+     drill_speech_prefix: DRILL_SPEECH_PREFIX } = table);
 }
 
 async function start() {
@@ -228,6 +236,8 @@ async function start() {
   follow();
   refreshEnergy();
   refreshIncidents();
+  refreshPa();
+  refreshDrills();
   offerSound();
 }
 
@@ -373,6 +383,7 @@ const HANDLERS = {
     if (a.state === "normal") state.alerts.delete(a.id);
     else state.alerts.set(a.id, Object.assign({}, known || {}, a));
     considerAlarm(a, !known && a.transition !== "snapshot");
+    if (a.drill && !state.drills.has(a.drill)) refreshDrills();
     if (state.history) state.history.set(a.id, Object.assign({}, state.history.get(a.id) || {}, a));
     mark("alerts"); mark("plan"); mark("bollards");
     clearTimeout(HANDLERS.alert.timer);
@@ -393,6 +404,8 @@ const HANDLERS = {
   },
   broadcast(b) {
     if (b.manual) return;
+    state.paWaiting.set(b.zone, b.id);
+    schedulePa(500);
     const view = state.displays.get(b.zone);
     if (view) {
       view.shown = { text: b.text, kind: b.kind, priority: b.priority };
@@ -729,15 +742,17 @@ function alertRow(a) {
   const peak = a.peak_severity && a.peak_severity !== a.severity ? a.peak_severity : "";
   const current = a.current_value !== undefined && a.current_value !== null ? a.current_value
     : peak && typeof a.value === "number" ? a.value : null;
-  return el("tr", { class: `alert ${look}`,
+  return el("tr", { class: `alert ${look}${a.drill ? " drill" : ""}`,
                     dataset: { alert: a.id, state: a.state, family: a.family || "",
-                               rule: a.rule, source: a.source, severity: a.severity } },
+                               rule: a.rule, source: a.source, severity: a.severity,
+                               drill: a.drill || "" } },
     el("td", {}, el("span", { class: `sev sev-${peak || a.severity}` },
                     SEVERITY[peak || a.severity] || a.severity),
        peak ? el("small", { class: "now-sev" }, ` 现${SEVERITY[a.severity]}`) : ""),
     el("td", { class: "nowrap" }, time(a.raised_at)),
-    el("td", {}, el("button", { type: "button", class: "link", onclick: () => openAlert(a.id) },
-                    named(a.title)), el("br"), named(a.text),
+    el("td", {}, drillTag(a),
+       el("button", { type: "button", class: "link", onclick: () => openAlert(a.id) },
+          named(a.title)), el("br"), named(a.text),
        current !== null ? el("span", { class: "current" }, `（当前 ${fmt(current, 1)}${a.unit || ""}）`) : "",
        a.late_s ? el("span", { class: "late" }, `（迟到${a.late_s}秒）`) : ""),
     el("td", {}, state.devices.has(a.source)
@@ -747,6 +762,13 @@ function alertRow(a) {
     el("td", { class: "alert-state" }, ALERT_STATE[a.state] || a.state),
     actions);
 }
+
+// A drill's alert says so wherever it is shown: 【演练】 before its title.
+function drillTag(a) {
+  return a && a.drill ? el("span", { class: "drill-tag" }, DRILL_PREFIX) : "";
+}
+
+function drillText(a) { return a && a.drill ? DRILL_PREFIX : ""; }
 
 async function operate(alert, action, body) {
   try {
@@ -785,7 +807,8 @@ function ask(dialog, check) {
 }
 
 async function acknowledge(alert) {
-  $("ack-alert").textContent = `${SEVERITY[alert.severity] || ""} ${named(alert.title)}：${named(alert.text)}`;
+  $("ack-alert").textContent = `${drillText(alert)}${SEVERITY[alert.severity] || ""} ` +
+    `${named(alert.title)}：${named(alert.text)}`;
   $("ack-comment").value = "";
   if (await ask($("ack-dialog")) !== "ok") return false;
   return operate(alert, "acknowledge", { comment: $("ack-comment").value.trim() });
@@ -809,8 +832,9 @@ async function shelve(alert) {
 async function openAlert(id) {
   try {
     const a = await api("GET", `/api/alerts/${encodeURIComponent(id)}`);
-    $("alert-title").textContent = `告警详情：${named(a.title)}`;
-    $("alert-summary").replaceChildren(el("p", {},
+    $("alert-title").textContent = `告警详情：${drillText(a)}${named(a.title)}`;
+    $("alert-dialog").dataset.drill = a.drill || "";
+    $("alert-summary").replaceChildren(el("p", {}, drillTag(a),
       el("span", { class: `sev sev-${a.severity}` }, SEVERITY[a.severity]), " ", named(a.text)),
       el("p", {}, `设备：${deviceName(a.source)}，位置：${placeName(a.place)}，状态：` +
                   `${ALERT_STATE[a.state] || a.state}，发生：${dateTime(a.raised_at)}` +
@@ -842,12 +866,16 @@ async function refreshIncidents() {
     return;
   }
   const list = state.incidents;
+  // An incident of a drill's alerts says so too (the incident itself does not carry it).
+  const drilled = new Map([...state.alerts.values()].filter((a) => a.incident && a.drill)
+    .map((a) => [a.incident, a]));
   $("incidents").tBodies[0].replaceChildren(...list.map((i) => el("tr", {
     class: i.active ? "" : "quiet", dataset: { incident: i.id } },
     el("td", {}, el("span", { class: `sev sev-${i.severity}` }, SEVERITY[i.severity])),
     el("td", { class: "nowrap" }, time(i.opened_at)),
-    el("td", {}, el("button", { type: "button", class: "link", onclick: () => openIncident(i.id) },
-                    named(i.title))),
+    el("td", {}, drillTag(drilled.get(i.id)),
+       el("button", { type: "button", class: "link", onclick: () => openIncident(i.id) },
+          named(i.title))),
     el("td", {}, (i.zones.length ? i.zones : [i.zone]).map(zoneName).join("、")),
     el("td", {}, INCIDENT_STATE[i.closed_at ? "closed" : i.active ? "active" : "cleared"]))));
   $("incident-count").textContent = `${list.length} 起`;
@@ -905,7 +933,7 @@ async function openDevice(id) {
       el("li", {}, `${dateTime(e.ts)} ${EVENT[e.name] || "事件"}`, chinese(e.text) ? `：${e.text}` : ""))
       : [el("li", { class: "empty" }, activity.events_error ? "事件暂不可读" : "无")]));
     $("device-alerts").replaceChildren(...(activity.alerts.length ? activity.alerts.map((a) =>
-      el("li", {}, el("span", { class: `sev sev-${a.severity}` }, SEVERITY[a.severity]),
+      el("li", {}, drillTag(a), el("span", { class: `sev sev-${a.severity}` }, SEVERITY[a.severity]),
          ` ${dateTime(a.raised_at)} ${named(a.title)} · ${ALERT_STATE[a.state] || a.state}`))
       : [el("li", { class: "empty" }, "无")]));
     $("device-commands").replaceChildren(...(activity.commands.length ? activity.commands.map(
@@ -1217,7 +1245,7 @@ async function sendOnce(path, body) {
 function considerAlarm(a, fresh) {
   const critical = a.severity === "critical" && a.state === "active_unack" && a.active !== false;
   if (critical) {
-    if (!state.sounding.has(a.id) && fresh) notify(a);
+    if (!state.sounding.has(a.id) && fresh) { notify(a); if (a.drill) sayDrill(); }
     state.sounding.set(a.id, a);
   } else {
     state.sounding.delete(a.id);
@@ -1231,36 +1259,46 @@ function updateAlarm() {
   const newest = [...state.sounding.values()].sort((a, b) => b.raised_at - a.raised_at)[0];
   banner.hidden = !newest;
   if (newest) {
-    $("alarm-text").textContent = `紧急告警：${named(newest.title)}（${placeName(newest.place)}）` +
+    $("alarm-text").textContent = `${drillText(newest)}紧急告警：${named(newest.title)}` +
+      `（${placeName(newest.place)}）` +
       (state.sounding.size > 1 ? `，共 ${state.sounding.size} 条未确认` : "");
     banner.dataset.alert = newest.id;
+    banner.dataset.drill = newest.drill || "";
     $("alarm-ack").hidden = !mayIn("operator", [newest.zone]);
     $("alarm-silence").hidden = !loud.length;
   }
-  if (loud.length) tone.start(); else tone.stop();
+  // A drill's alarm sounds apart from a real one (lower, slower); a real one wins.
+  if (loud.length) tone.start(loud.every((a) => a.drill) ? "drill" : "real"); else tone.stop();
   document.body.dataset.alarm = loud.length ? "sounding" : newest ? "silenced" : "";
 }
 
-// A two-tone alarm made with WebAudio (no sound file): 880/660 Hz, alternating twice a second.
+// A two-tone alarm made with WebAudio (no sound file): 880/660 Hz, alternating twice a
+// second; a drill's alone: 523/392 Hz, once a second, so nobody takes it for a real one.
+const TONES = { real: { high: 880, low: 660, every: 500, wave: "square" },
+                drill: { high: 523, low: 392, every: 1000, wave: "triangle" } };
 const tone = {
-  ctx: null, osc: null, gain: null, timer: null,
-  start() {
-    if (this.osc) return;
+  ctx: null, osc: null, gain: null, timer: null, kind: "",
+  start(kind = "real") {
+    if (this.osc && this.kind === kind) return;
+    if (this.osc) this.stop();
+    const sound = TONES[kind];
+    this.kind = kind;
+    $("alarm-banner").dataset.soundKind = kind;
     try {
       this.ctx = this.ctx || new AudioContext();
       if (this.ctx.state === "suspended") this.ctx.resume().catch(() => {});
       this.osc = this.ctx.createOscillator();
       this.gain = this.ctx.createGain();
-      this.osc.type = "square";
-      this.osc.frequency.value = 880;
+      this.osc.type = sound.wave;
+      this.osc.frequency.value = sound.high;
       this.gain.gain.value = 0.15;
       this.osc.connect(this.gain).connect(this.ctx.destination);
       this.osc.start();
       let high = true;
       this.timer = setInterval(() => {
         high = !high;
-        this.osc.frequency.setValueAtTime(high ? 880 : 660, this.ctx.currentTime);
-      }, 500);
+        this.osc.frequency.setValueAtTime(high ? sound.high : sound.low, this.ctx.currentTime);
+      }, sound.every);
     } catch (error) {
       this.osc = null;
     }
@@ -1270,6 +1308,7 @@ const tone = {
     clearInterval(this.timer);
     if (this.osc) { this.osc.stop(); this.osc.disconnect(); }
     this.osc = null;
+    this.kind = "";
     $("alarm-banner").dataset.sound = "off";
   },
 };
@@ -1277,12 +1316,23 @@ const tone = {
 function notify(a) {
   if (!("Notification" in window) || Notification.permission !== "granted") return;
   try {
-    const n = new Notification(`紧急告警：${named(a.title)}`, {
+    const n = new Notification(`${drillText(a)}紧急告警：${named(a.title)}`, {
       body: `${named(a.text)}（${placeName(a.place)}）`, tag: a.id, requireInteraction: true });
     n.onclick = () => { window.focus(); openAlert(a.id); };
   } catch (error) {
     // a browser without page notifications: the banner and the sound remain
   }
+}
+
+// A drill's alarm also says so aloud (演练，演练。), where the browser can speak Chinese.
+function sayDrill() {
+  document.body.dataset.drillSaid = DRILL_SPEECH_PREFIX;
+  if (!("speechSynthesis" in window)) return;
+  try {
+    const words = new SpeechSynthesisUtterance(DRILL_SPEECH_PREFIX);
+    words.lang = "zh-CN";
+    speechSynthesis.speak(words);
+  } catch (error) { /* no speech: the banner and the tone say it */ }
 }
 
 // Sound and notifications need the operator's permission (one click, once per login).
@@ -1549,6 +1599,183 @@ async function broadcast(event) {
   }
 }
 
+// --- the PA zones' last announcements, played from the API -----------------------
+
+// Refresh soon; again while an announcement heard of on the live stream has no audio yet
+// (the simulated PA renders it to speech after it confirms), for at most 30 tries.
+function schedulePa(delay) {
+  clearTimeout(schedulePa.timer);
+  schedulePa.timer = setTimeout(refreshPa, delay);
+}
+
+async function refreshPa() {
+  const status = $("pa-last-status");
+  try {
+    const zones = await api("GET", "/api/pa");
+    state.pa = new Map(zones.map((z) => [z.zone, z]));
+    status.hidden = true;
+  } catch (error) {
+    // 409: the PA's player is not where the API looks; the texts are in the list above.
+    state.pa.clear();
+    status.textContent = explain(error);
+    status.hidden = false;
+  }
+  for (const [zone, id] of state.paWaiting) {
+    const z = state.pa.get(zone);
+    if (!z || (z.audio && z.audio.broadcast === id)) state.paWaiting.delete(zone);
+  }
+  refreshPa.tries = state.paWaiting.size ? (refreshPa.tries || 0) + 1 : 0;
+  if (state.paWaiting.size && refreshPa.tries < 30) schedulePa(1000);
+  else state.paWaiting.clear();
+  renderPa();
+}
+
+function renderPa() {
+  const zones = [...state.pa.values()];
+  $("pa-last").hidden = !zones.length;
+  $("pa-last").tBodies[0].replaceChildren(...zones.map((z) => {
+    let audio;
+    if (z.audio) {
+      audio = $("pa-play").content.firstElementChild.cloneNode(true);
+      audio.dataset.zone = z.zone;
+      audio.dataset.broadcast = z.audio.broadcast;
+      audio.setAttribute("aria-label", `${audio.querySelector(".word").textContent}：${z.name}`);
+      audio.addEventListener("click", () => playPa(z));
+      showPlay(audio, z.zone);
+    } else {
+      audio = $("pa-no-audio").content.firstElementChild.cloneNode(true);
+    }
+    return el("tr", { dataset: { zone: z.zone, audio: z.audio ? z.audio.broadcast : "" } },
+      el("td", {}, z.name), el("td", { class: "pa-text" }, named(z.text) || "（无内容）"),
+      el("td", { class: "nowrap" }, audio,
+         z.audio ? el("small", {}, ` ${fmt(z.audio.duration_s, 0)} 秒`) : ""));
+  }));
+}
+
+// The WAV needs the login header, so it is fetched (not given to <audio> as a URL) and
+// played from a blob: URL (the CSP allows media from 'self' and blob:).
+async function playPa(zone) {
+  const broadcast = zone.audio.broadcast;
+  if (playPa.audio) { playPa.audio.pause(); URL.revokeObjectURL(playPa.audio.src); }
+  markPlay(zone.zone, { broadcast, state: "loading", fetched: "" });
+  try {
+    const reply = await fetch(zone.audio.url, {
+      headers: { "Authorization": `Bearer ${state.token}` }, cache: "no-store" });
+    if (!reply.ok) {
+      const data = await reply.json().catch(() => ({}));
+      throw new ApiError(reply.status, typeof data.detail === "string" ? data.detail : "");
+    }
+    const blob = await reply.blob();
+    markPlay(zone.zone, { fetched: String(blob.size) });
+    const audio = new Audio(URL.createObjectURL(blob));
+    playPa.audio = audio;
+    audio.addEventListener("ended", () => {
+      markPlay(zone.zone, { state: "ended" });
+      URL.revokeObjectURL(audio.src);
+    });
+    await audio.play();
+    markPlay(zone.zone, { state: "playing" });
+  } catch (error) {
+    markPlay(zone.zone, { state: "error" });
+    notice(explain(error), true);
+  }
+}
+
+// What the play button of a zone did (loading, playing, ended, error; the bytes fetched),
+// kept across re-renders of the list for as long as that announcement is the zone's last.
+function markPlay(zone, changes) {
+  const now = Object.assign(state.paPlay.get(zone) || {}, changes);
+  state.paPlay.set(zone, now);
+  const button = $("pa-last").querySelector(`button.pa-play[data-zone="${zone}"]`);
+  if (button) showPlay(button, zone);
+}
+
+function showPlay(button, zone) {
+  const play = state.paPlay.get(zone);
+  if (!play || play.broadcast !== button.dataset.broadcast) return;
+  button.dataset.state = play.state;
+  if (play.fetched) button.dataset.fetched = play.fetched; else delete button.dataset.fetched;
+}
+
+// --- drills (演练): a supervisor starts one; everyone sees them ----------------------
+
+const DRILL_SCENARIOS = ["fire", "rainstorm", "gateway-loss", "bollard-fault"];
+
+// What each scenario can be run at, by name (facility/drills.py checks it again): a place
+// with fire detectors, a drain with a level sensor, a Modbus gateway, a bollard.
+function drillPlaces(scenario) {
+  const devices = [...state.devices.values()];
+  const places = (kinds) => [...new Set(devices.filter((d) => kinds.includes(d.kind))
+    .map((d) => d.place))].map((id) => [id, placeName(id)]);
+  let out;
+  if (scenario === "fire") out = places(["smoke_detector", "heat_detector"]);
+  else if (scenario === "rainstorm") out = places(["water_level"]);
+  else if (scenario === "gateway-loss") {
+    out = state.site.gateways.filter((g) => g.kind === "modbus").map((g) => [g.id, g.name]);
+  } else out = bollards().map((d) => [d.id, d.name]);
+  return scenario === "bollard-fault" ? out : out.sort((a, b) => a[1].localeCompare(b[1], "zh-CN"));
+}
+
+function fillDrillPlaces() {
+  chooseOptions($("drill-place"), drillPlaces($("drill-scenario").value).map(([id]) => id),
+                (id) => (drillPlaces.names.get(id) || id));
+}
+
+async function startDrill() {
+  if (!can("supervisor")) return;
+  drillPlaces.names = new Map(DRILL_SCENARIOS.flatMap(drillPlaces));
+  if (!$("drill-scenario").options.length) {
+    chooseOptions($("drill-scenario"), DRILL_SCENARIOS, (s) => DRILL[s] || s);
+  }
+  fillDrillPlaces();
+  if (await ask($("drill-dialog"), () => Boolean($("drill-place").value)) !== "ok") return;
+  const scenario = $("drill-scenario").value, place = $("drill-place").value;
+  const duration = $("drill-duration");
+  $("drill-confirm-scenario").textContent = DRILL[scenario] || scenario;
+  $("drill-confirm-place").textContent = drillPlaces.names.get(place) || place;
+  $("drill-confirm-duration").textContent = duration.options[duration.selectedIndex].text;
+  if (await ask($("drill-confirm-dialog")) !== "ok") return;
+  const body = { scenario, place };
+  if (duration.value) body.duration_s = Number(duration.value);
+  try {
+    const view = await api("POST", "/api/drills", body);
+    state.drills.set(view.id, view);
+    renderDrills();
+    notice(`${DRILL.started}：${view.name}（${view.place_name}）`);
+  } catch (error) {
+    notice(explain(error), true);
+  }
+}
+
+async function refreshDrills() {
+  clearTimeout(refreshDrills.timer);
+  try {
+    const list = await api("GET", "/api/drills");
+    state.drills = new Map(list.map((d) => [d.id, d]));
+  } catch (error) { /* the list stays as it was; the button still follows the role */ }
+  renderDrills();
+}
+
+function renderDrills() {
+  const now = Date.now() * 1e6;
+  const list = [...state.drills.values()].sort((a, b) => b.ts - a.ts);
+  $("drills").replaceChildren(...(list.length ? list.map((d) => el("li", {
+    class: d.ends_at > now ? "running" : "", dataset: { drill: d.id, scenario: d.scenario } },
+    el("span", { class: "drill-tag" }, DRILL_PREFIX),
+    `${d.name} · ${d.place_name} · ${d.by} · ${dateTime(d.ts)} – ${time(d.ends_at)} · `,
+    el("span", { class: "state" }, d.ends_at > now ? DRILL.started : DRILL.ended)))
+    : [el("li", { class: "empty" }, "无")]));
+  const running = list.filter((d) => d.ends_at > now);
+  $("drill-count").textContent = running.length ? `${DRILL.started} ${running.length}` : "";
+  // Once the newest running drill ends, its line says so.
+  const next = Math.min(...running.map((d) => d.ends_at));
+  clearTimeout(renderDrills.timer);
+  if (running.length) renderDrills.timer = setTimeout(renderDrills, (next - now) / 1e6 + 500);
+  const boss = can("supervisor");
+  $("drill-start").disabled = !boss;
+  $("drill-hint").hidden = boss;
+}
+
 // --- start --------------------------------------------------------------------------
 
 function tick() {
@@ -1580,6 +1807,8 @@ document.addEventListener("DOMContentLoaded", () => {
     if (drawTrend.chart) { drawTrend.chart.destroy(); drawTrend.chart = null; }
   });
   wireCommandButtons();
+  $("drill-start").addEventListener("click", startDrill);
+  $("drill-scenario").addEventListener("change", fillDrillPlaces);
   tick();
   setInterval(tick, 1000);
   if (state.token) start().catch(() => logout(""));
