@@ -41,6 +41,7 @@ from rules.scope import COMMAND, CORRELATION, EVENT, NO_DATA, Plan, plans
 __all__ = ["RESTART_HOLD", "Evaluator", "Instance", "Signal"]
 
 _MISSING = object()
+_NUMBER = (int, float)  # a constant: `int | float` in the loop would build a union each time
 
 
 class Evaluator(Context):
@@ -124,7 +125,7 @@ class Evaluator(Context):
                 data.seen_at[name] = now
         for name, series in data.series.items():
             value = incoming.get(name)
-            if isinstance(value, int | float) and not isinstance(value, bool) \
+            if isinstance(value, _NUMBER) and not isinstance(value, bool) \
                     and math.isfinite(value) and series.add(reading.ts, float(value)):
                 changed.add(name)
                 self.series_dirty.add(source)
@@ -132,7 +133,9 @@ class Evaluator(Context):
         if plan.thresholds:
             out += self.threshold.on_readings(plan, data, source, now, changed)
         by_watch = self.by_watch
-        for watch in plan.on_reading:
+        # Without rule state for this source, no-data and command rules have nothing to end.
+        watches = plan.on_reading if source in self.by_source else plan.stateless
+        for watch in watches:
             out += by_watch[watch.kind].on_reading(watch, source, now, changed)
         return out
 

@@ -28,6 +28,7 @@ a closure tree costs about a tenth of that.
 from __future__ import annotations
 
 import ast
+import math
 import operator
 from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
@@ -76,6 +77,8 @@ class Env(Protocol):
 UNDECIDED = (Unknown, TypeError, ValueError, KeyError, IndexError, ArithmeticError)
 
 Node = Callable[[Env], Any]
+# Where a threshold is surely false: (value name, a, b, c, d), see Expression._quiet.
+Quiet = tuple[str, float, float, float, float]
 
 
 def _power(base: Any, exponent: Any) -> Any:
@@ -122,6 +125,16 @@ _COMPARE: dict[type[ast.cmpop], Callable[[Any, Any], Any]] = {
     ast.In: lambda a, b: _contains(b, a), ast.NotIn: lambda a, b: not _contains(b, a)}
 _BUILTINS: dict[str, Callable[..., Any]] = {"abs": abs, "min": min, "max": max, "round": round}
 
+# `name OP constant` as one closure each: the most common condition, evaluated on almost
+# every reading, so it skips the generic `op(left, right)` call (same result as operator's).
+_NAME_VS_CONSTANT: dict[type[ast.cmpop], Callable[[str, Any], Node]] = {
+    ast.GtE: lambda name, c: lambda env: env.values[name] >= c,
+    ast.Gt: lambda name, c: lambda env: env.values[name] > c,
+    ast.LtE: lambda name, c: lambda env: env.values[name] <= c,
+    ast.Lt: lambda name, c: lambda env: env.values[name] < c,
+    ast.Eq: lambda name, c: lambda env: env.values[name] == c,
+    ast.NotEq: lambda name, c: lambda env: env.values[name] != c}
+
 
 class Expression:
     """A checked, compiled expression. `names`: the value names it reads directly;
@@ -152,8 +165,10 @@ class Expression:
         self.uses_time = False
         try:
             self._root = self._compile(tree.body)
+            self.root = self._root  # for first_true(): the closure, without test()'s frame
         except RecursionError:
             raise ExpressionError(f"{self.source!r} is nested too deeply") from None
+        self.quiet = self._quiet(tree.body)
 
     # --- checking and compiling ------------------------------------------------------
 
@@ -260,6 +275,9 @@ class Expression:
                 left = node.left
                 if isinstance(left, ast.Name) and left.id in self.names:
                     name = left.id
+                    direct = _NAME_VS_CONSTANT.get(type(op_node))
+                    if direct is not None:  # one frame, no operator call (the hot path)
+                        return direct(name, constant)
                     return lambda env: op(env.values[name], constant)
                 return lambda env: op(first(env), constant)
             return lambda env: op(first(env), second(env))
@@ -338,6 +356,37 @@ class Expression:
             return rounded
         return lambda env: builtin(*(a(env) for a in args))
 
+    def _quiet(self, node: ast.expr) -> Quiet | None:
+        """For `x >= 25`, `x < 198 or x > 242` and the like (one value name against numbers):
+        (name, a, b, c, d) such that a number v of x makes the expression false exactly
+        when `v < a and v <= b and v >= c and v > d`. None for any other expression."""
+        parts = node.values if isinstance(node, ast.BoolOp) and isinstance(node.op, ast.Or) \
+            else [node]
+        name = None
+        a = b = math.inf
+        c = d = -math.inf
+        for part in parts:
+            if not isinstance(part, ast.Compare) or len(part.ops) != 1 \
+                    or not isinstance(part.left, ast.Name) or part.left.id not in self.names \
+                    or name not in (None, part.left.id):
+                return None
+            right = part.comparators[0]
+            if not isinstance(right, ast.Constant) or isinstance(right.value, bool) \
+                    or not isinstance(right.value, int | float):
+                return None
+            name, op, k = part.left.id, part.ops[0], right.value
+            if isinstance(op, ast.GtE):
+                a = min(a, k)
+            elif isinstance(op, ast.Gt):
+                b = min(b, k)
+            elif isinstance(op, ast.Lt):
+                c = max(c, k)
+            elif isinstance(op, ast.LtE):
+                d = max(d, k)
+            else:
+                return None
+        return None if name is None else (name, a, b, c, d)
+
     # --- the old checks, kept for the rule loader ------------------------------------
 
     def schedules(self) -> set[str]:
@@ -385,6 +434,37 @@ class Expression:
 
     def __repr__(self) -> str:
         return f"Expression({self.source!r})"
+
+
+def first_true(roots: tuple[Node, ...], env: Env) -> bool:
+    """Whether any of the expressions (their `root`s) is true, unknown counting as not:
+    `any(test(e) for e in ...)` with Unknown as False, in one frame. The threshold kind
+    asks it of an idle rule's levels on every reading that touches them."""
+    for root in roots:
+        try:
+            result = root(env)
+        except UNDECIDED:
+            continue
+        except RecursionError:
+            continue
+        if result is not None and result:
+            return True
+    return False
+
+
+def quiet_of(expressions: list[Expression]) -> Quiet | None:
+    """One Quiet for all of them (a ladder's raise conditions): a number outside it makes
+    every one false. None unless each has one, over the same value name."""
+    quiets: list[Quiet] = []
+    for expression in expressions:
+        quiet = expression.quiet
+        if quiet is None or (quiets and quiet[0] != quiets[0][0]):
+            return None
+        quiets.append(quiet)
+    if not quiets:
+        return None
+    return (quiets[0][0], min(q[1] for q in quiets), min(q[2] for q in quiets),
+            max(q[3] for q in quiets), max(q[4] for q in quiets))
 
 
 def _any_of(parts: list[Node]) -> Node:

@@ -19,7 +19,8 @@ from typing import Any
 
 from facility.messages import Availability, Scalar
 from rules.clock import NS
-from rules.config import CompiledRule
+from rules.config import CompiledRule, ThresholdRule
+from rules.expr import Node, Quiet, quiet_of
 from rules.windows import Series, Window
 
 THRESHOLD, EVENT, NO_DATA, OFFLINE, COMMAND, CORRELATION = range(6)
@@ -36,14 +37,26 @@ class Watch:
     reads: frozenset[str]
 
 
+# A threshold rule as a reading sees it: the rule, the names it reads, and, when it has no
+# schedule, the closures of its levels' raise conditions (else None) and where a number
+# surely makes them all false (name, a, b, c, d: expr.Quiet; name None if not known). A
+# rule with no state for the source and none of these true has nothing to do
+# (Threshold.on_readings).
+Gate = tuple[CompiledRule, frozenset[str], tuple[Node, ...] | None,
+             str | None, float, float, float, float]
+
+
 @dataclass
 class Plan:
     watches: list[Watch] = field(default_factory=list)  # every rule on the source
     # What a reading must look at: threshold rules (with the names they read), and the
     # few others a reading can change (clear_when/raise_when, commands, correlations,
-    # no-data). Offline rules and plain event rules never look at readings.
-    thresholds: list[tuple[CompiledRule, frozenset[str]]] = field(default_factory=list)
+    # no-data). Offline rules and plain event rules never look at readings. `stateless`:
+    # the part of on_reading that acts on a source with no rule state (no-data and
+    # command rules only end what a state of theirs holds).
+    thresholds: list[Gate] = field(default_factory=list)
     on_reading: list[Watch] = field(default_factory=list)
+    stateless: list[Watch] = field(default_factory=list)
     reads: frozenset[str] = frozenset()  # union of the watches' reads
     # name -> window seconds -> whether max_of/min_of read it (else no extremes are kept)
     windows: dict[str, dict[float, bool]] = field(default_factory=dict)
@@ -68,16 +81,26 @@ def plans(rules: Mapping[str, CompiledRule]) -> dict[str, Plan]:
                         for function, name, seconds in expression.windows]
             aged |= expression.aged
         watch = Watch(compiled, kind if kind is not None else THRESHOLD, frozenset(reads))
-        readable = kind in (NO_DATA, COMMAND) \
-            or (kind == EVENT and bool(rule.clear_when or rule.raise_when)) \
+        stateless = (kind == EVENT and bool(rule.clear_when or rule.raise_when)) \
             or (kind == CORRELATION and bool(rule.signal))
+        raises = None
+        quiet: Quiet | None = None
+        if isinstance(rule, ThresholdRule) and not rule.schedule:
+            expressions = [compiled.expressions[f"levels.{n}.raise"]
+                           for n in range(len(rule.levels))]
+            raises = tuple(e.root for e in expressions)
+            quiet = quiet_of(expressions)
+        name, a, b, c, d = quiet or (None, 0.0, 0.0, 0.0, 0.0)
         for source in compiled.sources:
             plan = out.setdefault(source, Plan())
             plan.watches.append(watch)
             if watch.kind == THRESHOLD:
-                plan.thresholds.append((compiled, watch.reads))
-            elif readable:
+                plan.thresholds.append((compiled, watch.reads, raises, name, a, b, c, d))
+            elif kind in (NO_DATA, COMMAND):
                 plan.on_reading.append(watch)
+            elif stateless:
+                plan.on_reading.append(watch)
+                plan.stateless.append(watch)
             plan.reads = plan.reads | watch.reads
             for name, seconds, extremes in windows:
                 lengths = plan.windows.setdefault(name, {})

@@ -86,6 +86,9 @@ class Context:
         self.plans: dict[str, Plan] = {}
         self.instances: dict[tuple[str, str], Instance] = {}
         self.by_rule: dict[str, dict[str, Instance]] = {}
+        # The same by source: a reading of a source without any (most of them) skips the
+        # rules that only end a state (no-data, command, an active threshold's value).
+        self.by_source: dict[str, dict[str, Instance]] = {}
         self.dirty: set[tuple[str, str]] = set()  # instances to store
         self.timing: set[tuple[str, str]] = set()  # threshold instances with a running timer
         self.recheck: set[tuple[str, str]] = set()  # to evaluate at the next tick (reload)
@@ -114,6 +117,7 @@ class Context:
         key = (inst.rule, inst.source)
         self.instances[key] = inst
         self.by_rule.setdefault(inst.rule, {})[inst.source] = inst
+        self.by_source.setdefault(inst.source, {})[inst.rule] = inst
         if inst.timing:
             self.timing.add(key)
 
@@ -131,6 +135,11 @@ class Context:
     def forget(self, key: tuple[str, str]) -> None:
         self.instances.pop(key, None)
         self.by_rule.get(key[0], {}).pop(key[1], None)
+        held = self.by_source.get(key[1])
+        if held is not None:
+            held.pop(key[0], None)
+            if not held:
+                del self.by_source[key[1]]
         self.timing.discard(key)
         self.recheck.discard(key)
 

@@ -13,11 +13,13 @@ from dataclasses import dataclass
 
 from rules.clock import NS
 from rules.config import CompiledRule, RuleSet
-from rules.expr import Expression, Unknown
+from rules.expr import Expression, Unknown, first_true
 from rules.kinds.base import Context, Instance, Kind, Signal
 from rules.scope import Plan, Scope, SourceData
 
 VALUE_REFRESH = 30 * NS  # an active alert's shown value follows its readings this often
+_NO_TAGS: dict[str, str] = {}  # shared, never written: no dict made per reading
+_REAL = (int, float)  # a number compares as the closures compare it (a bool as 0/1)
 
 
 @dataclass(frozen=True)
@@ -77,18 +79,32 @@ class Threshold(Kind):
         the active ones (at most every VALUE_REFRESH)."""
         ctx = self.ctx
         out: list[Signal] = []
+        held = ctx.by_source.get(source)  # this source's rule states, if it has any
         if changed:
-            ctx.scope.bind(data, ctx.tags_of.get(source, {}), {}, now)
-            for compiled, names in plan.thresholds:
-                if not names.isdisjoint(changed):
-                    signals = self.evaluate(compiled, source, now, bound=True)
-                    if signals:
-                        out += signals
-        instances = ctx.instances
-        for compiled, _ in plan.thresholds:
-            inst = instances.get((compiled.id, source))
-            if inst is not None and inst.active and now - inst.refreshed >= VALUE_REFRESH:
-                out += self._refresh(compiled, inst, source, now)
+            scope = ctx.scope.bind(data, ctx.tags_of.get(source, _NO_TAGS), _NO_TAGS, now)
+            values = data.values
+            for compiled, names, raises, name, a, b, c, d in plan.thresholds:
+                if names.isdisjoint(changed):
+                    continue
+                if raises is not None and (held is None or compiled.id not in held):
+                    # No state and no schedule: evaluate() would test each level's raise
+                    # condition and stop there unless one holds. Asked here: for `x >= 70`
+                    # and the like by comparing numbers, without a call; else in one call.
+                    if name is not None:
+                        v = values.get(name)
+                        if isinstance(v, _REAL) and v < a and v <= b and v >= c and v > d:
+                            continue
+                    scope.params = compiled.rule.params
+                    if not first_true(raises, scope):
+                        continue
+                signals = self.evaluate(compiled, source, now, bound=True)
+                if signals:
+                    out += signals
+        if held:
+            for compiled, *_ in plan.thresholds:
+                inst = held.get(compiled.id)
+                if inst is not None and inst.active and now - inst.refreshed >= VALUE_REFRESH:
+                    out += self._refresh(compiled, inst, source, now)
         return out
 
     def due(self, now: int) -> list[Signal]:
