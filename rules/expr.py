@@ -22,7 +22,12 @@ attributes, imports, lambdas, comprehensions, keyword arguments, f-strings or sl
 Evaluation cannot raise anything but `Unknown`: type errors, missing keys, division by
 zero, overflow, huge powers and huge repetitions (`'a' * 10**9`) are all unknown.
 Evaluating was also why the engine was slow: simpleeval walks the tree on every call;
-a closure tree costs about a tenth of that.
+a closure tree costs about a tenth of that. For the hottest shapes it goes further:
+`name OP constant` is one closure with the comparison inline, `first_true` asks several
+conditions in one frame, and `Expression.quiet` gives the numbers outside which a
+`x >= 70`-like condition is surely false, so a caller can skip the closures altogether
+(rules/kinds/threshold.py; tests/test_rules_fast_paths.py checks each against the plain
+evaluation).
 """
 
 from __future__ import annotations
@@ -77,8 +82,9 @@ class Env(Protocol):
 UNDECIDED = (Unknown, TypeError, ValueError, KeyError, IndexError, ArithmeticError)
 
 Node = Callable[[Env], Any]
-# Where a threshold is surely false: (value name, a, b, c, d), see Expression._quiet.
-Quiet = tuple[str, float, float, float, float]
+# Where a threshold is surely false: (function, name, seconds, a, b, c, d), see
+# Expression._quiet.
+Quiet = tuple[str, str, float, float, float, float, float]
 
 
 def _power(base: Any, exponent: Any) -> Any:
@@ -357,24 +363,27 @@ class Expression:
         return lambda env: builtin(*(a(env) for a in args))
 
     def _quiet(self, node: ast.expr) -> Quiet | None:
-        """For `x >= 25`, `x < 198 or x > 242` and the like (one value name against numbers):
-        (name, a, b, c, d) such that a number v of x makes the expression false exactly
-        when `v < a and v <= b and v >= c and v > d`. None for any other expression."""
+        """For `x >= 25`, `x < 198 or x > 242`, `rate('x', 300) >= 20` and the like (one
+        value, or one window of a value, against numbers): (function, name, seconds, a, b,
+        c, d) such that a number v of it makes the expression false exactly when
+        `v < a and v <= b and v >= c and v > d` (function '' for the value itself).
+        None for any other expression."""
         parts = node.values if isinstance(node, ast.BoolOp) and isinstance(node.op, ast.Or) \
             else [node]
-        name = None
+        subject = None
         a = b = math.inf
         c = d = -math.inf
         for part in parts:
-            if not isinstance(part, ast.Compare) or len(part.ops) != 1 \
-                    or not isinstance(part.left, ast.Name) or part.left.id not in self.names \
-                    or name not in (None, part.left.id):
+            if not isinstance(part, ast.Compare) or len(part.ops) != 1:
+                return None
+            found = self._subject(part.left)
+            if found is None or subject not in (None, found):
                 return None
             right = part.comparators[0]
             if not isinstance(right, ast.Constant) or isinstance(right.value, bool) \
                     or not isinstance(right.value, int | float):
                 return None
-            name, op, k = part.left.id, part.ops[0], right.value
+            subject, op, k = found, part.ops[0], right.value
             if isinstance(op, ast.GtE):
                 a = min(a, k)
             elif isinstance(op, ast.Gt):
@@ -385,7 +394,20 @@ class Expression:
                 d = max(d, k)
             else:
                 return None
-        return None if name is None else (name, a, b, c, d)
+        return None if subject is None else (*subject, a, b, c, d)
+
+    def _subject(self, node: ast.expr) -> tuple[str, str, float] | None:
+        """What `node` reads, if it is a value name or a window function of one."""
+        if isinstance(node, ast.Name) and node.id in self.names:
+            return "", node.id, 0.0
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) \
+                and node.func.id in WINDOWED:  # its arguments were checked by _call
+            name, seconds = node.args[0], node.args[1]
+            if isinstance(name, ast.Constant) and isinstance(name.value, str) \
+                    and isinstance(seconds, ast.Constant) \
+                    and isinstance(seconds.value, int | float):
+                return node.func.id, name.value, float(seconds.value)
+        return None
 
     # --- the old checks, kept for the rule loader ------------------------------------
 
@@ -458,13 +480,13 @@ def quiet_of(expressions: list[Expression]) -> Quiet | None:
     quiets: list[Quiet] = []
     for expression in expressions:
         quiet = expression.quiet
-        if quiet is None or (quiets and quiet[0] != quiets[0][0]):
+        if quiet is None or (quiets and quiet[:3] != quiets[0][:3]):
             return None
         quiets.append(quiet)
     if not quiets:
         return None
-    return (quiets[0][0], min(q[1] for q in quiets), min(q[2] for q in quiets),
-            max(q[3] for q in quiets), max(q[4] for q in quiets))
+    return (*quiets[0][:3], min(q[3] for q in quiets), min(q[4] for q in quiets),
+            max(q[5] for q in quiets), max(q[6] for q in quiets))
 
 
 def _any_of(parts: list[Node]) -> Node:

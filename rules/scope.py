@@ -39,11 +39,13 @@ class Watch:
 
 # A threshold rule as a reading sees it: the rule, the names it reads, and, when it has no
 # schedule, the closures of its levels' raise conditions (else None) and where a number
-# surely makes them all false (name, a, b, c, d: expr.Quiet; name None if not known). A
-# rule with no state for the source and none of these true has nothing to do
+# surely makes them all false (expr.Quiet: the window's function or None for the value
+# itself, the value name or None if not known, the window's seconds, a, b, c, d). A rule
+# with no state for the source and none of these true has nothing to do
 # (Threshold.on_readings).
 Gate = tuple[CompiledRule, frozenset[str], tuple[Node, ...] | None,
-             str | None, float, float, float, float]
+             "Callable[[Window], float | None] | None", str | None, float,
+             float, float, float, float]
 
 
 @dataclass
@@ -90,12 +92,14 @@ def plans(rules: Mapping[str, CompiledRule]) -> dict[str, Plan]:
                            for n in range(len(rule.levels))]
             raises = tuple(e.root for e in expressions)
             quiet = quiet_of(expressions)
-        name, a, b, c, d = quiet or (None, 0.0, 0.0, 0.0, 0.0)
+        function, name, seconds, a, b, c, d = quiet or ("", None, 0.0, 0.0, 0.0, 0.0, 0.0)
+        window = _WINDOW[function] if function else None
         for source in compiled.sources:
             plan = out.setdefault(source, Plan())
             plan.watches.append(watch)
             if watch.kind == THRESHOLD:
-                plan.thresholds.append((compiled, watch.reads, raises, name, a, b, c, d))
+                plan.thresholds.append((compiled, watch.reads, raises, window, name, seconds,
+                                        a, b, c, d))
             elif kind in (NO_DATA, COMMAND):
                 plan.on_reading.append(watch)
             elif stateless:

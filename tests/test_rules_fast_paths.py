@@ -133,7 +133,7 @@ def _straightforward(engine: Engine) -> None:
     """Undo the fast paths: every threshold rule a reading touches is evaluated, every
     watch a reading can reach is asked."""
     for plan in engine.evaluator.plans.values():
-        plan.thresholds = [(compiled, names, None, None, 0.0, 0.0, 0.0, 0.0)
+        plan.thresholds = [(compiled, names, None, None, None, 0.0, 0.0, 0.0, 0.0, 0.0)
                            for compiled, names, *_ in plan.thresholds]
         plan.stateless = list(plan.on_reading)
 
@@ -176,7 +176,10 @@ LADDERS = [  # raise conditions of a ladder, and whether the gate knows the shap
     (["a < 198 or a > 242", "a < 187 or a > 253"], True),
     (["a > 2 or a <= 1"], True), (["a <= -2"], False),
     (["a <= 0", "a >= 1"], True), (["a >= 3", "b >= 3"], False), (["a >= 3 and a < 9"], False),
-    (["hour >= 3"], False), (["a == 3"], False), (["3 <= a"], False), (["a >= True"], False)]
+    (["hour >= 3"], False), (["a == 3"], False), (["3 <= a"], False), (["a >= True"], False),
+    (["rate('a', 300) >= 20"], True), (["max_of('a', 60) >= 2", "max_of('a', 60) > 9"], True),
+    (["rate('a', 300) >= 20", "rate('a', 600) >= 30"], False),
+    (["rate('a', 300) >= 20 or a > 3"], False)]
 
 
 @settings(max_examples=800, deadline=None)
@@ -191,8 +194,9 @@ def test_quiet_means_false(ladder: tuple[list[str], bool], number: Any) -> None:
     assert (quiet is not None) == known
     if quiet is None:
         return
-    name, a, b, c, d = quiet
-    env = MappingEnv({"a": number, "b": 0}, {})
+    _, name, _, a, b, c, d = quiet
+    env = MappingEnv({"a": number, "b": 0}, {"rate": lambda name, seconds: number,
+                                              "max_of": lambda name, seconds: number})
     anything = first_true(tuple(e.root for e in expressions), env)
     assert name == "a"
     assert (number < a and number <= b and number >= c and number > d) == (not anything)

@@ -5,6 +5,13 @@ Its fast paths: a reading evaluates only the threshold rules of its device that 
 value the reading changed, with the scope bound once for all of them; a rule that never
 held for a source keeps no state; a tick evaluates only running timers, rules reloaded,
 and rules that read the clock or whose schedule just turned.
+
+Most rules a reading touches have no state and stay quiet, so they are gated before
+evaluate(): their levels' raise conditions in one call (expr.first_true), or, for a
+ladder of `x >= 70`, `v < 198 or v > 242`, `rate('x', 300) >= 20` and the like, by
+comparing the number with bounds worked out when the rule was loaded (expr.Quiet), with
+no call at all. Written here rather than found in a library because it is a property of
+our expression language; tests/test_rules_fast_paths.py holds it to evaluating every rule.
 """
 
 from __future__ import annotations
@@ -82,16 +89,22 @@ class Threshold(Kind):
         held = ctx.by_source.get(source)  # this source's rule states, if it has any
         if changed:
             scope = ctx.scope.bind(data, ctx.tags_of.get(source, _NO_TAGS), _NO_TAGS, now)
-            values = data.values
-            for compiled, names, raises, name, a, b, c, d in plan.thresholds:
+            values, series = data.values, data.series
+            for compiled, names, raises, window, name, seconds, a, b, c, d in plan.thresholds:
                 if names.isdisjoint(changed):
                     continue
                 if raises is not None and (held is None or compiled.id not in held):
                     # No state and no schedule: evaluate() would test each level's raise
-                    # condition and stop there unless one holds. Asked here: for `x >= 70`
-                    # and the like by comparing numbers, without a call; else in one call.
+                    # condition and stop there unless one holds. Asked here: for `x >= 70`,
+                    # `rate('x', 300) >= 20` and the like by comparing numbers (as
+                    # Scope.window reads a window), else through the closures in one call.
                     if name is not None:
-                        v = values.get(name)
+                        if window is None:
+                            v = values.get(name)
+                        else:
+                            kept = series.get(name)
+                            found = kept.windows.get(seconds) if kept is not None else None
+                            v = window(found) if found is not None else None
                         if isinstance(v, _REAL) and v < a and v <= b and v >= c and v > d:
                             continue
                     scope.params = compiled.rule.params
