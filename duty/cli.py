@@ -17,17 +17,17 @@ import time
 from dataclasses import asdict
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
-
-import aiohttp
+from typing import TYPE_CHECKING, Any
 
 from duty import ical
 from duty.config import DutySettings, load_duty
 from duty.roster import CHINA, Calendar
-from duty.store import DutyStore
 from facility import labels
 from facility.service import forever
 from facility.settings import Settings
+
+if TYPE_CHECKING:
+    from duty.store import DutyStore
 
 log = logging.getLogger(__name__)
 
@@ -109,6 +109,8 @@ def _places(site: Any) -> dict[str, str]:
 
 
 async def _store(settings: Settings, site: Any) -> DutyStore:
+    from duty.store import DutyStore  # SQLAlchemy: only for the commands that read the store
+
     return await DutyStore.open(settings.state_url, _site_id(settings, site))
 
 
@@ -227,6 +229,8 @@ async def cmd_wo_list(args: argparse.Namespace, settings: Settings, site: Any) -
 
 
 async def _call(path: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+    import aiohttp  # only for the commands that ask the running service
+
     options = DutySettings()
     if options.secret is None:
         raise SystemExit("FACILITY_DUTY_SECRET is not set: the duty service's key is needed")
