@@ -114,7 +114,8 @@ def outage(broker: MosquittoServer, influx: InfluxServer, folder: Path, minutes:
             peak_rss = max(peak_rss, rss_mb(ingest.proc.pid))
             time.sleep(1.0)
         spooled = ingest.metric("facility_ingest_spooled_points")
-        spool_bytes = sum(p.stat().st_size for p in folder.glob("*ingest-outage*"))
+        # spool.dir/ingest/: each service has its folder
+        spool_bytes = sum(p.stat().st_size for p in folder.rglob("*ingest-outage*"))
         influx.start()
         back = time.monotonic()
         published = int(loadgen_result(pub)["sent"])
