@@ -76,11 +76,12 @@ class DisplayPlayer(Service):
                  *, http_host: str | None = None, http_port: int = 0,
                  clock_ns: Callable[[], int] = time.time_ns, journal: Path | None = None,
                  client_id: str | None = None, data_dir: Path | None = None,
-                 voice: Voice | None = None) -> None:
+                 voice: Voice | None = None, speech: bool = True) -> None:
         """`endpoints`: (id, name, kind) of each endpoint to play; kind 'pa_zone' announces.
         `journal`: a file that keeps what was shown across restarts. `data_dir`: where the
         PA zones keep their announcements as audio (default: beside the journal, else a
-        folder of the system's temporary directory)."""
+        folder of the system's temporary directory). `speech` off: announcements in text
+        only (a latency benchmark, where a real PA's speech would not share our CPU)."""
         super().__init__()
         self.name = f"display player {site_id}"
         self.mqtt = mqtt
@@ -102,6 +103,7 @@ class DisplayPlayer(Service):
                 Path(tempfile.gettempdir()) / f"facility-screens-{site_id}"
         self.data_dir = data_dir
         self.voice = voice or Voice(data_dir / "pa")
+        self.speech = speech
         self._speaking: set[asyncio.Task[None]] = set()
         self._speech_failed = False
 
@@ -110,11 +112,11 @@ class DisplayPlayer(Service):
                     http_host: str | None = None, http_port: int = 0,
                     clock_ns: Callable[[], int] = time.time_ns, journal: Path | None = None,
                     client_id: str | None = None, data_dir: Path | None = None,
-                    voice: Voice | None = None) -> DisplayPlayer:
+                    voice: Voice | None = None, speech: bool = True) -> DisplayPlayer:
         endpoints = [(e.id, e.name, e.kind.value) for e in config.endpoints]
         return cls(mqtt, site_id, endpoints, http_host=http_host, http_port=http_port,
                    clock_ns=clock_ns, journal=journal, client_id=client_id,
-                   data_dir=data_dir, voice=voice)
+                   data_dir=data_dir, voice=voice, speech=speech)
 
     async def open(self) -> None:
         if self.journal_path is not None:
@@ -238,7 +240,8 @@ class DisplayPlayer(Service):
             else:
                 screen.announced.append(msg)
                 log.info("%s: PA %s announces: %s", self.name, endpoint_id, msg.text)
-                self._speak(screen, msg)
+                if self.speech:
+                    self._speak(screen, msg)
             self._write_journal(endpoint_id, msg, new=True)
             status = m.AckStatus.SHOWN
         if endpoint_id in self.silent:
@@ -373,7 +376,7 @@ async def _serve(args: argparse.Namespace) -> None:
     endpoints = catalog.endpoints
     player = DisplayPlayer.from_config(settings.mqtt, site_id, endpoints, journal=args.journal,
                                        http_host=args.http_host, http_port=args.http_port,
-                                       data_dir=args.data_dir)
+                                       data_dir=args.data_dir, speech=not args.no_speech)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -394,6 +397,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--data-dir", type=Path, default=None,
                         help="where the PA zones keep their announcements as WAV "
                              "(default: the journal's folder)")
+    parser.add_argument("--no-speech", action="store_true",
+                        help="PA announcements in text only, no audio rendered")
     parser.add_argument("--http-host", default=None, help="serve the screens' pages here")
     parser.add_argument("--http-port", type=int, default=0)
     logging.basicConfig(level=logging.WARNING)
