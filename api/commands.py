@@ -225,9 +225,14 @@ class CommandDesk:
                 self.notify(view)
             raise CommandError(503, f"not sent: {exc}. It is recorded as failed; to try "
                                     "again, send it with a new id") from None
-        self._inflight[command_id] = expires + round(self.settings.result_timeout * NS)
+        self.await_result(command_id, expires)
         log.info("command %s %s %s sent (by %s%s)", command_id, action, ",".join(targets), by,
                  f", approved by {approved_by}" if approved_by else "")
+
+    def await_result(self, command_id: str, expires: int) -> None:
+        """A command is sent: the sweep records `no_result` if nothing answers by its expiry
+        plus the result timeout (for the desk's own commands and the chargers' route)."""
+        self._inflight[command_id] = expires + round(self.settings.result_timeout * NS)
 
     # --- approvals --------------------------------------------------------------------
 

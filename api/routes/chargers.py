@@ -153,7 +153,7 @@ async def charger_command(device: str, body: ChargerCommand, user: CurrentUser, 
         raise HTTPException(503, f"not sent: {exc}. It is recorded as failed; to try again, "
                                  "send it with a new id") from None
     # The desk's sweep records `no_result` if the central system never answers.
-    ctx.desk._inflight[body.id] = expires + round(ctx.settings.api.result_timeout * NS)
+    ctx.desk.await_result(body.id, expires)
     view = await ctx.desk.view(body.id)
     assert view is not None
     ctx.command_changed(view)
