@@ -23,6 +23,7 @@ from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from facility.errors import Refused
+from facility.lineprotocol import MAX_EXACT_INT
 from facility.scalar import Scalar
 
 
@@ -146,7 +147,11 @@ def sample(meter_value: dict[str, Any], now_ns: int) -> Sample:
         if factor is None:
             out.errors[label] = f"unit {ocpp_unit} not expected for {measurand}"
             continue
-        out.values[name] = exact(number * factor)
+        value = number * factor
+        if abs(value) > MAX_EXACT_INT:  # the contract's exact range; 1e999999 is no reading
+            out.errors[label] = "value out of range"
+            continue
+        out.values[name] = exact(value)
         out.units[name] = unit
     return out
 
