@@ -21,6 +21,7 @@ import math
 import os
 import shutil
 import struct
+import subprocess
 import wave
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +32,7 @@ VOICE = "cmn"  # espeak-ng's Mandarin Chinese
 SPEED = 150  # words (here: syllables) per minute; espeak-ng's default is 175
 PAUSE_S = 1.0  # between repeats
 KEEP = 50  # announcements kept per zone
+TIMEOUT_S = 20.0  # a sentence takes about 30 ms; a hung espeak-ng is given up
 
 
 class SpeechError(RuntimeError):
@@ -60,12 +62,13 @@ class Voice:
     """Renders text to Mandarin WAV with espeak-ng; `program` for tests and other paths."""
 
     def __init__(self, directory: Path, *, program: str = "espeak-ng", voice: str = VOICE,
-                 speed: int = SPEED, keep: int = KEEP) -> None:
+                 speed: int = SPEED, keep: int = KEEP, timeout_s: float = TIMEOUT_S) -> None:
         self.directory = directory
         self.program = program
         self.voice = voice
         self.speed = speed
         self.keep = keep
+        self.timeout_s = timeout_s
         self.calls: list[list[str]] = []  # the command lines run (for the record, and tests)
 
     @property
@@ -76,20 +79,19 @@ class Voice:
         """One saying of `text`: 16-bit mono PCM frames and their sample rate."""
         argv = [self.program, "-v", self.voice, "-s", str(self.speed), "--stdout", text]
         self.calls.append(argv)
+        # subprocess.run in a worker thread, not asyncio's subprocesses: asyncio's child
+        # watcher can lose the exit of a process killed on cancellation (CPython #87744,
+        # fixed in 3.13) and then waits for it forever; a thread is bounded by the timeout.
         try:
-            proc = await asyncio.create_subprocess_exec(
-                *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE)
+            proc = await asyncio.to_thread(
+                subprocess.run, argv, stdin=subprocess.DEVNULL, capture_output=True,
+                timeout=self.timeout_s, check=False)
         except FileNotFoundError as exc:
             raise SpeechError(f"{self.program} is not installed (apt-get install espeak-ng)") \
                 from exc
-        try:
-            out, err = await proc.communicate()
-        except asyncio.CancelledError:
-            if proc.returncode is None:
-                proc.kill()
-                await proc.wait()
-            raise
+        except subprocess.TimeoutExpired as exc:
+            raise SpeechError(f"{self.program} took over {self.timeout_s:g} s") from exc
+        out, err = proc.stdout, proc.stderr
         if proc.returncode != 0 or not out:
             raise SpeechError(f"{self.program} -v {self.voice} failed ({proc.returncode}): "
                               f"{err.decode('utf-8', 'replace').strip()[:200]}")

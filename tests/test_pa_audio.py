@@ -9,8 +9,10 @@ syllables a minute), plus at most a second of lead-in and tail.
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 import wave
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import httpx
@@ -21,7 +23,7 @@ from facility import messages as m
 from facility import topics
 from facility.settings import MqttSettings, Settings
 from simulators.display_player import DisplayPlayer
-from simulators.pa_audio import PAUSE_S, Voice, chinese_chars
+from simulators.pa_audio import PAUSE_S, SpeechError, Voice, chinese_chars
 from tests.helpers import eventually, publish_all
 
 FIRE = "紧急通知：西门电动车棚发生火警，请全体人员保持冷静，从最近的安全出口有序撤离。"
@@ -72,6 +74,35 @@ async def test_without_espeak_the_zone_still_announces(tmp_path: Path) -> None:
     await player.wait_spoken()
     assert player.screens["pa-west"].announced == [msg]
     assert player.screens["pa-west"].audio == []  # said why in the log, once
+
+
+async def test_a_hung_speech_program_is_given_up_and_never_holds_a_stop(
+        tmp_path: Path) -> None:
+    """A speech program that never answers: the announcement fails within the voice's
+    bound (the zone goes on in text), and cancelling speech in flight (the player
+    stopping) returns at once instead of waiting for the program's exit."""
+    hung = tmp_path / "hung-espeak"
+    hung.write_text("#!/bin/sh\nexec sleep 60\n")
+    hung.chmod(0o755)
+    voice = Voice(tmp_path, program=str(hung), timeout_s=0.5)
+    with pytest.raises(SpeechError, match=r"took over 0\.5 s"):
+        await asyncio.wait_for(voice.speak(SHORT), 10)
+
+    slow_program = tmp_path / "slow-espeak"  # ends by itself: the worker thread is freed
+    slow_program.write_text("#!/bin/sh\nexec sleep 3\n")
+    slow_program.chmod(0o755)
+    slow = Voice(tmp_path, program=str(slow_program), timeout_s=30)
+    speaking = asyncio.create_task(slow.speak(SHORT))
+    await eventually(_started(slow), bool, 10, "the program started")
+    speaking.cancel()
+    await asyncio.wait_for(asyncio.gather(speaking, return_exceptions=True), 5)
+    assert speaking.cancelled()
+
+
+def _started(voice: Voice) -> Callable[[], Awaitable[bool]]:
+    async def probe() -> bool:
+        return bool(voice.calls)
+    return probe
 
 
 @pytest.mark.servers
