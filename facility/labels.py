@@ -229,6 +229,18 @@ LOAD: Mapping[str, str] = MappingProxyType({
     "canteen": "饭堂厨房", "ev_charging": "电动汽车充电", "ebike_charging": "电动自行车充电",
     "other": "其他（总表减分项）"})
 
+# A site's kind of public body (facility.site.PublicBodyKind), as the public
+# institutions' energy statistics name them; the district energy report ranks within each.
+PUBLIC_BODY_KIND: Mapping[str, str] = MappingProxyType({
+    "office": "机关", "school": "中小学校", "university": "高等学校", "hospital": "医院",
+    "venue": "场馆", "other": "其他公共机构"})
+
+# Whether a site's meter data covers the whole period (the district energy report).
+DATA_STATUS: Mapping[str, str] = MappingProxyType({
+    "complete": "完整", "incomplete": "不完整", "no_meter_data": "缺表（无数据）",
+    "gap": "数据缺口", "no_area": "缺建筑面积", "no_persons": "缺用能人数",
+    "not_ranked": "不参与排名"})
+
 TABLES: Mapping[str, Mapping[str, str]] = MappingProxyType({
     "severity": SEVERITY, "alert_state": ALERT_STATE, "history_action": HISTORY_ACTION,
     "command_action": COMMAND_ACTION, "command_status": COMMAND_STATUS,

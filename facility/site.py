@@ -132,10 +132,57 @@ class Device(Strict):
         return [self.units.id.format(n=n) for n in range(1, self.units.count + 1)]
 
 
+class PublicBodyKind(StrEnum):
+    """The kinds of public body the public institutions' energy statistics compare
+    (公共机构能源资源消费统计: offices, schools, universities, hospitals, venues)."""
+
+    OFFICE = "office"
+    SCHOOL = "school"
+    UNIVERSITY = "university"
+    HOSPITAL = "hospital"
+    VENUE = "venue"
+    OTHER = "other"
+
+
+class PublicBody(Strict):
+    """What the district energy report divides a site's energy by (docs/reports.md).
+
+    Persons (用能人数) are counted as GB/T 40498-2021 annex A counts them, as daily
+    averages: staff (in post, long-term contract, service and security staff) plus, for
+    schools and universities, registered students, and for hospitals students and
+    inpatients; `visitors` are outside people (outpatients, meeting guests) already
+    weighted by the time they are there. Area is the floor area in use, without housing.
+    """
+
+    kind: PublicBodyKind
+    floor_area_m2: float | None = Field(default=None, gt=0)
+    staff: int | None = Field(default=None, ge=0)
+    students: int = Field(default=0, ge=0)
+    inpatients: int = Field(default=0, ge=0)
+    visitors: int = Field(default=0, ge=0)
+
+    @model_validator(mode="after")
+    def _persons_fit_the_kind(self) -> PublicBody:
+        if self.students and self.kind not in (PublicBodyKind.SCHOOL, PublicBodyKind.UNIVERSITY,
+                                               PublicBodyKind.HOSPITAL):
+            raise ValueError(f"field 'students': a {self.kind} has no students")
+        if self.inpatients and self.kind is not PublicBodyKind.HOSPITAL:
+            raise ValueError("field 'inpatients': only a hospital has inpatients")
+        return self
+
+    @property
+    def persons(self) -> int | None:
+        """用能人数 = staff + students + inpatients + visitors; None without staff."""
+        if self.staff is None:
+            return None
+        return self.staff + self.students + self.inpatients + self.visitors
+
+
 class SiteInfo(Strict):
     id: Id
     name: str
     timezone: str = "Asia/Shanghai"
+    public_body: PublicBody | None = None  # the district energy report's facts
 
 
 class SiteConfig(Strict):
