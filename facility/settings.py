@@ -6,11 +6,12 @@ ingest.batch_size. So one command runs against the demo's servers, a test's priv
 or production, without editing a file.
 
 Where the configuration is: the configuration folder holds facility.yaml, site.yaml,
-endpoints.yaml, models/, vendors/ and rules/. It is FACILITY_CONFIG_DIR when set, else
-the folder shipped with the code (facility/defaults: package data in an install, a link
-to the repository's config/ in a checkout). FACILITY_CONFIG (or --config) names another
-settings file; then its own folder is the configuration folder, unless FACILITY_CONFIG_DIR
-or `config_dir` says otherwise. Relative paths in the settings resolve against it.
+endpoints.yaml, models/, vendors/ and rules/ (and sites/ for a district of sites). It
+is FACILITY_CONFIG_DIR when set, else the folder shipped with the code (facility/defaults:
+package data in an install, a link to the repository's config/ in a checkout).
+FACILITY_CONFIG (or --config) names another settings file; then its own folder is the
+configuration folder, unless FACILITY_CONFIG_DIR or `config_dir` says otherwise.
+Relative paths in the settings resolve against it.
 """
 
 from __future__ import annotations
@@ -56,6 +57,24 @@ class MqttSettings(Section):
         return value
 
 
+class InfluxRoute(Section):
+    """A line of the InfluxDB routing table: the sites whose points live on another server
+    (facility/influxroutes.py). Unset fields are the default server's (`influx:`)."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_-]{1,40}$")  # spool files and logs
+    sites: list[str] = Field(min_length=1)  # site ids, or patterns like 'school-*'
+    url: str
+    database: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$")
+    username: str | None = None
+    password: SecretStr | None = None
+    token: SecretStr | None = None
+
+    @field_validator("url")
+    @classmethod
+    def _http(cls, value: str) -> str:
+        return http_url(value, "http://host:8086")
+
+
 class InfluxSettings(Section):
     url: str = "http://127.0.0.1:8086"
     database: str = Field(default="facility", pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$")
@@ -65,11 +84,22 @@ class InfluxSettings(Section):
     password: SecretStr | None = None
     token: SecretStr | None = None  # InfluxDB 2.x/3.x through their 1.x-compatible API
     timeout: float = Field(default=10.0, gt=0)
+    # Sites whose points go to other servers, first match wins; the rest stay here
+    # (FACILITY_INFLUX_ROUTES='[{"name": "east", "sites": ["school-*"], "url": ...}]').
+    routes: list[InfluxRoute] = []
 
     @field_validator("url")
     @classmethod
     def _http(cls, value: str) -> str:
         return http_url(value, "http://host:8086")
+
+    @field_validator("routes")
+    @classmethod
+    def _distinct(cls, value: list[InfluxRoute]) -> list[InfluxRoute]:
+        names = [r.name for r in value]
+        if len(set(names)) != len(names) or "default" in names:
+            raise ValueError("route names must differ from each other and from 'default'")
+        return value
 
 
 class SpoolSettings(Section):
@@ -225,6 +255,30 @@ class OcppSettings(Section):
     client_id: str = ""  # MQTT client id; default <client_prefix>-csms-<site>
 
 
+class BridgeSettings(Section):
+    """A site broker's bridge to the central broker (`facility broker bridge`,
+    facility/bridge.py). The password comes from the environment only
+    (FACILITY_BRIDGE_REMOTE_PASSWORD), read when the file is generated."""
+
+    remote: str = Field(default="centre.district.local:8883",
+                        pattern=r"^[A-Za-z0-9_.:\[\]-]+:\d{1,5}$")  # host:port
+    name: str = Field(default="centre", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+    remote_username: str = ""  # default: bridge-<site>
+    remote_password: SecretStr | None = None
+    tls: bool = True  # off only for a test bench on loopback
+    cafile: Path | None = None  # the centre's CA (bridge_cafile)
+    certfile: Path | None = None  # the site's client certificate, if the centre asks one
+    keyfile: Path | None = None
+    protocol: Literal["mqttv50", "mqttv311"] = "mqttv50"
+    keepalive: int = Field(default=30, ge=5, le=3600, description="s between pings")
+    restart_base: int = Field(default=5, ge=1, description="s, first reconnect delay")
+    restart_cap: int = Field(default=60, ge=1, description="s, longest reconnect delay")
+    # The queue holds an outage this long at the site's normal rate (its devices' report
+    # periods); messages are counted at message_bytes each for max_queued_bytes.
+    queue_hours: float = Field(default=2.0, gt=0, le=168)
+    message_bytes: int = Field(default=600, ge=100, le=262_144)
+
+
 class Settings(BaseSettings):
     """Everything a service needs to connect. Secrets stay SecretStr and out of logs."""
 
@@ -242,6 +296,12 @@ class Settings(BaseSettings):
     models_dir: Path = Path("models")  # register maps, one YAML per device model
     vendors_dir: Path = Path("vendors")  # vendor MQTT mappings, one YAML per vendor
     endpoints_file: Path = Path("endpoints.yaml")  # screens, terminals, PA zones
+    # A district: a folder of site files, one per site (facility/catalog.py
+    # load_district). Unset: the one site of site_file and endpoints_file, as before.
+    sites_dir: Path | None = None
+    # The sites this process serves, by id (FACILITY_SITE_IDS='["a","b"]', or a command's
+    # --sites a,b); empty: every site of the folder.
+    site_ids: list[str] = []
     spool: SpoolSettings = SpoolSettings()
     mqtt: MqttSettings = MqttSettings()
     influx: InfluxSettings = InfluxSettings()
@@ -253,6 +313,7 @@ class Settings(BaseSettings):
     reports: ReportSettings = ReportSettings()
     api: ApiSettings = ApiSettings()
     ocpp: OcppSettings = OcppSettings()
+    bridge: BridgeSettings = BridgeSettings()
     # Where this file came from, to resolve relative paths; not a setting.
     config_path: Path = Field(default=SHIPPED_CONFIG_DIR / "facility.yaml", exclude=True)
 
@@ -281,6 +342,10 @@ class Settings(BaseSettings):
     @property
     def site_path(self) -> Path:
         return self.resolve(self.site_file)
+
+    @property
+    def sites_path(self) -> Path | None:
+        return None if self.sites_dir is None else self.resolve(self.sites_dir)
 
     def spool_path(self, service: Literal["gateway", "ingest", "rules"]) -> Path:
         """The folder of one service's spool files."""

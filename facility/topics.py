@@ -12,6 +12,10 @@ Layout (version 1)::
     facility/v1/{site}/broadcast/{zone}
     facility/v1/{site}/deadletter/{source}
     facility/v1/{site}/drill/{drill_id}
+    facility/v1/{site}/link/{bridge}                    retained; "1" up, "0" down
+
+The link topic is the one Mosquitto writes itself: a site broker's bridge to the centre
+publishes "1" there when it connects and leaves "0" as its will (facility/bridge.py).
 """
 
 from __future__ import annotations
@@ -47,6 +51,7 @@ class Kind(StrEnum):
     BROADCAST = "broadcast"
     DEADLETTER = "deadletter"
     DRILL = "drill"
+    LINK = "link"  # a site broker's bridge to the centre: "1"/"0", written by Mosquitto
 
 
 _DEVICE_KINDS = frozenset(
@@ -119,6 +124,19 @@ def deadletter(site: str, source: str) -> str:
 
 def drill(site: str, drill_id: str) -> str:
     return _single(Kind.DRILL, site, drill_id, "drill id")
+
+
+def link(site: str, bridge: str) -> str:
+    """The retained state of a site's bridge to the centre (its notification topic)."""
+    return _single(Kind.LINK, site, bridge, "bridge")
+
+
+def parse_link(topic: str) -> tuple[str, str]:
+    """(site, bridge) of a link topic; TopicError for any other topic."""
+    parsed = parse(topic)
+    if parsed.kind is not Kind.LINK:
+        raise TopicError(f"not a link topic: {topic!r}")
+    return parsed.site, parsed.name
 
 
 def device_topic(kind: Kind, site: str, family: str, device: str) -> str:
