@@ -57,6 +57,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--config", type=Path,
                         help="settings file (default: facility.yaml in the configuration folder)")
     parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING (default INFO)")
+    parser.add_argument("--sites", metavar="A,B",
+                        help="the sites of the sites folder (sites_dir) this process serves, "
+                             "comma-separated (default: all; FACILITY_SITE_IDS)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("check", help="validate the settings, site file, register maps and "
@@ -155,7 +158,11 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logs.setup(args.log_level)
     try:
-        settings, catalog = wiring.configuration(args.config)
+        # Every site this process serves (a sites folder, or the one site file); a
+        # command that serves one site takes the first.
+        settings, district = wiring.district(args.config, args.sites)
+        args.district = district
+        catalog = next(iter(district.values()))
         func: Callable[[argparse.Namespace, Settings, Catalog],
                        Coroutine[Any, Any, int]] = args.func
         with contextlib.suppress(KeyboardInterrupt):
@@ -166,18 +173,26 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
+def _district(args: argparse.Namespace, catalog: Catalog) -> dict[str, Catalog]:
+    """The sites this process serves (main() put them in args)."""
+    district: dict[str, Catalog] = getattr(args, "district", None) or \
+        {catalog.site.site.id: catalog}
+    return district
+
+
 async def cmd_check(args: argparse.Namespace, settings: Settings, catalog: Catalog) -> int:
     from gateway.service import Gateway
 
-    site = catalog.site  # the catalog checked the files against each other
-    for spec in site.gateways:
-        Gateway(settings, catalog, spec.id)  # compiles its read plans and decoders
-    devices = list(site.all_device_ids())
     print(f"configuration in {settings.config_folder}")
-    print(f"site {site.site.id} ({site.site.name}): {len(site.places)} places, "
-          f"{len(site.gateways)} gateways, {len(devices)} devices, "
-          f"{len(catalog.models)} register maps, {len(catalog.vendors)} vendor mappings, "
-          f"{len(catalog.endpoints.endpoints)} endpoints")
+    for one in _district(args, catalog).values():
+        site = one.site  # the catalog checked the files against each other
+        for spec in site.gateways:
+            Gateway(settings, one, spec.id)  # compiles its read plans and decoders
+        devices = list(site.all_device_ids())
+        print(f"site {site.site.id} ({site.site.name}): {len(site.places)} places, "
+              f"{len(site.gateways)} gateways, {len(devices)} devices, "
+              f"{len(one.models)} register maps, {len(one.vendors)} vendor mappings, "
+              f"{len(one.endpoints.endpoints)} endpoints")
     return 0
 
 
@@ -195,8 +210,11 @@ async def cmd_gateway(args: argparse.Namespace, settings: Settings, catalog: Cat
     from gateway.service import Gateway
 
     # An ocpp gateway is the central system (`facility ocpp run`), not a gateway process.
-    ids = args.ids or [g.id for g in catalog.site.gateways if g.kind != "ocpp"]
-    gateways = [Gateway(settings, catalog, gid) for gid in ids]
+    # Gateway ids are unique in a district (facility/catalog.py), so --id needs no site.
+    owner = {g.id: c for c in _district(args, catalog).values() for g in c.site.gateways
+             if g.kind != "ocpp"}
+    ids = args.ids or list(owner)
+    gateways = [Gateway(settings, owner.get(gid, catalog), gid) for gid in ids]
     async with contextlib.AsyncExitStack() as stack:
         for gw in gateways:
             await stack.enter_async_context(gw)
@@ -211,12 +229,21 @@ async def cmd_gateway(args: argparse.Namespace, settings: Settings, catalog: Cat
 async def cmd_ingest(args: argparse.Namespace, settings: Settings, catalog: Catalog) -> int:
     from ingest.service import Ingest
 
-    async with Ingest(settings, client_id=args.client_id) as ingest:
-        runner = await _serve_metrics(args.metrics, [ingest])
+    # Every site: one subscription to '+' (ingest.site) as before. A chosen subset
+    # (--sites, site_ids): a subscription per site, each under its own client id.
+    ingests = [Ingest(settings, client_id=args.client_id)] if not settings.site_ids else [
+        Ingest(settings.model_copy(update={"ingest": settings.ingest.model_copy(
+            update={"site": site_id})}),
+            client_id=f"{args.client_id or settings.ingest.client_id}-{site_id}")
+        for site_id in _district(args, catalog)]
+    async with contextlib.AsyncExitStack() as stack:
+        for ingest in ingests:
+            await stack.enter_async_context(ingest)
+        runner = await _serve_metrics(args.metrics, list(ingests))
         log.info("ingest running into %s database %s", settings.influx.url,
                  settings.influx.database)
         try:
-            await forever([ingest])
+            await forever(list(ingests))
         finally:
             if runner is not None:
                 await runner.cleanup()
@@ -241,12 +268,18 @@ async def cmd_rules_run(args: argparse.Namespace, settings: Settings, catalog: C
     """`facility rules run`: the engine, and with --displays the simulated screens and PA."""
     from rules.service import RulesService
 
-    engine = RulesService(settings, catalog)
-    engine.on_reload = wiring.freeze
+    # One engine per site served (rules/service.py: one worker per site); one site is
+    # the engine of before, rules.site included.
+    sites = _district(args, catalog)
+    engines = [RulesService(settings, catalog)] if len(sites) == 1 else [
+        RulesService(settings.model_copy(update={"rules": settings.rules.model_copy(
+            update={"site": site_id})}), site) for site_id, site in sites.items()]
     services: list[Service] = []
-    if args.displays:
-        services.append(wiring.display_player(settings, engine))
-    services.append(engine)
+    if args.displays:  # the simulated screens listen on one port: the first site's
+        services.append(wiring.display_player(settings, engines[0]))
+    for engine in engines:
+        engine.on_reload = wiring.freeze
+        services.append(engine)
     async with contextlib.AsyncExitStack() as stack:
         for svc in services:
             await stack.enter_async_context(svc)
@@ -254,12 +287,14 @@ async def cmd_rules_run(args: argparse.Namespace, settings: Settings, catalog: C
         stack.callback(wiring.thaw)
         if args.metrics:
             host, _, port = args.metrics.rpartition(":")
-            runner = await serve_metrics([engine.metrics], host or "127.0.0.1", int(port),
-                                         healthy=lambda: engine.failed is None)
+            runner = await serve_metrics([e.metrics for e in engines], host or "127.0.0.1",
+                                         int(port),
+                                         healthy=lambda: all(e.failed is None for e in engines))
             stack.push_async_callback(runner.cleanup)
-        print(f"rules engine for {engine.site_id}: {len(engine.rules.rules)} rules, "
-              f"{len(engine.endpoints.endpoints)} endpoints, state in "
-              f"{redact_url(engine.state_url)}", flush=True)
+        for engine in engines:
+            print(f"rules engine for {engine.site_id}: {len(engine.rules.rules)} rules, "
+                  f"{len(engine.endpoints.endpoints)} endpoints, state in "
+                  f"{redact_url(engine.state_url)}", flush=True)
         await forever(services)
     return 0
 

@@ -12,7 +12,7 @@ import ssl
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from facility.catalog import Catalog, load_catalog
+from facility.catalog import Catalog, load_catalog, load_district
 from facility.settings import Settings, load_settings
 
 if TYPE_CHECKING:
@@ -29,6 +29,18 @@ def configuration(path: Path | None = None) -> tuple[Settings, Catalog]:
     configuration folder (FACILITY_CONFIG_DIR, or the one shipped with the code)."""
     settings = load_settings(path)
     return settings, load_catalog(settings)
+
+
+def district(path: Path | None = None, sites: str | None = None
+             ) -> tuple[Settings, dict[str, Catalog]]:
+    """The settings and the sites this process serves, by id: those of the sites folder
+    (`sites_dir`), or the one site file; `sites` ("a,b", the command's --sites) chooses
+    a subset in place of the settings' `site_ids`."""
+    settings = load_settings(path)
+    if sites:
+        chosen = [s.strip() for s in sites.split(",") if s.strip()]
+        settings = settings.model_copy(update={"site_ids": chosen})
+    return settings, load_district(settings)
 
 
 def display_player(settings: Settings, engine: RulesService) -> DisplayPlayer:

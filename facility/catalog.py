@@ -6,6 +6,13 @@ every service; services and their tests take a Catalog instead of reading files.
 the files are: the settings' `site_file`, `models_dir`, `vendors_dir` and
 `endpoints_file`, relative to the configuration folder (facility/settings.py). Rule
 files are not in it: the rules engine reloads them while it runs.
+
+A district (`load_district`) is a folder of site files, `sites_dir`: `<site id>.yaml` for
+each site, validated as the one site file is, and beside it `<site id>.endpoints.yaml`
+for the site's screens and PA zones (none when absent). The register maps and vendor
+mappings are read once and shared. A process serves all of its sites, or the subset
+`site_ids` names (a command's --sites). Without a folder, the district is the one site
+of `site_file`, so a single-site deployment reads exactly what it read before.
 """
 
 from __future__ import annotations
@@ -82,3 +89,72 @@ def load_catalog(settings: Settings) -> Catalog:
                    vendors=load_vendors(settings.resolve(settings.vendors_dir)),
                    endpoints=load_endpoints(endpoints_path, site),
                    site_path=site_path, endpoints_path=endpoints_path)
+
+
+ENDPOINTS_SUFFIX = ".endpoints.yaml"
+
+
+def load_district(settings: Settings) -> dict[str, Catalog]:
+    """The sites this process serves, by site id, in the order of `site_ids` (else by
+    id): every site file of `sites_dir`, or the one `site_file` when it is unset. Each
+    file is validated as today; an error names the file."""
+    folder = settings.sites_path
+    if folder is None:
+        catalog = load_catalog(settings)
+        return select_sites({catalog.site.site.id: catalog}, settings.site_ids,
+                            str(catalog.site_path))
+    models = load_models(settings.resolve(settings.models_dir))
+    vendors = load_vendors(settings.resolve(settings.vendors_dir))
+    return select_sites(load_sites(folder, models, vendors), settings.site_ids, str(folder))
+
+
+def load_sites(folder: Path, models: Mapping[str, RegisterMap],
+               vendors: Mapping[str, VendorMapping]) -> dict[str, Catalog]:
+    """Every `<site id>.yaml` of the folder with its endpoints, by site id."""
+    if not folder.is_dir():
+        raise ConfigError(f"{folder}: the sites folder does not exist")
+    files = sorted(p for p in folder.glob("*.yaml") if not p.name.endswith(ENDPOINTS_SUFFIX))
+    if not files:
+        raise ConfigError(f"{folder}: no site files (<site id>.yaml) in the sites folder")
+    catalogs: dict[str, Catalog] = {}
+    for path in files:
+        site = load_site(path)
+        site_id = site.site.id
+        if path.stem != site_id:
+            raise ConfigError(f"{path}: field 'site.id': {site_id!r} is not the file's name "
+                              f"(a site's file is <site id>.yaml: {site_id}.yaml)")
+        endpoints_path = folder / f"{site_id}{ENDPOINTS_SUFFIX}"
+        endpoints = load_endpoints(endpoints_path, site) if endpoints_path.exists() \
+            else EndpointConfig(version=1, endpoints=[])
+        catalogs[site_id] = Catalog(site=site, models=models, vendors=vendors,
+                                    endpoints=endpoints, site_path=path,
+                                    endpoints_path=endpoints_path)
+    _distinct_gateways(catalogs)
+    return catalogs
+
+
+def select_sites(catalogs: Mapping[str, Catalog], site_ids: list[str],
+                 where: str) -> dict[str, Catalog]:
+    """The subset `site_ids` names, in its order; all of them when it is empty."""
+    if not site_ids:
+        return dict(sorted(catalogs.items()))
+    unknown = [s for s in site_ids if s not in catalogs]
+    if unknown:
+        raise ConfigError(f"{where}: no site {', '.join(map(repr, unknown))} "
+                          f"(sites: {', '.join(sorted(catalogs))})")
+    return {s: catalogs[s] for s in dict.fromkeys(site_ids)}
+
+
+def _distinct_gateways(catalogs: Mapping[str, Catalog]) -> None:
+    """A gateway's MQTT client id and broker user are its id (gateway/service.py,
+    facility/brokeracl.py): two sites with one gateway id would throw each other off
+    the broker."""
+    owner: dict[str, Path] = {}
+    for catalog in catalogs.values():
+        for gateway in catalog.site.gateways:
+            if gateway.kind is GatewayKind.OCPP:
+                continue
+            other = owner.setdefault(gateway.id, catalog.site_path)
+            if other != catalog.site_path:
+                raise ConfigError(f"{catalog.site_path}: gateway {gateway.id!r}: the id is "
+                                  f"taken by {other} (gateway ids are unique in a district)")
