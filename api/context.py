@@ -26,6 +26,7 @@ from facility.backoff import Backoff
 from facility.catalog import Catalog
 from facility.endpoints import EndpointConfig
 from facility.influx import InfluxClient, InfluxError
+from facility.influxroutes import route_for
 from facility.metrics import Metrics
 from facility.settings import Settings
 from facility.site import SiteConfig
@@ -211,7 +212,9 @@ async def open_context(settings: Settings, catalog: Catalog) -> AsyncIterator[Co
     async with contextlib.AsyncExitStack() as stack:
         store = await stack.enter_async_context(await ApiStore.open(settings.state_url))
         alerts = await stack.enter_async_context(await AlertStore.open(settings.state_url))
-        influx = await stack.enter_async_context(InfluxClient(settings.influx))
+        # The site's InfluxDB server, as ingest routed its points (facility/influxroutes.py).
+        influx = await stack.enter_async_context(
+            InfluxClient(route_for(settings.influx, site_id)))
         ctx = Context(settings=settings, site=site, site_id=site_id, topology=topology,
                       endpoints=endpoints, store=store, alerts=alerts, influx=influx,
                       hub=LiveHub(api.replay_buffer), devices=DeviceBook(topology),

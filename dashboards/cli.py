@@ -8,6 +8,7 @@ import time
 
 from facility.catalog import Catalog
 from facility.influx import InfluxClient
+from facility.influxroutes import route_for
 from facility.settings import Settings
 
 
@@ -57,7 +58,7 @@ async def cmd_check(args: argparse.Namespace, settings: Settings, catalog: Catal
         print(f"invalid: {problem}")
     end_ms = int(time.time() * 1000)
     start_ms = end_ms - int(args.hours * 3600 * 1000)
-    async with InfluxClient(settings.influx) as influx:
+    async with InfluxClient(route_for(settings.influx, catalog.site.site.id)) as influx:
         results = await run_all(influx, boards, start_ms, end_ms)
     for r in results:
         state = "ok" if r.ok else ("ERROR " + r.error if r.error else "no data")
@@ -73,7 +74,8 @@ async def cmd_push(args: argparse.Namespace, settings: Settings, catalog: Catalo
     from dashboards.push import PushError, push
 
     try:
-        result = await push(settings, url=args.url, resend_secrets=args.secrets)
+        result = await push(settings, url=args.url, resend_secrets=args.secrets,
+                            site=catalog.site.site.id)
     except PushError as exc:
         print(f"facility dashboards push: {exc}", file=sys.stderr)
         return 1

@@ -14,6 +14,7 @@ from grafana_client.client import GrafanaClientError, GrafanaException
 
 from dashboards.export import FOLDER, FOLDER_UID, dashboards, datasource
 from dashboards.influxql import DATASOURCE_UID
+from facility.influxroutes import route_for
 from facility.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -47,7 +48,9 @@ def _missing(exc: GrafanaException) -> bool:
 
 
 async def push(settings: Settings, *, url: str | None = None, token: str | None = None,
-               resend_secrets: bool = False) -> PushResult:
+               resend_secrets: bool = False, site: str | None = None) -> PushResult:
+    """Upload everything; the data source is `site`'s InfluxDB server (the routing table of
+    facility/influxroutes.py), or the default server when no site is given."""
     options = settings.grafana
     token = token or (options.token.get_secret_value() if options.token else None)
     # grafana-client has no type hints; Any keeps mypy from flagging every call.
@@ -57,7 +60,7 @@ async def push(settings: Settings, *, url: str | None = None, token: str | None 
     try:
         build = await api.health.check()  # GET /api/frontend/settings -> buildInfo
         result.grafana_version = str((build or {}).get("version", ""))
-        await _datasource(api, settings, result, resend_secrets)
+        await _datasource(api, settings, result, resend_secrets, site)
         await _folder(api, result)
         for board in dashboards():
             await _dashboard(api, board, result)
@@ -69,8 +72,8 @@ async def push(settings: Settings, *, url: str | None = None, token: str | None 
 
 
 async def _datasource(api: Any, settings: Settings, result: PushResult,
-                      resend_secrets: bool) -> None:
-    influx = settings.influx
+                      resend_secrets: bool, site: str | None) -> None:
+    influx = settings.influx if site is None else route_for(settings.influx, site)
     ours = datasource(url=settings.grafana.datasource_url or influx.url,
                       database=influx.database, user=influx.username or "")
     if influx.password is not None:

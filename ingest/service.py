@@ -25,12 +25,14 @@ import time
 from collections import deque
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
 from functools import partial
 
 from facility import topics
 from facility.backoff import Backoff
 from facility.deadletters import DeadLetters, Letter
 from facility.influx import InfluxClient, InfluxError
+from facility.influxroutes import DEFAULT, all_routes, route_name
 from facility.metrics import Metrics
 from facility.mqtt import Connection, Message, run_connected, until_lost
 from facility.mqttlink import MqttLink, connector
@@ -47,6 +49,18 @@ log = logging.getLogger(__name__)
 KINDS = (Kind.TELEMETRY, Kind.STATUS, Kind.EVENT, Kind.DEADLETTER)
 
 
+@dataclass
+class Sink:
+    """One InfluxDB server of the routing table (facility/influxroutes.py) with its own
+    writer, replayer and spool: a server that is away spools only its own sites' points."""
+
+    name: str
+    influx: InfluxClient
+    writer: BatchWriter
+    replayer: BatchWriter
+    spool: Spool
+
+
 class Ingest(Service):
     name = "ingest"
 
@@ -57,11 +71,13 @@ class Ingest(Service):
         self.options = settings.ingest
         self.client_id = client_id or f"{settings.mqtt.client_prefix}-{self.options.client_id}"
         self.clock_ns = clock_ns
-        self.influx: InfluxClient | None = None
+        self.influx: InfluxClient | None = None  # the default server's client
+        self.sinks: dict[str, Sink] = {}
+        self._sink_of: dict[str, Sink] = {}  # site -> its server's sink
         self.sequences = SequenceTracker(grace=self.options.loss_grace)
         self.converter = Converter(sequences=self.sequences)
         self.spool: Spool | None = None
-        self.replayer: BatchWriter | None = None
+        self.replayer: BatchWriter | None = None  # the default server's, as before routes
         self.writer: BatchWriter | None = None
         self.metrics = Metrics("ingest")
         self._m_received = self.metrics.counter("messages_total", "Messages received")
@@ -90,26 +106,49 @@ class Ingest(Service):
         return [topics.shared(group, f) for f in filters] if group else filters
 
     async def open(self) -> None:
-        self.influx = InfluxClient(self.settings.influx)
-        await self.influx.__aenter__()
-        self.writer = BatchWriter(self.influx)
-        self.replayer = BatchWriter(self.influx)
         folder = self.settings.spool_path("ingest")
-        self.spool = Spool(folder / f"{self.client_id}.sqlite")
-        if self.spool.batches:
-            log.info("ingest: %d points spooled from before; replaying them first",
-                     self.spool.lines)
+        try:
+            for name, server in all_routes(self.settings.influx).items():
+                client = await InfluxClient(server).__aenter__()
+                # The default server keeps the spool file name of before the routing table.
+                file = f"{self.client_id}.sqlite" if name == DEFAULT \
+                    else f"{self.client_id}.{name}.sqlite"
+                sink = Sink(name, client, BatchWriter(client), BatchWriter(client),
+                            Spool(folder / file))
+                self.sinks[name] = sink
+                if sink.spool.batches:
+                    log.info("ingest: %d points for InfluxDB %s spooled from before; "
+                             "replaying them first", sink.spool.lines, name)
+        except BaseException:
+            await self.close()
+            raise
+        default = self.sinks[DEFAULT]
+        self.influx, self.writer, self.replayer, self.spool = \
+            default.influx, default.writer, default.replayer, default.spool
         if self.options.shared_group:
             log.warning("ingest: shared subscription (group %s): sequence_lost_total also "
                         "counts the messages the other copies took", self.options.shared_group)
 
     async def close(self) -> None:
-        if self.influx is not None:
-            await self.influx.__aexit__(None, None, None)
-            self.influx = None
-        if self.spool is not None:
-            self.spool.close()
-            self.spool = None
+        sinks, self.sinks = self.sinks, {}
+        self._sink_of.clear()
+        self.influx = self.writer = self.replayer = self.spool = None
+        for sink in sinks.values():
+            await sink.influx.__aexit__(None, None, None)
+            sink.spool.close()
+
+    def sink(self, site: str) -> Sink:
+        """The sink of a site's InfluxDB server (the routing table's answer, cached)."""
+        found = self._sink_of.get(site)
+        if found is None:
+            found = self.sinks[route_name(self.settings.influx, site)]
+            if len(self._sink_of) < 100_000:
+                self._sink_of[site] = found
+        return found
+
+    @property
+    def spooled_lines(self) -> int:
+        return sum(sink.spool.lines for sink in self.sinks.values())
 
     async def run(self) -> None:
         async with asyncio.TaskGroup() as tg:
@@ -118,21 +157,27 @@ class Ingest(Service):
                                          name=self.name), name="ingest mqtt")
 
     async def _schema(self) -> None:
-        """The database, its retention policies and the energy rollups (continuous queries,
-        so long reports read 15-minute data, not months of raw points). Retried until
-        InfluxDB answers; writes meanwhile wait or go to the spool."""
+        """The databases, their retention policies and the energy rollups (continuous
+        queries, so long reports read 15-minute data, not months of raw points), on every
+        server of the routing table. Retried until InfluxDB answers; writes meanwhile wait
+        or go to the spool."""
+        async with asyncio.TaskGroup() as tg:
+            for sink in self.sinks.values():
+                tg.create_task(self._schema_on(sink.influx), name=f"ingest schema {sink.name}")
+
+    async def _schema_on(self, influx: InfluxClient) -> None:
         from facility.schema import ensure_downsampling
 
-        assert self.influx is not None, "use inside 'async with'"
         backoff = Backoff(initial=0.5, cap=30.0)
         while True:
             try:
-                await self.influx.ensure_database()
-                await ensure_downsampling(self.influx, self.settings.reports)
+                await influx.ensure_database()
+                await ensure_downsampling(influx, self.settings.reports)
                 return
             except InfluxError as exc:
                 if backoff.attempts == 0:
-                    log.warning("ingest: cannot set up the InfluxDB schema yet: %s", exc)
+                    log.warning("ingest: cannot set up the InfluxDB schema on %s yet: %s",
+                                influx.settings.url, exc)
                 await asyncio.sleep(backoff.next_delay())
 
     def _connector(self) -> Callable[[], AbstractAsyncContextManager[MqttLink]]:
@@ -144,9 +189,11 @@ class Ingest(Service):
         await link.subscribe(self.subscriptions(), qos=self.options.qos)
         self.ready.set()
         try:
-            await until_lost(link, {"ingest batches": self._batches(link),
-                                    "ingest replay": self._replay(link),
-                                    "ingest sequences": self._watch_sequences()})
+            tasks = {"ingest batches": self._batches(link),
+                     "ingest sequences": self._watch_sequences()}
+            for sink in self.sinks.values():
+                tasks[f"ingest replay {sink.name}"] = self._replay(link, sink)
+            await until_lost(link, tasks)
         finally:
             self.ready.clear()
 
@@ -172,13 +219,12 @@ class Ingest(Service):
                 task.cancel()
             await asyncio.gather(*(t for t, _, _ in inflight), return_exceptions=True)
 
-    async def _replay(self, link: Connection) -> None:
-        """Write spooled batches back, oldest first, once InfluxDB takes them again."""
-        assert self.spool is not None
-        assert self.replayer is not None
+    async def _replay(self, link: Connection, sink: Sink) -> None:
+        """Write a server's spooled batches back, oldest first, once it takes them again."""
+        spool = sink.spool
         while True:
-            batch_id, lines = await self.spool.oldest()
-            refused = await self.replayer.write(lines)
+            batch_id, lines = await spool.oldest()
+            refused = await sink.replayer.write(lines)
             written = len(lines) - len(refused)
             self.written += written
             self._m_written.inc(written)
@@ -186,8 +232,8 @@ class Ingest(Service):
                 await self._send_letter(link, self.letters.letter(
                     "(spooled line)", lines[index], "influxdb",
                     f"InfluxDB refused it on replay: {reason}"))
-            self.spool.remove(batch_id, len(lines))
-            self._m_spooled.set(self.spool.lines)
+            spool.remove(batch_id, len(lines))
+            self._m_spooled.set(self.spooled_lines)
 
     async def _watch_sequences(self) -> None:
         loop = asyncio.get_running_loop()
@@ -216,26 +262,44 @@ class Ingest(Service):
         return batch
 
     async def _store(self, link: Connection, batch: list[Message]) -> None:
-        assert self.writer is not None
-        lines: list[bytes] = []
-        origin: list[int] = []
+        """Convert a batch, write each point to its site's server (one write per server,
+        concurrently), dead-letter what cannot be stored; returns once all is done."""
+        groups: dict[str, tuple[Sink, list[bytes], list[int]]] = {}
         letters: list[Letter] = []
         to_line = self.converter.to_line
+        site_of = self.converter.site_of
+        sink_of = self.sink
         guard = self.letters.run
         for index, message in enumerate(batch):
             out = guard(partial(to_line, message.topic, message.payload), message.topic,
                         message.payload)
             if type(out) is bytes:
-                lines.append(out)
-                origin.append(index)
+                # A line exists only for a topic that parsed, so it has a site.
+                sink = sink_of(site_of(message.topic) or "")
+                group = groups.get(sink.name)
+                if group is None:
+                    group = groups[sink.name] = (sink, [], [])
+                group[1].append(out)
+                group[2].append(index)
             else:
                 assert isinstance(out, Letter)
                 letters.append(out)
         self.received += len(batch)
-        assert self.spool is not None
-        if self.spool.batches == 0:
+        if len(groups) == 1:
+            for sink, lines, origin in groups.values():
+                await self._store_on(sink, lines, origin, batch, letters)
+        elif groups:
+            await asyncio.gather(*(self._store_on(sink, lines, origin, batch, letters)
+                                   for sink, lines, origin in groups.values()))
+        if letters:
+            # The originals are acknowledged only after their dead letters are at the broker.
+            await asyncio.gather(*(self._send_letter(link, letter) for letter in letters))
+
+    async def _store_on(self, sink: Sink, lines: list[bytes], origin: list[int],
+                        batch: list[Message], letters: list[Letter]) -> None:
+        if sink.spool.batches == 0:
             try:
-                not_written = await self.writer.write(lines,
+                not_written = await sink.writer.write(lines,
                                                       give_up_after=self.options.spool_after)
                 for line_index, reason in not_written:
                     message = batch[origin[line_index]]
@@ -247,15 +311,12 @@ class Ingest(Service):
                 self._m_written.inc(written)
                 lines = []
             except Unavailable:
-                log.warning("InfluxDB unavailable for %gs: spooling to disk",
+                log.warning("InfluxDB %s unavailable for %gs: spooling to disk", sink.name,
                             self.options.spool_after)
         if lines:  # InfluxDB is away, or batches wait before this one: keep the order
-            self.spool.append(lines)
+            sink.spool.append(lines)
             self.spooled += len(lines)
-            self._m_spooled.set(self.spool.lines)
-        if letters:
-            # The originals are acknowledged only after their dead letters are at the broker.
-            await asyncio.gather(*(self._send_letter(link, letter) for letter in letters))
+            self._m_spooled.set(self.spooled_lines)
 
     async def _send_letter(self, link: Connection, letter: Letter) -> None:
         if topics.is_kind(letter.origin, Kind.DEADLETTER):

@@ -13,6 +13,7 @@ from zoneinfo import ZoneInfo
 
 from facility.catalog import Catalog
 from facility.influx import InfluxClient
+from facility.influxroutes import route_for
 from facility.settings import Settings
 
 FORMATS = ("html", "pdf", "xlsx")
@@ -103,7 +104,7 @@ async def cmd_energy(args: argparse.Namespace, settings: Settings, catalog: Cata
     formats = tuple(args.formats or FORMATS)
     started = time.perf_counter()
     with progress(8 + len(formats), "能耗报告", not args.no_progress) as step:
-        async with InfluxClient(settings.influx) as influx:
+        async with InfluxClient(route_for(settings.influx, site.site.id)) as influx:
             try:
                 report = await build(influx, settings, site, period, calendar, step)
             except ValueError as exc:  # a period that has not started yet
@@ -134,7 +135,7 @@ async def cmd_shift(args: argparse.Namespace, settings: Settings, catalog: Catal
         return 2
     formats = tuple(args.formats or ("html", "pdf"))
     with progress(4 + len(formats), "值班报告", not args.no_progress) as step:
-        async with InfluxClient(settings.influx) as influx:
+        async with InfluxClient(route_for(settings.influx, site.site.id)) as influx:
             try:
                 report = await build(influx, settings, site, period, step)
             except ValueError as exc:  # a shift that has not begun
@@ -152,10 +153,11 @@ async def cmd_rollup(args: argparse.Namespace, settings: Settings, catalog: Cata
     from facility.schema import DAY_NS, ROLLUPS, ensure_downsampling, rebuild
     from reports import periods
 
-    async with InfluxClient(settings.influx) as influx:
+    server = route_for(settings.influx, catalog.site.site.id)  # the site's InfluxDB
+    async with InfluxClient(server) as influx:
         await influx.ensure_database()
         await ensure_downsampling(influx, settings.reports)
-        print(f"downsampling ready in {settings.influx.database} "
+        print(f"downsampling ready in {server.database} on {server.url} "
               f"(retention policy {settings.reports.rollup_retention_policy})")
         if args.from_ or args.to:
             try:
