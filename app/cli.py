@@ -23,7 +23,7 @@ import reports.cli
 import rules.cli
 from app import wiring
 from facility import brokeracl, logs
-from facility.catalog import Catalog
+from facility.catalog import Catalog, site_rules_dir
 from facility.configfile import ConfigError
 from facility.metrics import serve_metrics
 from facility.service import Service, forever
@@ -182,17 +182,21 @@ def _district(args: argparse.Namespace, catalog: Catalog) -> dict[str, Catalog]:
 
 async def cmd_check(args: argparse.Namespace, settings: Settings, catalog: Catalog) -> int:
     from gateway.service import Gateway
+    from rules.service import load_all
 
     print(f"configuration in {settings.config_folder}")
     for one in _district(args, catalog).values():
         site = one.site  # the catalog checked the files against each other
         for spec in site.gateways:
             Gateway(settings, one, spec.id)  # compiles its read plans and decoders
+        rules_dir = site_rules_dir(settings, one)
+        rules = load_all(settings, one, rules_dir)[2]  # the site's rules against its devices
         devices = list(site.all_device_ids())
         print(f"site {site.site.id} ({site.site.name}): {len(site.places)} places, "
               f"{len(site.gateways)} gateways, {len(devices)} devices, "
               f"{len(one.models)} register maps, {len(one.vendors)} vendor mappings, "
-              f"{len(one.endpoints.endpoints)} endpoints")
+              f"{len(one.endpoints.endpoints)} endpoints, {len(rules.rules)} rules "
+              f"({rules_dir})")
     return 0
 
 
@@ -270,10 +274,13 @@ async def cmd_rules_run(args: argparse.Namespace, settings: Settings, catalog: C
 
     # One engine per site served (rules/service.py: one worker per site); one site is
     # the engine of before, rules.site included.
+    # A site's rules: its own folder in a sites folder, else rules_dir (site_rules_dir).
     sites = _district(args, catalog)
-    engines = [RulesService(settings, catalog)] if len(sites) == 1 else [
+    engines = [RulesService(settings, catalog, rules_dir=site_rules_dir(settings, catalog))
+               ] if len(sites) == 1 else [
         RulesService(settings.model_copy(update={"rules": settings.rules.model_copy(
-            update={"site": site_id})}), site) for site_id, site in sites.items()]
+            update={"site": site_id})}), site, rules_dir=site_rules_dir(settings, site))
+        for site_id, site in sites.items()]
     services: list[Service] = []
     if args.displays:  # the simulated screens listen on one port: the first site's
         services.append(wiring.display_player(settings, engines[0]))

@@ -9,7 +9,8 @@ files are not in it: the rules engine reloads them while it runs.
 
 A district (`load_district`) is a folder of site files, `sites_dir`: `<site id>.yaml` for
 each site, validated as the one site file is, and beside it `<site id>.endpoints.yaml`
-for the site's screens and PA zones (none when absent). The register maps and vendor
+for the site's screens and PA zones (none when absent), and `<site id>.rules/` for its
+rule files (`site_rules_dir`; else the settings' rules_dir). The register maps and vendor
 mappings are read once and shared. A process serves all of its sites, or the subset
 `site_ids` names (a command's --sites). Without a folder, the district is the one site
 of `site_file`, so a single-site deployment reads exactly what it read before.
@@ -131,6 +132,15 @@ def load_sites(folder: Path, models: Mapping[str, RegisterMap],
                                     endpoints_path=endpoints_path)
     _distinct_gateways(catalogs)
     return catalogs
+
+
+def site_rules_dir(settings: Settings, catalog: Catalog) -> Path:
+    """The rule files of the catalog's site: the folder `<site id>.rules` beside its file
+    in a sites folder (several sites may link to one), else the settings' rules_dir."""
+    own = catalog.site_path.parent / f"{catalog.site_path.stem}.rules"
+    if settings.sites_dir is not None and own.is_dir():
+        return own
+    return settings.resolve(settings.rules.rules_dir)
 
 
 def select_sites(catalogs: Mapping[str, Catalog], site_ids: list[str],

@@ -11,7 +11,7 @@ import pytest
 
 from app import wiring
 from app.cli import main
-from facility.catalog import Catalog, load_catalog, load_district
+from facility.catalog import Catalog, load_catalog, load_district, site_rules_dir
 from facility.configfile import ConfigError
 from facility.settings import load_settings
 from tests.conftest import REPO
@@ -86,6 +86,7 @@ def test_the_sites_option_and_variable_choose_the_subset(
     assert main(["--config", str(SETTINGS), "--sites", f"{SCHOOL},{HOSPITAL}", "check"]) == 0
     out = capsys.readouterr().out
     assert f"site {SCHOOL} (番禺区市桥第一小学): 3 places, 2 gateways, 6 devices" in out
+    assert f"9 rules ({SITES / SCHOOL}.rules)" in out  # checked against the site's devices
     assert f"site {HOSPITAL} (番禺区中心医院门诊楼)" in out
     assert CAMPUS not in out
     assert main(["--config", str(SETTINGS), "--sites", "panyu-nowhere", "check"]) == 2
@@ -140,3 +141,13 @@ def test_no_folder_or_an_empty_one_is_an_error(tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
     with pytest.raises(ConfigError, match="no site files"):
         district(tmp_path / "empty")
+
+
+def test_a_site_has_its_own_rules_folder_or_the_default() -> None:
+    settings = load_settings(SETTINGS, sites_dir="sites")
+    sites = load_district(settings)
+    assert site_rules_dir(settings, sites[SCHOOL]) == SITES / f"{SCHOOL}.rules"
+    assert site_rules_dir(settings, sites[HOSPITAL]) == SITES / f"{HOSPITAL}.rules"
+    assert site_rules_dir(settings, sites[CAMPUS]) == REPO / "config" / "rules"
+    single = load_settings(SETTINGS)  # no sites folder: the rules of before
+    assert site_rules_dir(single, load_catalog(single)) == REPO / "config" / "rules"
