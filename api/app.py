@@ -6,7 +6,7 @@ from __future__ import annotations
 import contextlib
 import importlib.resources
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -17,9 +17,20 @@ from fastapi.routing import APIRoute
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from api.context import open_context
+from api.context import api_catalog, open_context
 from api.deps import SITE_NAMES, known_query, site_names
-from api.routes import alerts, auth, campus, chargers, commands, desk, outputs, stream, system
+from api.routes import (
+    alerts,
+    auth,
+    campus,
+    chargers,
+    commands,
+    desk,
+    outputs,
+    sites,
+    stream,
+    system,
+)
 from api.routes import drills as drill_routes
 from api.routes import duty as duty_routes
 from api.routes import pa as pa_routes
@@ -126,25 +137,41 @@ def add_page(app: FastAPI) -> None:
         return Response(body, media_type=media_type, headers={"Cache-Control": "no-cache"})
 
 
-def create_app(settings: Settings, catalog: Catalog) -> FastAPI:
+def create_app(settings: Settings, catalog: Catalog,
+               district: Mapping[str, Catalog] | None = None) -> FastAPI:
+    """The API of `catalog`'s site, and of the other sites of `district` (a sites folder's
+    catalogs by id; facility/catalog.py): a request names its site with ?site=."""
+    others = [c for c in (district or {}).values() if c is not catalog]
+    site_ids = [api_catalog(settings, catalog).site.site.id] + [c.site.site.id for c in others]
+
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        async with open_context(settings, catalog) as ctx:
+        async with contextlib.AsyncExitStack() as stack:
+            ctx = await stack.enter_async_context(open_context(settings, catalog))
+            contexts = {ctx.site_id: ctx}
+            for other in others:
+                site_id = other.site.site.id
+                one = await stack.enter_async_context(
+                    open_context(site_settings(settings, site_id), other))
+                # One login serves every site of this API (one users table).
+                one.tokens, one.throttle = ctx.tokens, ctx.throttle
+                contexts[site_id] = one
             app.state.ctx = ctx
+            app.state.sites = contexts
             yield
 
     app = FastAPI(title="facility control-room API", version="1.0.0",
                   description=DESCRIPTION, lifespan=lifespan,
                   dependencies=[Depends(known_query)], docs_url=None, redoc_url=None)
     for module in (auth, campus, alerts, desk, outputs, commands, chargers, stream,
-                   system):
+                   system, sites):
         app.include_router(module.router)
     app.include_router(duty_routes.router)  # the duty roster and work orders
     app.include_router(drill_routes.router)  # drills (演练), supervisors, audited
     app.include_router(pa_routes.router)  # the PA zones' last announcements as audio
     add_page(app)
     add_docs(app)
-    app.openapi = lambda: _described(app, catalog.site)  # type: ignore[method-assign]  # fastapi: replacing app.openapi is its documented hook, but it is typed as a method
+    app.openapi = lambda: _described(app, catalog.site, site_ids)  # type: ignore[method-assign]  # fastapi: replacing app.openapi is its documented hook, but it is typed as a method
 
     @app.exception_handler(405)
     async def method_not_allowed(request: Request, exc: Exception) -> Response:
@@ -160,14 +187,24 @@ def create_app(settings: Settings, catalog: Catalog) -> FastAPI:
     return app
 
 
-def _described(app: FastAPI, site: SiteConfig) -> dict[str, Any]:
+def site_settings(settings: Settings, site_id: str) -> Settings:
+    """The settings for one more site of this API: its own site id and MQTT client id."""
+    api = settings.api
+    client_id = f"{api.client_id}-{site_id}" if api.client_id else ""
+    return settings.model_copy(update={"api": api.model_copy(
+        update={"site": site_id, "client_id": client_id})})
+
+
+def _described(app: FastAPI, site: SiteConfig, site_ids: list[str]) -> dict[str, Any]:
     """FastAPI's OpenAPI description, plus what it cannot know: 400 for a request body
     that is not JSON at all (FastAPI answers it by itself), and the site's own zone,
-    place and family ids as the values of those query parameters (known_query checks)."""
+    place and family ids, and the ids of the sites served, as the values of those query
+    parameters (known_query checks)."""
     if app.openapi_schema is None:
         spec = get_openapi(title=app.title, version=app.version, description=app.description,
                            routes=app.routes)
         names = {kind: site_names(site, kind) for kind in SITE_NAMES}
+        names["site"] = site_ids
         for operations in spec["paths"].values():
             for operation in operations.values():
                 if "requestBody" in operation:
@@ -183,10 +220,13 @@ def _described(app: FastAPI, site: SiteConfig) -> dict[str, Any]:
 
 
 def _enumerate(schema: dict[str, Any], values: list[str]) -> None:
-    """Put an enum on the string items of a (possibly nullable) array parameter."""
+    """Put an enum on a (possibly nullable) string parameter, or on the string items of
+    an array one."""
     for option in schema.get("anyOf", [schema]):
         if option.get("type") == "array":
             option["items"] = {"type": "string", "enum": values}
+        elif option.get("type") == "string":
+            option["enum"] = values
 
 
 class Observe:

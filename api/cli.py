@@ -65,7 +65,9 @@ async def cmd_api(args: argparse.Namespace, settings: Settings, catalog: Catalog
     from api.service import ApiService
     from facility.service import forever
 
-    api = ApiService(settings, catalog, host=args.host, port=args.port)
+    # Every site this process serves (--sites, a sites folder): ?site= picks one.
+    district = getattr(args, "district", None)
+    api = ApiService(settings, catalog, host=args.host, port=args.port, district=district)
     async with api:
         await api.wait_ready(60)
         print(f"control-room API and page at {api.url}/ (OpenAPI: {api.url}/docs)",

@@ -7,7 +7,7 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Annotated, Any, get_args, get_origin
 
-from fastapi import Depends, HTTPException, Request
+from fastapi import Depends, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -25,9 +25,33 @@ MIN_TIME = datetime(2000, 1, 1, tzinfo=UTC)
 MAX_TIME = datetime(2200, 1, 1, tzinfo=UTC)
 
 
-async def context(request: Request) -> Context:
+SiteQuery = Annotated[str | None, Query(
+    description="the site, where the API serves several (GET /api/sites); default: the "
+                "first of them")]
+
+
+async def context(request: Request, site: SiteQuery = None) -> Context:
+    """The Context of the site the request names (`?site=`), else of the API's first site.
+    An API serving one site has one Context, as before."""
+    return _site_context(request, site)
+
+
+def site_contexts(app: Any) -> dict[str, Context]:
+    """The contexts of the sites this API serves, by site id, its first site first."""
+    contexts: dict[str, Context] = app.state.sites
+    return contexts
+
+
+def _site_context(request: Request, site: str | None) -> Context:
     ctx: Context = request.app.state.ctx
-    return ctx
+    if site is None or site == ctx.site_id:
+        return ctx
+    chosen: Context | None = getattr(request.app.state, "sites", {}).get(site)
+    if chosen is None:
+        raise RequestValidationError([{"type": "enum", "loc": ("query", "site"),
+                                       "msg": "this API does not serve that site",
+                                       "input": site}])
+    return chosen
 
 
 Ctx = Annotated[Context, Depends(context)]
@@ -93,6 +117,8 @@ async def known_query(request: Request) -> None:
     declared = _query_params(route.dependant)
     errors: list[dict[str, Any]] = []
     ctx: Context | None = getattr(request.app.state, "ctx", None)
+    if ctx is not None and "site" in declared:  # zones, places: the chosen site's
+        ctx = _site_context(request, request.query_params.get("site"))
     seen: set[str] = set()
     for name, value in request.query_params.multi_items():
         if name not in declared:

@@ -1,10 +1,11 @@
 """The API's one connection to the broker.
 
 It subscribes to what the control room watches on its site (readings, statuses, events,
-alerts, displays and their confirmations, broadcasts, command results), hands each
-message to the API's dispatcher, and publishes commands and operator actions. Telemetry
-is taken at QoS 0 (the next reading replaces a lost one); everything else at QoS 1 on a
-persistent session, so command results that arrive during a restart are not lost.
+alerts, displays and their confirmations, broadcasts, command results, the site broker's
+bridge to the centre), hands each message to the API's dispatcher, and publishes
+commands and operator actions. Telemetry is taken at QoS 0 (the next reading replaces a
+lost one); everything else at QoS 1 on a persistent session, so command results that
+arrive during a restart are not lost.
 """
 
 from __future__ import annotations
@@ -57,7 +58,8 @@ class ApiLink(Service):
         return {0: [topics.subscription(Kind.TELEMETRY, s)],
                 1: [topics.subscription(kind, s)
                     for kind in (Kind.STATUS, Kind.EVENT, Kind.ALERT, Kind.DISPLAY,
-                                 Kind.DISPLAY_ACK, Kind.BROADCAST, Kind.COMMAND_RESULT)]}
+                                 Kind.DISPLAY_ACK, Kind.BROADCAST, Kind.COMMAND_RESULT,
+                                 Kind.LINK)]}
 
     async def run(self) -> None:
         await run_connected(self.mqtt, connector(self.mqtt, self.client_id,

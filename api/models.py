@@ -278,6 +278,59 @@ class IncidentView(BaseModel):
     members: list[str]
 
 
+class SiteBrief(BaseModel):
+    """A site this API serves (GET /api/sites): what the page's site switcher lists."""
+
+    id: str
+    name: str
+    timezone: str
+    kind: str | None = Field(description="kind of public body (labels public_body_kind)")
+    home: bool = Field(description="the site the API answers for without ?site=")
+
+
+class GatewayCount(BaseModel):
+    total: int
+    online: int
+    offline: int
+    unknown: int = Field(description="no status heard since the API started")
+
+
+class SiteLinkView(BaseModel):
+    bridge: str
+    up: bool = Field(description="the site broker's bridge to the centre is connected")
+
+
+Connectivity = Literal["online", "partial", "offline", "unreachable", "unknown"]
+
+
+class SiteOverview(SiteBrief):
+    """A site in the district overview: its alarms and its connection to the centre."""
+
+    connectivity: Connectivity = Field(
+        description="unreachable: a bridge of the site's broker is down; else from its "
+                    "gateways: all online, some offline (partial), all offline, none heard")
+    gateways: GatewayCount
+    links: list[SiteLinkView]
+    open_alerts: int = Field(description="open alerts shown to operators (not shelved, "
+                                         "suppressed or out of service)")
+    unacknowledged: int
+    alerts_by_severity: dict[str, int] = Field(description="open alerts by severity, "
+                                                           "every severity named")
+    worst_severity: str | None
+    open_incidents: list[IncidentView] = Field(description="newest first, at most 20")
+    open_incident_count: int
+
+
+class DistrictView(BaseModel):
+    """Every site this API serves, worst first: by the worst open alert, then by
+    connectivity (unreachable, offline, partial, unknown, online), then incidents."""
+
+    sites: list[SiteOverview]
+    open_incidents: int
+    open_alerts: int
+    connectivity: dict[str, int] = Field(description="sites by connectivity")
+
+
 class IncidentDetail(IncidentView):
     alerts: list[AlertView]
     cap_documents: int
@@ -470,6 +523,8 @@ class Labels(BaseModel):
     aggregate: dict[str, str]
     plan_state: dict[str, str] = Field(description="a device's colour on the campus plan")
     incident_state: dict[str, str]
+    connectivity: dict[str, str] = Field(description="a site's connection to the centre")
+    public_body_kind: dict[str, str] = Field(description="a site's kind of public body")
     drill: dict[str, str] = Field(description="drills (演练): each scenario's name, and the "
                                   "words drill, started, ended")
     drill_prefix: str = Field(description="what a drill's alerts, screens and notices start "

@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import logging
 import socket
-from collections.abc import Generator
+from collections.abc import Generator, Mapping
 
 import uvicorn
 from fastapi import FastAPI
@@ -37,10 +37,11 @@ class _Server(uvicorn.Server):
 
 class ApiService(Service):
     def __init__(self, settings: Settings, catalog: Catalog, *, host: str | None = None,
-                 port: int | None = None) -> None:
+                 port: int | None = None,
+                 district: Mapping[str, Catalog] | None = None) -> None:
         super().__init__()
         self.settings = settings
-        self.app: FastAPI = create_app(settings, catalog)
+        self.app: FastAPI = create_app(settings, catalog, district)
         self.host = host if host is not None else settings.api.host
         self.port = port if port is not None else settings.api.port
         self.name = "api"

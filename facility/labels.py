@@ -241,6 +241,12 @@ DATA_STATUS: Mapping[str, str] = MappingProxyType({
     "gap": "数据缺口", "no_area": "缺建筑面积", "no_persons": "缺用能人数",
     "not_ranked": "不参与排名"})
 
+# A site's connection to the centre in the district overview (api/district.py): its
+# gateways' statuses, and the site broker's bridge (the link topic) where it has one.
+CONNECTIVITY: Mapping[str, str] = MappingProxyType({
+    "online": "在线", "partial": "部分离线", "offline": "离线",
+    "unreachable": "链路中断", "unknown": "未知"})
+
 TABLES: Mapping[str, Mapping[str, str]] = MappingProxyType({
     "severity": SEVERITY, "alert_state": ALERT_STATE, "history_action": HISTORY_ACTION,
     "command_action": COMMAND_ACTION, "command_status": COMMAND_STATUS,
@@ -248,7 +254,8 @@ TABLES: Mapping[str, Mapping[str, str]] = MappingProxyType({
     "quality": QUALITY, "availability": AVAILABILITY, "delivery": DELIVERY, "role": ROLE,
     "value": VALUE, "device_state": DEVICE_STATE, "event": EVENT, "device_kind": DEVICE_KIND,
     "http_status": HTTP_STATUS, "aggregate": AGGREGATE, "plan_state": PLAN_STATE,
-    "incident_state": INCIDENT_STATE})
+    "incident_state": INCIDENT_STATE, "connectivity": CONNECTIVITY,
+    "public_body_kind": PUBLIC_BODY_KIND})
 
 
 def label(table: Mapping[str, str], key: str) -> str:

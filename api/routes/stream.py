@@ -24,7 +24,7 @@ from facility import messages as m
 
 router = APIRouter(prefix="/api", tags=["live stream"])
 Kind = Literal["reading", "status", "event", "alert", "display", "display_ack", "broadcast",
-               "command"]
+               "command", "link"]
 HEARTBEAT = 15.0  # s; a comment line keeps proxies and the client's watchdog content
 
 DESCRIPTION = """\
@@ -39,6 +39,7 @@ JSON object:
 - `display_ack`: a DisplayAck (a screen or PA zone confirmed a message)
 - `broadcast`: a Broadcast (PA announcement), or `{"manual": BroadcastView}`
 - `command`: a CommandView (a bollard command's approval and results)
+- `link`: `{"site", "bridge", "up"}`: the site broker's bridge to the centre went up/down
 - `reset`: `{"reason": ...}`; reload state, the open alerts follow
 
 A comment line (`: ping`) comes every 15 s when nothing else does."""
