@@ -82,6 +82,8 @@ class Context:
         default_factory=lambda: asyncio.Queue(10_000))
     plans: dict[str, Any] = field(default_factory=dict)  # device -> plan point, never changes
     device_json: dict[str, tuple[Any, ...]] = field(default_factory=dict)  # see routes.campus
+    # The site broker's bridges to the centre: bridge -> up (the retained link topic).
+    site_links: dict[str, bool] = field(default_factory=dict)
     _open: tuple[float, list[Alert]] | None = None
 
     async def open_alerts(self) -> list[Alert]:
@@ -136,6 +138,14 @@ class Context:
                     self.acks.put_nowait((broadcast_id, ack))
         elif kind is Kind.COMMAND_RESULT:
             self.desk.take_result(m.decode(payload, m.CommandResult))
+        elif kind is Kind.LINK:
+            # Mosquitto writes "1" on connect and leaves "0" as its will; anything else
+            # is not a link state (a dead letter, as any bad payload).
+            if payload not in (b"1", b"0"):
+                raise ValueError(f"a link state is '1' or '0', not {payload[:20]!r}")
+            self.site_links[where.name] = payload == b"1"
+            self._live("link", {"site": where.site, "bridge": where.name,
+                                "up": payload == b"1"}, [])
 
     def _live(self, kind: str, data: dict[str, Any], zones: list[str],
               family: str = "") -> None:
