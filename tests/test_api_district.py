@@ -8,7 +8,8 @@ from __future__ import annotations
 import contextlib
 import time
 import uuid
-from pathlib import Path
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
@@ -71,11 +72,19 @@ def water(site: str, device: str, cm: float) -> tuple[str, bytes]:
                                units={"water_level": "cm"})))
 
 
-@pytest.mark.parametrize("state_url", ["postgresql"], indirect=True)
-async def test_one_api_serves_the_district_and_its_overview(
-        settings: Settings, state_url: str, tmp_path: Path) -> None:
+@dataclass
+class District:
+    settings: Settings
+    api: ApiService
+    http: httpx.AsyncClient
+    ids: dict[str, str]  # the shipped site's id -> its id in this test
+
+
+@contextlib.asynccontextmanager
+async def district_api(settings: Settings, state_url: str) -> AsyncIterator[District]:
+    """The campus, the school and the hospital served by one API (the campus first), the
+    school's and the hospital's rules engines, all on one state store."""
     district = district_of_test()
-    campus, school, hospital = (district[s].site.site.id for s in (CAMPUS, SCHOOL, HOSPITAL))
     settings = stack_settings(settings, state_url)
     async with contextlib.AsyncExitStack() as stack:
         store = await stack.enter_async_context(await ApiStore.open(settings.state_url))
@@ -90,6 +99,28 @@ async def test_one_api_serves_the_district_and_its_overview(
         await stack.enter_async_context(api)
         await api.wait_ready(60)
         http = await stack.enter_async_context(httpx.AsyncClient(base_url=api.url, timeout=30))
+        yield District(settings, api, http, {s: c.site.site.id for s, c in district.items()})
+
+
+async def flood_the_school_and_the_hospital(d: District) -> None:
+    """The school's drain floods (critical), the hospital's sump rises (warning); the
+    school's gateways are online, one of the hospital's is offline."""
+    school, hospital = d.ids[SCHOOL], d.ids[HOSPITAL]
+    await publish_all(d.settings.mqtt, [
+        status(school, "gw-school-shiqiao-iot", True),
+        status(school, "gw-school-shiqiao-energy", True),
+        status(hospital, "gw-hospital-central-iot", True),
+        status(hospital, "gw-hospital-central-energy", False)], retain=True)
+    await publish_all(d.settings.mqtt, [water(school, "wl-school-shiqiao-gate", 45.0),
+                                        water(hospital, "wl-hospital-central-sump", 28.0)])
+
+
+@pytest.mark.parametrize("state_url", ["postgresql"], indirect=True)
+async def test_one_api_serves_the_district_and_its_overview(
+        settings: Settings, state_url: str) -> None:
+    async with district_api(settings, state_url) as d:
+        campus, school, hospital = (d.ids[s] for s in (CAMPUS, SCHOOL, HOSPITAL))
+        settings, http = d.settings, d.http
         login = await http.post("/api/auth/login", json={"username": "vera",
                                                           "password": PASSWORD})
         assert login.status_code == 200, login.text
@@ -114,15 +145,7 @@ async def test_one_api_serves_the_district_and_its_overview(
         refused = await get("/api/site", site="panyu-nowhere")
         assert refused.status_code == 422 and "does not serve" in refused.text
 
-        # The school's drain floods (critical), the hospital's sump rises (warning); the
-        # school's gateways are online, one of the hospital's is offline.
-        await publish_all(settings.mqtt, [
-            status(school, "gw-school-shiqiao-iot", True),
-            status(school, "gw-school-shiqiao-energy", True),
-            status(hospital, "gw-hospital-central-iot", True),
-            status(hospital, "gw-hospital-central-energy", False)], retain=True)
-        await publish_all(settings.mqtt, [water(school, "wl-school-shiqiao-gate", 45.0),
-                                          water(hospital, "wl-hospital-central-sump", 28.0)])
+        await flood_the_school_and_the_hospital(d)
 
         def settled(reply: httpx.Response) -> bool:
             sites = {s["id"]: s for s in reply.json()["sites"]}

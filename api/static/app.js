@@ -10,7 +10,7 @@ let SEVERITY = {}, SEVERITY_RANK = {}, ALERT_STATE = {}, BOLLARD = {}, EV_STATUS
 let COMMAND_STATUS = {}, ACTION = {}, DELIVERY = {}, ROLE = {}, AVAILABILITY = {}, QUALITY = {};
 let SEVERITY_ORDER = [], HISTORY_ACTION = {}, FAMILY = {}, VALUE = {}, DEVICE_STATE = {};
 let EVENT = {}, DEVICE_KIND = {}, HTTP_STATUS = {}, AGGREGATE = {}, PLAN_STATE = {};
-let INCIDENT_STATE = {};
+let INCIDENT_STATE = {}, CONNECTIVITY = {}, PUBLIC_BODY_KIND = {};
 // Drills (演练): each scenario's name, and the marks a drill's texts carry (【演练】 shown,
 // 演练，演练。 said).
 let DRILL = {}, DRILL_PREFIX = "", DRILL_SPEECH_PREFIX = "";
@@ -20,6 +20,8 @@ const state = {
   token: sessionStorage.getItem("token") || "",
   user: null,
   site: null,
+  sites: [], // the sites this API serves (GET /api/sites)
+  siteId: "", // the one shown, named on every request (?site=); "" for the API's first
   devices: new Map(), // id -> device view, with latest values
   alerts: new Map(), // id -> AlertMessage
   displays: new Map(),
@@ -160,11 +162,19 @@ function mayIn(role, zones) {
   return (zones || []).filter(Boolean).every((z) => mine.includes(z));
 }
 
+// Where the API serves several sites, every request names the one shown.
+function withSite(path) {
+  if (!state.siteId || !path.startsWith("/api/")) return path;
+  const url = new URL(path, location.origin);
+  if (!url.searchParams.has("site")) url.searchParams.set("site", state.siteId);
+  return url.pathname + url.search;
+}
+
 async function api(method, path, body) {
   const headers = { "Accept": "application/json" };
   if (state.token) headers["Authorization"] = `Bearer ${state.token}`;
   if (body !== undefined) headers["Content-Type"] = "application/json";
-  const reply = await fetch(path, { method, headers,
+  const reply = await fetch(withSite(path), { method, headers,
                                     body: body === undefined ? undefined : JSON.stringify(body) });
   if (reply.status === 204) return null;
   const data = await reply.json().catch(() => ({}));
@@ -218,6 +228,7 @@ async function loadLabels() {
      device_state: DEVICE_STATE, event: EVENT, device_kind: DEVICE_KIND,
      http_status: HTTP_STATUS, aggregate: AGGREGATE, plan_state: PLAN_STATE,
      incident_state: INCIDENT_STATE, drill: DRILL, drill_prefix: DRILL_PREFIX,
+     connectivity: CONNECTIVITY, public_body_kind: PUBLIC_BODY_KIND,
      drill_speech_prefix: DRILL_SPEECH_PREFIX } = table);
 }
 
@@ -228,8 +239,13 @@ async function start() {
   $("logout").hidden = false;
   $("login").hidden = true;
   $("board").hidden = false;
+  state.sites = await api("GET", "/api/sites");
+  const kept = sessionStorage.getItem("site");
+  state.siteId = state.sites.length > 1 && state.sites.some((s) => s.id === kept) ? kept : "";
+  buildSiteSwitch();
   state.site = await api("GET", "/api/site");
   $("site-name").textContent = state.site.name;
+  document.title = `${state.site.name} · 监控中心`;
   buildFilters();
   await reload();
   buildPlan();
@@ -238,7 +254,69 @@ async function start() {
   refreshIncidents();
   refreshPa();
   refreshDrills();
+  if (state.sites.length > 1) refreshDistrict();
   offerSound();
+}
+
+// --- the district: the sites this API serves ------------------------------------------
+
+function siteLabel(s) {
+  return s.kind ? `${s.name}（${PUBLIC_BODY_KIND[s.kind] || s.kind}）` : s.name;
+}
+
+function shownSite() {
+  return state.siteId || (state.sites.find((s) => s.home) || {}).id;
+}
+
+function buildSiteSwitch() {
+  const many = state.sites.length > 1;
+  $("site-switch-label").hidden = !many;
+  $("district-panel").hidden = !many;
+  if (!many) return;
+  const select = $("site-switch");
+  select.replaceChildren(...state.sites.map((s) => el("option", { value: s.id }, siteLabel(s))));
+  select.value = shownSite();
+}
+
+// Another site: the page starts again for it (its devices, alerts, stream and alarm
+// sound are that site's), in this tab, with the same login.
+function switchSite(id) {
+  if (id === shownSite()) return;
+  sessionStorage.setItem("site", id);
+  location.reload();
+}
+
+function severityCounts(s) {
+  const shown = SEVERITY_ORDER.filter((sev) => s.alerts_by_severity[sev] > 0);
+  if (!shown.length) return ["无"];
+  return shown.map((sev) => el("span", { class: `sev sev-${sev}` },
+                               `${SEVERITY[sev]} ${s.alerts_by_severity[sev]}`));
+}
+
+async function refreshDistrict() {
+  clearTimeout(refreshDistrict.timer);
+  if (!state.token) return;
+  try {
+    const view = await api("GET", "/api/district");
+    const current = shownSite();
+    $("district").tBodies[0].replaceChildren(...view.sites.map((s) => el("tr", {
+      class: s.id === current ? "current" : "", dataset: { site: s.id } },
+      el("td", {}, el("button", { type: "button", class: "link", title: "切换到此站点",
+                                  onclick: () => switchSite(s.id) }, s.name)),
+      el("td", {}, s.kind ? PUBLIC_BODY_KIND[s.kind] || s.kind : ""),
+      el("td", {}, el("span", { class: `conn conn-${s.connectivity}` },
+                      CONNECTIVITY[s.connectivity])),
+      el("td", { class: "num" }, `${s.gateways.online}/${s.gateways.total}`),
+      el("td", { class: "num" }, s.open_incident_count),
+      el("td", {}, ...severityCounts(s)),
+      el("td", { class: "num" }, s.unacknowledged),
+      el("td", {}, s.open_incidents.slice(0, 2).map((i) => i.title).join("、")))));
+    $("district-summary").textContent = `${view.sites.length} 个站点 · ` +
+      `未关闭事件 ${view.open_incidents} 起 · 告警 ${view.open_alerts} 条`;
+  } catch (error) {
+    $("district-summary").textContent = explain(error);
+  }
+  refreshDistrict.timer = setTimeout(refreshDistrict, 15000);
 }
 
 function can(role) {
@@ -304,7 +382,7 @@ async function follow() {
     try {
       const headers = { "Authorization": `Bearer ${state.token}`, "Accept": "text/event-stream" };
       if (state.lastEventId) headers["Last-Event-ID"] = state.lastEventId;
-      const reply = await fetch("/api/stream", { headers, signal: abort.signal });
+      const reply = await fetch(withSite("/api/stream"), { headers, signal: abort.signal });
       if (reply.status === 401) { logout("登录已失效，请重新登录"); return; }
       if (!reply.ok) throw new Error(`HTTP ${reply.status}`);
       setLive("ok");
@@ -1659,7 +1737,7 @@ async function playPa(zone) {
   if (playPa.audio) { playPa.audio.pause(); URL.revokeObjectURL(playPa.audio.src); }
   markPlay(zone.zone, { broadcast, state: "loading", fetched: "" });
   try {
-    const reply = await fetch(zone.audio.url, {
+    const reply = await fetch(withSite(zone.audio.url), {
       headers: { "Authorization": `Bearer ${state.token}` }, cache: "no-store" });
     if (!reply.ok) {
       const data = await reply.json().catch(() => ({}));
@@ -1809,6 +1887,7 @@ document.addEventListener("DOMContentLoaded", () => {
   wireCommandButtons();
   $("drill-start").addEventListener("click", startDrill);
   $("drill-scenario").addEventListener("change", fillDrillPlaces);
+  $("site-switch").addEventListener("change", (event) => switchSite(event.target.value));
   tick();
   setInterval(tick, 1000);
   if (state.token) start().catch(() => logout(""));
