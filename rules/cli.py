@@ -36,6 +36,18 @@ def register(sub: Any, run: Callable[..., Awaitable[int]]) -> None:
     r.add_argument("--metrics", metavar="HOST:PORT", default="",
                    help="serve Prometheus metrics (/metrics, /healthz) here, e.g. 127.0.0.1:9108")
     r.set_defaults(func=run)
+    r = rs.add_parser(
+        "workers", help="a worker serving many sites under leases (PostgreSQL state store)",
+        description="Serve sites under leases held in the PostgreSQL state store: start one "
+                    "on each machine (or several on one); they share the sites (ceil(sites / "
+                    "live workers) each) and take over a stopped or dead worker's sites within "
+                    "ttl + ttl/3 plus a start. The sites are those this process serves "
+                    "(facility --sites a,b rules workers; default: every site). Prints a line "
+                    "for each site acquired, served, lost and released.")
+    r.add_argument("--ttl", type=float, default=6.0,
+                   help="s a lease lasts unless renewed (renewed every ttl/3; default 6)")
+    r.add_argument("--owner", default="", help="this worker's id (default: host-pid-random)")
+    r.set_defaults(func=cmd_workers)
     r = rs.add_parser("check", help="validate rule files and endpoints; list the rules")
     r.set_defaults(func=cmd_check)
     r = rs.add_parser("alerts", help="list alerts from the state store (open ones by default)")
@@ -75,6 +87,39 @@ def register(sub: Any, run: Callable[..., Awaitable[int]]) -> None:
 
 def _site_id(settings: Settings, catalog: Catalog) -> str:
     return settings.rules.site or catalog.site.site.id
+
+
+async def cmd_workers(args: argparse.Namespace, settings: Settings, catalog: Catalog) -> int:
+    """`facility rules workers`: until SIGTERM or Ctrl-C, then a clean stop (each site's
+    last state stored and its lease released, so another worker takes it at once)."""
+    import asyncio
+    import signal
+
+    from rules.workers import RulesWorkers
+
+    # The sites this process serves (app.cli put them in args: the sites folder, or the
+    # one site file), each with its own catalog.
+    district: dict[str, Catalog] = getattr(args, "district", None) or \
+        {catalog.site.site.id: catalog}
+    if args.ttl <= 0:
+        raise ConfigError("--ttl: must be > 0")
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    workers = RulesWorkers(settings, catalog, list(district), owner=args.owner or None,
+                           ttl=args.ttl, catalog_for=district.__getitem__,
+                           on_event=lambda text: print(text, flush=True))
+    async with workers:
+        print(f"rules worker {workers.owner}: {len(workers.sites)} sites, lease ttl "
+              f"{workers.ttl:g}s", flush=True)
+        done = asyncio.ensure_future(stop.wait())
+        await asyncio.wait([done, workers.task], return_when=asyncio.FIRST_COMPLETED)
+        done.cancel()
+        if workers.failed is not None:
+            raise workers.failed
+    print(f"rules worker {workers.owner}: stopped", flush=True)
+    return 0
 
 
 async def cmd_check(args: argparse.Namespace, settings: Settings, catalog: Catalog) -> int:

@@ -14,17 +14,24 @@ after the state store has what it caused:
 Each step is stored in one transaction, then published. A ticker on the injected clock
 drives timers, escalation, shelve expiry and re-sends; a watcher reloads changed rule files.
 Messages that do not fit are counted and dead-lettered or ignored (rules/intake.py).
+
+Under a lease (rules/lease.py, a worker of `facility rules workers`), every write is
+fenced by the lease's epoch, and each connection to the broker first confirms the lease:
+a write refused (LeaseLost) stops the service at once, without a last write, and a
+worker that lost the site never reconnects under the site's client ids.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -41,7 +48,7 @@ from facility.deadletters import DeadLetters, Letter
 from facility.endpoints import EndpointConfig
 from facility.metrics import Metrics
 from facility.mqtt import Connection, run_connected, until_lost
-from facility.mqttlink import connector
+from facility.mqttlink import MqttLink, connector
 from facility.ops import OPS_FAMILY
 from facility.outbox import Outbox
 from facility.service import Service
@@ -53,6 +60,7 @@ from rules.clock import NS, Clock, SystemClock
 from rules.config import RuleSet, load_rules, rule_files
 from rules.engine import Effects, Engine
 from rules.intake import Intake, Refusal
+from rules.lease import LeaseLost, SiteLease
 from rules.notify import WebhookNotifier, deliver
 from rules.store import AlertStore
 
@@ -83,10 +91,15 @@ def load_all(settings: Settings, catalog: Catalog, rules_dir: Path | None = None
 class RulesService(Service):
     def __init__(self, settings: Settings, catalog: Catalog, *, clock: Clock | None = None,
                  rules_dir: Path | None = None,
-                 state_url: str | None = None, client_id: str | None = None) -> None:
+                 state_url: str | None = None, client_id: str | None = None,
+                 site: str | None = None, lease: SiteLease | None = None) -> None:
+        """`site`: the site to serve (default: settings.rules.site, else the site file's).
+        `lease`: the worker's lease of the site (fenced writes, confirmed connections)."""
         super().__init__()
         self.settings = settings
-        site_id = settings.rules.site or catalog.site.site.id
+        self.lease = lease
+        self.fenced = False  # a write was refused: this worker no longer owns the site
+        site_id = site or settings.rules.site or catalog.site.site.id
         self.catalog = catalog.for_site(site_id)
         self.site = self.catalog.site
         self.site_id = site_id
@@ -112,6 +125,8 @@ class RulesService(Service):
         self._last_beat = 0
         self._answers: list[tuple[str, bytes]] = []  # operator results, sent after the commit
         self.received = 0
+        self.commits = 0  # steps stored
+        self.sent = 0  # messages handed to a live broker connection (besides the outbox)
         self.taken = 0
         self.taken_topics: Counter[str] = Counter()  # per topic, after the commit
         self.committed_ticks = 0
@@ -141,6 +156,8 @@ class RulesService(Service):
 
     async def open(self) -> None:
         self.store = await AlertStore.open(self.state_url)
+        if self.lease is not None:
+            self.store.fence = self.lease.fence
         now = self.clock.now_ns()
         rs = self.settings.rules
         self.engine = Engine(self.topology, self.rules, self.endpoints, now=now,
@@ -160,13 +177,16 @@ class RulesService(Service):
         for task in list(self._webhooks):
             task.cancel()
         await asyncio.gather(*self._webhooks, return_exceptions=True)
-        if self.engine is not None and self.store is not None and self.outbox is not None:
+        if self.fenced and self.outbox is not None:
+            self.outbox.memory.clear()  # not ours to send: the new owner has the state
+        if self.engine is not None and self.store is not None and self.outbox is not None \
+                and not self.fenced:
             # The last heartbeat: last-seen times (and windows) as of now, so a restart
             # goes on from here. Alert messages go to the outbox's spool, sends wait for
             # their retry after the restart.
             try:
                 await self._commit(self.engine.take(), self.clock.now_ns(), beat=True)
-            except sa.exc.SQLAlchemyError as exc:
+            except (sa.exc.SQLAlchemyError, LeaseLost) as exc:
                 log.warning("%s: last heartbeat not stored: %s", self.name, exc)
         if self.outbox is not None:
             self.outbox.close()
@@ -181,21 +201,40 @@ class RulesService(Service):
     async def run(self) -> None:
         mqtt = self.settings.mqtt
         async with asyncio.TaskGroup() as tg:
-            tg.create_task(run_connected(mqtt, connector(mqtt, self.client_id,
-                                                         session_expiry=24 * 3600,
-                                                         receive_maximum=PRIORITY_INFLIGHT),
+            tg.create_task(run_connected(mqtt, self._guarded(connector(
+                                             mqtt, self.client_id, session_expiry=24 * 3600,
+                                             receive_maximum=PRIORITY_INFLIGHT)),
                                          self._priority_session, name=f"{self.name} alerts",
                                          on_disconnect=self._priority_lost),
                            name=f"{self.name} alerts link")
-            tg.create_task(run_connected(mqtt, connector(mqtt, self.bulk_client_id,
-                                                         session_expiry=24 * 3600,
-                                                         receive_maximum=BULK_INFLIGHT),
+            tg.create_task(run_connected(mqtt, self._guarded(connector(
+                                             mqtt, self.bulk_client_id, session_expiry=24 * 3600,
+                                             receive_maximum=BULK_INFLIGHT)),
                                          self._bulk_session, name=f"{self.name} telemetry",
                                          on_disconnect=self._bulk_lost),
                            name=f"{self.name} telemetry link")
             tg.create_task(self._ticker(), name=f"{self.name} ticker")
             tg.create_task(self._checkpoints(), name=f"{self.name} checkpoints")
             tg.create_task(self._watch_files(), name=f"{self.name} reload")
+
+    def _guarded(self, connect: Callable[[], AbstractAsyncContextManager[MqttLink]]
+                 ) -> Callable[[], AbstractAsyncContextManager[MqttLink]]:
+        """Under a lease, each connection first confirms (and renews) it: the client ids
+        are the site's, so a worker that lost the site and connected anyway would take
+        the connection from the new owner. LeaseLost ends run()."""
+        lease = self.lease
+        if lease is None:
+            return connect
+
+        @contextlib.asynccontextmanager
+        async def guarded() -> AsyncIterator[MqttLink]:
+            if self.fenced:
+                raise LeaseLost(f"{self.name}: a write was refused")
+            await lease.confirm()
+            async with connect() as link:
+                yield link
+
+        return guarded
 
     def _link_up(self, link: str) -> None:
         self._links.add(link)
@@ -222,7 +261,8 @@ class RulesService(Service):
                 topics.subscription(Kind.COMMAND, s),
                 topics.subscription(Kind.COMMAND_RESULT, s),
                 topics.subscription(Kind.DISPLAY_ACK, s),
-                topics.subscription(Kind.DRILL, s)]
+                topics.subscription(Kind.DRILL, s),
+                topics.subscription(Kind.LINK, s)]  # the site's bridge (site_link rules)
 
     def bulk_filters(self) -> list[str]:
         return [topics.subscription(Kind.TELEMETRY, self.site_id)]
@@ -465,15 +505,23 @@ class RulesService(Service):
         assert self.outbox is not None
         engine = self.engine
         pending = engine.pending_payloads() if effects.deliveries or effects.acks else None
-        if beat:
-            self._count_inputs()
-            await self.store.apply(self.site_id, effects, now, pending,
-                                   last_seen=engine.evaluator.last_seen(),
-                                   series=engine.evaluator.series_slice(SERIES_PER_BEAT),
-                                   started=engine.evaluator.started_at)
-            self._last_beat = now
-        else:
-            await self.store.apply(self.site_id, effects, now, pending)
+        try:
+            if beat:
+                self._count_inputs()
+                await self.store.apply(self.site_id, effects, now, pending,
+                                       last_seen=engine.evaluator.last_seen(),
+                                       series=engine.evaluator.series_slice(SERIES_PER_BEAT),
+                                       started=engine.evaluator.started_at)
+                self._last_beat = now
+            else:
+                await self.store.apply(self.site_id, effects, now, pending)
+        except LeaseLost:
+            # Another worker owns the site now: publish nothing of this step, drop the
+            # broker connections (they are the site's) and stop.
+            self.fenced = True
+            self._drop_links()
+            raise
+        self.commits += 1
         for alert, action, by, comment in effects.alerts:
             self._m_alerts.labels(action).inc()
             message = alert.message(action, now, by, comment)
@@ -500,8 +548,15 @@ class RulesService(Service):
         """Publish without waiting for the broker's acknowledgement: a display message or
         broadcast not confirmed by its endpoint is re-sent by the router (same id), an
         operator result by the operator's retry, a dead letter is not worth a wait."""
-        if client is not None:
-            client.send(topic, payload, retain=retain)
+        if client is not None and not self.fenced and client.send(topic, payload,
+                                                                   retain=retain):
+            self.sent += 1
+
+    def _drop_links(self) -> None:
+        for link in (self._client, self._bulk):
+            if isinstance(link, MqttLink):
+                link.close()
+        self._client = self._bulk = None
 
     def _escalate(self, message: m.AlertMessage, team_id: str) -> None:
         team = self.rules.teams.get(team_id)

@@ -40,6 +40,7 @@ from facility.sqlite import set_pragmas
 from rules.alerts import Alert, Incident, Point
 from rules.engine import Effects, Snapshot
 from rules.evaluate import Instance
+from rules.lease import Fence
 from rules.route import EndpointState
 
 log = logging.getLogger(__name__)
@@ -205,8 +206,11 @@ class Step:
     series: dict[str, dict[str, Any]] | None
     started: int
     statements: Statements
+    fence: Fence | None = None
 
     def write(self, conn: sa.Connection) -> None:
+        if self.fence is not None:  # first: raises LeaseLost and rolls back if not ours
+            self.fence.check(conn)
         site, effects, now = self.site, self.effects, self.now
         pending, last_seen, series, started = \
             self.pending, self.last_seen, self.series, self.started
@@ -291,6 +295,9 @@ class AlertStore:
         self.db = engine
         self.writer = writer
         self.statements: Statements = {}
+        # Set by a leased worker (rules/lease.py): every write of the engine checks in its
+        # own transaction that the site's lease is still this worker's, at its epoch.
+        self.fence: Fence | None = None
 
     @classmethod
     async def open(cls, url: str) -> AlertStore:
@@ -361,7 +368,8 @@ class AlertStore:
         """Store one step of the engine in one transaction (before anything is published).
         `last_seen`, `series` (a slice of the window samples) and `started` come with the
         heartbeat, every few seconds, not with every step."""
-        step = Step(site, effects, now, pending, last_seen, series, started, self.statements)
+        step = Step(site, effects, now, pending, last_seen, series, started, self.statements,
+                    self.fence)
         if self.writer is not None:
             try:
                 with self.writer.begin() as conn:
@@ -375,6 +383,8 @@ class AlertStore:
     async def delete_instances(self, site: str, rules: set[str]) -> None:
         if rules:
             async with self.db.begin() as conn:
+                if self.fence is not None:
+                    await conn.run_sync(self.fence.check)
                 await conn.execute(instances_t.delete().where(
                     instances_t.c.site == site, instances_t.c.rule.in_(sorted(rules))))
 
