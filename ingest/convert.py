@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import time
 import zlib
+from typing import Protocol
 
 import msgspec
 
@@ -22,7 +23,6 @@ from facility import messages as m
 from facility import topics
 from facility.errors import Refused
 from facility.topics import Kind
-from ingest.sequence import SequenceTracker
 
 STATUS_MEASUREMENT = "device_status"
 EVENT_MEASUREMENT = "device_event"
@@ -36,12 +36,19 @@ class Rejected(Refused):
     """The message cannot be stored; the text is the reason for the dead letter."""
 
 
+class Sequences(Protocol):
+    """Where the gateway sequence numbers of converted messages go: a SequenceTracker
+    (ingest/sequence.py, one copy) or a worker's Marks (ingest/ledger.py, N copies)."""
+
+    def seen(self, gateway: str, seq: int, now: float) -> None: ...
+
+
 class Converter:
     """Turns messages into lines; remembers each topic's escaped series key, because a
     device's tags rarely change and escaping them was most of the cost per message."""
 
     def __init__(self, max_topics: int = 200_000,
-                 sequences: SequenceTracker | None = None) -> None:
+                 sequences: Sequences | None = None) -> None:
         self.max_topics = max_topics
         self.sequences = sequences
         self._topics: dict[str, topics.ParsedTopic] = {}

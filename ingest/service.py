@@ -5,16 +5,17 @@ Messages arrive over facility.mqttlink (a lean MQTT v5 connection: most of inges
 went into paho's per-packet work). The session is persistent (QoS 1, clean start off, a
 session expiry), so messages that arrive while ingest is down or restarting wait at the
 broker. The broker sends at most `receive_maximum` unacknowledged messages, which bounds
-memory while InfluxDB is away.
+memory while InfluxDB is away. Each site's points go to its InfluxDB server
+(facility/influxroutes.py), one write per server and batch.
 
-Storing is stateless, so N copies can share the load through an MQTT v5 shared
+Storing is stateless, so N copies (workers) share the load through an MQTT v5 shared
 subscription (`ingest.shared_group`: every filter becomes `$share/<group>/...` and the
-broker gives each message to one copy). Loss counting is not: each copy tracks every
-gateway's sequence numbers by itself (ingest.sequence), so on a shared subscription it
-sees the numbers that went to the other copies as gaps and, after the grace, counts them
-as lost. With N copies `sequence_lost_total` is only right for a single copy; loss
-detection shared between copies is still to be designed (the district issue). A copy that
-starts on a shared subscription says so in its log.
+broker gives each message to one copy). Loss counting then cannot be per copy (each would
+take the others' numbers for lost): with a PostgreSQL state store, every worker records
+the sequence numbers it stored in a shared ledger before it acknowledges them, and one
+worker at a time checks the union (ingest/ledger.py). Without PostgreSQL, a copy on a
+shared subscription keeps the one-copy tracker (ingest/sequence.py) and says in its log
+that its loss count is wrong. docs/ingest.md has the design and what was measured.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from functools import partial
+from typing import TYPE_CHECKING
 
 from facility import topics
 from facility.backoff import Backoff
@@ -40,9 +42,13 @@ from facility.service import Service
 from facility.settings import Settings
 from facility.topics import Kind
 from ingest.convert import Converter
+from ingest.gaps import LedgerUnavailable, Marks
 from ingest.sequence import SequenceTracker
 from ingest.spool import Spool
 from ingest.writer import BatchWriter, Unavailable
+
+if TYPE_CHECKING:
+    from ingest.ledger import SequenceLedger
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +81,14 @@ class Ingest(Service):
         self.sinks: dict[str, Sink] = {}
         self._sink_of: dict[str, Sink] = {}  # site -> its server's sink
         self.sequences = SequenceTracker(grace=self.options.loss_grace)
-        self.converter = Converter(sequences=self.sequences)
+        # N workers on a shared subscription count loss together in PostgreSQL.
+        self.shared_loss = bool(self.options.shared_group) and \
+            settings.state_url.startswith(("postgresql:", "postgres:"))
+        self.marks = Marks()  # this batch's numbers, for the ledger
+        self._unrecorded = Marks()  # numbers the ledger did not take yet (PostgreSQL away)
+        self.ledger: SequenceLedger | None = None  # with shared_loss, once open
+        self.converter = Converter(
+            sequences=self.marks if self.shared_loss else self.sequences)
         self.spool: Spool | None = None
         self.replayer: BatchWriter | None = None  # the default server's, as before routes
         self.writer: BatchWriter | None = None
@@ -125,11 +138,25 @@ class Ingest(Service):
         default = self.sinks[DEFAULT]
         self.influx, self.writer, self.replayer, self.spool = \
             default.influx, default.writer, default.replayer, default.spool
-        if self.options.shared_group:
-            log.warning("ingest: shared subscription (group %s): sequence_lost_total also "
-                        "counts the messages the other copies took", self.options.shared_group)
+        if self.shared_loss:
+            from ingest.ledger import SequenceLedger  # SQLAlchemy only where it is used
+
+            self.ledger = SequenceLedger(self.settings.state_url, self.client_id,
+                                         grace=self.options.loss_grace)
+            try:
+                await self.ledger.__aenter__()
+            except BaseException:
+                await self.close()
+                raise
+        elif self.options.shared_group:
+            log.warning("ingest: shared subscription (group %s) without a PostgreSQL state "
+                        "store: sequence_lost_total also counts the messages the other copies "
+                        "took", self.options.shared_group)
 
     async def close(self) -> None:
+        if self.ledger is not None:
+            ledger, self.ledger = self.ledger, None
+            await ledger.__aexit__(None, None, None)
         sinks, self.sinks = self.sinks, {}
         self._sink_of.clear()
         self.influx = self.writer = self.replayer = self.spool = None
@@ -239,11 +266,46 @@ class Ingest(Service):
         loop = asyncio.get_running_loop()
         while True:
             await asyncio.sleep(min(10.0, self.options.loss_grace / 2))
+            if self.ledger is not None:
+                await self._check_ledger(self.ledger)
+                continue
             before = dict(self.sequences.lost)
             self.sequences.check(loop.time())
             for gateway, lost in self.sequences.lost.items():
                 if lost > before.get(gateway, 0):
                     self._m_lost.labels(gateway).inc(lost - before.get(gateway, 0))
+
+    async def _check_ledger(self, ledger: SequenceLedger) -> None:
+        """A round of the shared loss check, if this worker is the checker; a store that
+        does not answer delays the check, never the messages."""
+        try:
+            verdicts = await asyncio.wait_for(ledger.check(time.monotonic()), 30)
+        except (TimeoutError, LedgerUnavailable) as exc:
+            log.warning("ingest: the loss check failed this round: %s", exc)
+            return
+        for gateway, verdict in verdicts.items():
+            if verdict.lost:
+                self._m_lost.labels(gateway).inc(verdict.lost_count)
+                self.sequences.lost[gateway] += verdict.lost_count
+            self.sequences.late[gateway] += verdict.late
+            self.sequences.restarts[gateway] += verdict.restart
+
+    async def _record(self, marks: Marks) -> None:
+        """The batch's sequence numbers into the shared ledger, before its acknowledgement.
+        PostgreSQL away: they wait in memory and go with the next batch (the messages are
+        stored; only their loss check waits)."""
+        assert self.ledger is not None
+        self._unrecorded.merge(marks)
+        if not self._unrecorded.windows:
+            return
+        pending = self._unrecorded.take()
+        try:
+            await asyncio.wait_for(self.ledger.record(pending), 10)
+        except (TimeoutError, LedgerUnavailable) as exc:
+            if not self._unrecorded.windows:
+                log.warning("ingest: the sequence ledger did not take %d windows: %s",
+                            len(pending), exc)
+            self._unrecorded.merge(pending)
 
     async def _collect(self, link: Connection) -> list[Message]:
         """Up to batch_size messages, or what came within batch_interval of the first."""
@@ -284,6 +346,8 @@ class Ingest(Service):
             else:
                 assert isinstance(out, Letter)
                 letters.append(out)
+        # The conversion above did not yield, so these are this batch's numbers.
+        marks = self.marks.take() if self.ledger is not None else None
         self.received += len(batch)
         if len(groups) == 1:
             for sink, lines, origin in groups.values():
@@ -294,6 +358,8 @@ class Ingest(Service):
         if letters:
             # The originals are acknowledged only after their dead letters are at the broker.
             await asyncio.gather(*(self._send_letter(link, letter) for letter in letters))
+        if marks is not None:
+            await self._record(marks)
 
     async def _store_on(self, sink: Sink, lines: list[bytes], origin: list[int],
                         batch: list[Message], letters: list[Letter]) -> None:
