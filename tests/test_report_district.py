@@ -277,6 +277,19 @@ async def test_district_report_ranks_complete_sites_and_flags_the_rest(
     values = {r[0]: r[2] for r in book["sites"].iter_rows(min_row=3, values_only=True) if r[0]}
     assert values["乙机关"] == pytest.approx(sums["office-b"]["total"], abs=1e-3)
 
+    # The same week while it runs (Wednesday 10:07): counted up to 10:00, the time to come
+    # is no gap, so the complete sites stay complete; last year over the same 52 hours.
+    cut = datetime(2026, 10, 7, 10, 7, tzinfo=TZ)
+    running = await build(lambda _site: influx, settings, SITES, WEEK,
+                          load_calendar(settings.reports), steps.append, at=cut)
+    hours = 2 * 24 + 10
+    got = row(table(running, "sites"), "甲机关")
+    assert got["用电量"] == pytest.approx(50.0 * hours, abs=1e-3)
+    assert got["数据"] == "完整" and got["覆盖率"] == pytest.approx(1.0)
+    assert got["同比"] == pytest.approx(0.25, abs=1e-9)
+    assert "本期尚未结束" in running.subtitle
+    assert [r[0] for r in table(running, "incomplete").rows] == []  # 8 October is to come
+
 
 def test_public_body_facts_of_the_campus_and_their_checks() -> None:
     campus = load_site(REPO / "config" / "site.yaml")
