@@ -278,7 +278,7 @@ async def test_district_report_ranks_complete_sites_and_flags_the_rest(
     assert values["乙机关"] == pytest.approx(sums["office-b"]["total"], abs=1e-3)
 
     # The same week while it runs (Wednesday 10:07): counted up to 10:00, the time to come
-    # is no gap, so the complete sites stay complete; last year over the same 52 hours.
+    # is no gap, so the complete sites stay complete; last year over the same 58 hours.
     cut = datetime(2026, 10, 7, 10, 7, tzinfo=TZ)
     running = await build(lambda _site: influx, settings, SITES, WEEK,
                           load_calendar(settings.reports), steps.append, at=cut)
