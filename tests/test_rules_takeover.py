@@ -1,7 +1,8 @@
 """Rules workers that take over: site leases in PostgreSQL, fenced writes, and workers
 (`facility rules workers`) killed or paused in the middle of an incident.
 
-The lease tests run against the machine's PostgreSQL in-process. The takeover tests start
+The lease tests, and two workers sharing three sites, run in-process against the machine's
+PostgreSQL and Mosquitto. The takeover tests start
 two workers as real processes on a real Mosquitto and PostgreSQL, with a lease ttl of 2 s,
 the screens and PA zones (simulators/display_player.py) in this process; one worker is
 killed (SIGKILL) or paused (SIGSTOP) while it owns the site during a fire."""
@@ -25,6 +26,7 @@ import yaml
 
 from facility import messages as m
 from facility import topics
+from facility.catalog import Catalog
 from facility.localservers import MosquittoServer
 from facility.messages import AlertAction, AlertState, Family
 from facility.mqttlink import MqttLink
@@ -35,6 +37,7 @@ from rules.lease import LeaseLost, Leases, SiteLease, epochs_t, leases_t, lost
 from rules.ops import AlertOpsClient
 from rules.service import RulesService
 from rules.store import AlertStore, meta_t
+from rules.workers import RulesWorkers
 from simulators.display_player import DisplayPlayer
 from tests.conftest import REPO, SITE_FILE, catalog, make_settings
 from tests.helpers import Collector, eventually, publish_all
@@ -185,6 +188,46 @@ async def _done(service: RulesService) -> bool:
 async def _heartbeat_of(state_url: str, site: str) -> int | None:
     async with await AlertStore.open(state_url) as store:
         return await _heartbeat(store, site)
+
+
+@POSTGRES
+async def test_workers_share_the_sites_and_hand_them_over_on_a_clean_stop(
+        tmp_path: Path, mosquitto_server: MosquittoServer, state_url: str) -> None:
+    """Three sites: one worker takes all three; a second joins and gets its share
+    (ceil(3 / 2) = 2 for the first, so it gives one up); the first stops cleanly and the
+    second has all three at once (released, no expiry to wait for)."""
+    from facility.site import load_site, site_for
+
+    settings = make_settings(tmp_path, mosquitto_server.url, "http://127.0.0.1:9", "unused")
+    campus = load_site(SITE_FILE)
+    sites = [f"t-{uuid.uuid4().hex[:10]}" for _ in range(3)]
+
+    def catalog_for(site: str) -> Catalog:
+        return catalog(site_for(campus, site))
+
+    def workers(owner: str) -> RulesWorkers:
+        return RulesWorkers(settings, catalog_for(sites[0]), sites, owner=owner, ttl=1.0,
+                            state_url=state_url, catalog_for=catalog_for)
+
+    async def serving(*expected: tuple[RulesWorkers, int]) -> bool:
+        return all(len(w.held) == n and all(h.service.ready.is_set() for h in w.held.values())
+                   for w, n in expected)
+
+    first = workers("w1")
+    async with first:
+        await eventually(lambda: serving((first, 3)), bool, 30, "w1 serving all three")
+        second = workers("w2")
+        async with second:
+            await eventually(lambda: serving((first, 2), (second, 1)), bool, 30,
+                             "the sites shared 2 + 1")
+            assert set(first.held) | set(second.held) == set(sites)
+            stopped = time.monotonic()
+            await first.__aexit__(None, None, None)  # a clean stop (the second is a no-op)
+            await eventually(lambda: serving((second, 3)), bool, 30, "w2 serving all three")
+            handover = time.monotonic() - stopped
+            print(f"\nhand-over of 2 sites after a clean stop: {handover:.2f} s (ttl 1 s)")
+            assert not first.held and handover < BOUND
+            assert not any(h.service.failed for h in second.held.values())
 
 
 # --- workers as processes: kill -9 and SIGSTOP during a fire ---------------------------------
