@@ -67,7 +67,7 @@ def stacked_bars(title: str, categories: Sequence[str], series: Mapping[str, Seq
 
 
 def horizontal_bars(title: str, labels: Sequence[str], values: Sequence[float],
-                    xlabel: str) -> bytes:
+                    xlabel: str, digits: int = 0) -> bytes:
     font = cjk_font()
     fig = _figure(height=max(2.2, 0.42 * len(labels) + 1.0))
     ax = fig.add_subplot()
@@ -76,7 +76,7 @@ def horizontal_bars(title: str, labels: Sequence[str], values: Sequence[float],
     ax.set_yticks(positions)
     ax.set_yticklabels(labels, fontfamily=font)
     for y, value in zip(positions, values, strict=True):
-        ax.annotate(f"{value:,.0f}", (value, y), xytext=(3, 0), textcoords="offset points",
+        ax.annotate(f"{value:,.{digits}f}", (value, y), xytext=(3, 0), textcoords="offset points",
                     va="center", fontsize=8)
     ax.set_xlabel(xlabel, fontfamily=font)
     ax.set_title(title, fontfamily=font)

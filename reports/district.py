@@ -29,11 +29,11 @@ from facility.messages import Family
 from facility.schema import BUCKET_NS, ENERGY, sync_rollups
 from facility.settings import Settings
 from facility.site import PlaceKind, PublicBodyKind, SiteConfig
-from reports import periods
+from reports import charts, periods
 from reports.calendar import WorkCalendar
 from reports.counters import MeterEnergy
 from reports.energy import KGCE_PER_KWH, NIGHT, OFFICE, REST, change, classify, split, total
-from reports.model import Column, Figure, Report, Section, Table
+from reports.model import Chart, Column, Figure, Report, Section, Table
 from reports.periods import Period, same_length, until_now
 from reports.rollups import energies, read_buckets
 
@@ -42,6 +42,7 @@ Step = Callable[[str], None]
 # One client for all sites today; a routing table by site plugs in here.
 InfluxFor = Callable[[str], InfluxClient]
 READS_AT_ONCE = 8  # sites read side by side (each reads weekly slices in parallel)
+CHART_PER_KIND = 15  # bars per kind of public body in the ranking chart
 
 F_ENERGY = ("站点电量 E = Σ 构成站点的电能表电量（各建筑总表；无总表的建筑取其分项表），"
             "每表电量 = Σ 各15分钟区间累计读数增量（清零、换表、缺口规则同园区能耗报告）")
@@ -405,7 +406,28 @@ def _ranking(rows: list[Row]) -> Section:
                                r.per_area, str(r.rank_person) if r.rank_person else not_ranked,
                                r.per_person, r.off_share, r.yoy, _status(r)])
         section.tables.append(table)
+    section.charts.append(_intensity_chart(rows))
     return section
+
+
+def _intensity_chart(rows: list[Row]) -> Chart:
+    """kgce/m² of the ranked sites, kind by kind, in rank order (at most CHART_PER_KIND
+    of each kind, so a district of hundreds of sites still fits a page; the table has all)."""
+    ranked = sorted((r for r in rows if r.rank_area is not None),
+                    key=lambda r: (list(PublicBodyKind).index(r.facts.kind), r.rank_area or 0))
+    shown = [r for r in ranked if (r.rank_area or 0) <= CHART_PER_KIND]
+    names = [f"{_kind(r)}·{r.rank_area} {r.name}" for r in shown]
+    values = [r.per_area or 0.0 for r in shown]
+    caption = "数据完整站点的单位建筑面积能耗，按机构类型分组、组内按排名排列；" + F_AREA
+    if len(shown) < len(ranked):
+        caption += f"；每类只画前 {CHART_PER_KIND} 名，全部见排名表"
+    data = Table("chart_intensity", "图：单位建筑面积能耗（按类型排名）",
+                 [Column("站点", kind="text"), Column("机构类型", kind="text"),
+                  Column("排名", digits=0), Column("单位面积能耗", "kgce/m²", 4)],
+                 rows=[[r.name, _kind(r), r.rank_area, r.per_area] for r in ranked],
+                 formulas=[F_RANK, F_AREA])
+    png = charts.horizontal_bars("单位建筑面积能耗（kgce/m²）", names, values, "kgce/m²", 4)
+    return Chart("单位建筑面积能耗排名", png, caption, data)
 
 
 def _kinds(rows: list[Row]) -> Section:

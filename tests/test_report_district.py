@@ -241,6 +241,9 @@ async def test_district_report_ranks_complete_sites_and_flags_the_rest(
     assert row(offices, by_person[0], 1)["人均排名"] == "1"
     assert row(offices, by_person[1], 1)["人均排名"] == "2"
     assert row(table(report, "rank_school"), "丁中学", 1)["单位面积排名"] == "1"
+    chart = next(t for t in report.chart_data() if t.key == "chart_intensity")
+    assert [(r[0], r[2]) for r in chart.rows] == [(by_area[0], 1), (by_area[1], 2),
+                                                  ("丁中学", 1)]
 
     # Per kind (complete sites): Σ kgce ÷ Σ m².
     kinds = table(report, "kinds")
@@ -276,6 +279,7 @@ async def test_district_report_ranks_complete_sites_and_flags_the_rest(
     book = load_workbook(paths["xlsx"])
     values = {r[0]: r[2] for r in book["sites"].iter_rows(min_row=3, values_only=True) if r[0]}
     assert values["乙机关"] == pytest.approx(sums["office-b"]["total"], abs=1e-3)
+    assert "chart_intensity" in book.sheetnames
 
     # The same week while it runs (Wednesday 10:07): counted up to 10:00, the time to come
     # is no gap, so the complete sites stay complete; last year over the same 58 hours.
