@@ -197,14 +197,13 @@ def site_settings(settings: Settings, site_id: str) -> Settings:
 
 def _described(app: FastAPI, site: SiteConfig, site_ids: list[str]) -> dict[str, Any]:
     """FastAPI's OpenAPI description, plus what it cannot know: 400 for a request body
-    that is not JSON at all (FastAPI answers it by itself), and the site's own zone,
-    place and family ids, and the ids of the sites served, as the values of those query
-    parameters (known_query checks)."""
+    that is not JSON at all (FastAPI answers it by itself), the site's own zone, place
+    and family ids as the values of those query parameters (known_query checks), and
+    where it serves several sites, the `site` parameter with their ids."""
     if app.openapi_schema is None:
         spec = get_openapi(title=app.title, version=app.version, description=app.description,
                            routes=app.routes)
         names = {kind: site_names(site, kind) for kind in SITE_NAMES}
-        names["site"] = site_ids
         for operations in spec["paths"].values():
             for operation in operations.values():
                 if "requestBody" in operation:
@@ -215,18 +214,31 @@ def _described(app: FastAPI, site: SiteConfig, site_ids: list[str]) -> dict[str,
                 for parameter in operation.get("parameters", []):
                     if parameter["in"] == "query" and parameter["name"] in names:
                         _enumerate(parameter["schema"], names[parameter["name"]])
+                _site_parameter(operation, site_ids)
         app.openapi_schema = spec
     return app.openapi_schema
 
 
+def _site_parameter(operation: dict[str, Any], site_ids: list[str]) -> None:
+    """The `site` query parameter takes the ids of the sites served; an API of one site
+    leaves it out (it answers for that site only, as before there were several)."""
+    parameters = operation.get("parameters", [])
+    for parameter in parameters:
+        if parameter["in"] == "query" and parameter["name"] == "site":
+            if len(site_ids) > 1:
+                parameter["schema"] = {"type": "string", "enum": site_ids}
+            else:
+                parameters.remove(parameter)
+            break
+    if "parameters" in operation and not parameters:
+        del operation["parameters"]
+
+
 def _enumerate(schema: dict[str, Any], values: list[str]) -> None:
-    """Put an enum on a (possibly nullable) string parameter, or on the string items of
-    an array one."""
+    """Put an enum on the string items of a (possibly nullable) array parameter."""
     for option in schema.get("anyOf", [schema]):
         if option.get("type") == "array":
             option["items"] = {"type": "string", "enum": values}
-        elif option.get("type") == "string":
-            option["enum"] = values
 
 
 class Observe:

@@ -25,6 +25,8 @@ MIN_TIME = datetime(2000, 1, 1, tzinfo=UTC)
 MAX_TIME = datetime(2200, 1, 1, tzinfo=UTC)
 
 
+# In the description only where the API serves several sites, with their ids; an API of
+# one site describes no `site`, as before there were sites (api/app.py _described).
 SiteQuery = Annotated[str | None, Query(
     description="the site, where the API serves several (GET /api/sites); default: the "
                 "first of them")]

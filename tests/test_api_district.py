@@ -15,13 +15,14 @@ from typing import Any
 import httpx
 import pytest
 
+from api.app import create_app
 from api.district import connectivity
 from api.models import GatewayCount
 from api.service import ApiService
 from api.store import ApiStore
 from facility import messages as m
 from facility import topics
-from facility.catalog import Catalog, load_district
+from facility.catalog import Catalog, load_catalog, load_district
 from facility.messages import Availability, Family
 from facility.settings import Settings, load_settings
 from rules.service import RulesService
@@ -49,6 +50,22 @@ def test_connectivity_from_gateways_and_the_bridge() -> None:
     assert connectivity(count(2, 0, 0), {"centre": False}) == "unreachable"
     assert connectivity(count(2, 0, 0), {"centre": True, "backup": False}) == "unreachable"
     assert connectivity(count(2, 0, 0), {"centre": True}) == "online"
+
+
+def test_the_description_names_the_sites_only_where_there_are_several() -> None:
+    settings = load_settings(REPO / "config" / "facility.yaml", sites_dir="sites")
+    sites = load_district(settings)
+    spec = create_app(settings, sites[CAMPUS], sites).openapi()
+    operations = [(path, o) for path, item in spec["paths"].items() for o in item.values()]
+    for path, operation in operations:
+        site = [p for p in operation.get("parameters", []) if p["name"] == "site"]
+        if path.startswith("/api/"):
+            assert site and site[0]["schema"]["enum"] == [CAMPUS, HOSPITAL, SCHOOL], path
+    assert {"/api/sites", "/api/district"} <= set(spec["paths"])
+    single = load_settings(REPO / "config" / "facility.yaml")
+    spec = create_app(single, load_catalog(single)).openapi()
+    assert not [path for path, item in spec["paths"].items() for o in item.values()
+                for p in o.get("parameters", []) if p["name"] == "site"]
 
 
 def district_of_test() -> dict[str, Catalog]:
