@@ -10,6 +10,7 @@ a gap is measured but not placed in time), with this test's own list of office d
 from __future__ import annotations
 
 import asyncio
+import json
 from datetime import datetime, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -320,39 +321,43 @@ def test_period_option() -> None:
         parse_period("2026-13", TZ)
 
 
-def test_command_over_the_shipped_sites_folder(influx_server: InfluxServer, unique: str,
+def test_command_over_the_shipped_sites_folder(influx_server: InfluxServer,
+                                               own_influx: InfluxServer, unique: str,
                                                tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                capsys: pytest.CaptureFixture[str]) -> None:
-    """`facility report district` over config/sites (the campus, a school, a hospital):
-    the school's and hospital's total meters have data, the campus's meters have none."""
+    """`facility report district` over config/sites (the campus, a school, a hospital),
+    the school's points on a second InfluxDB (influx.routes): the school's and hospital's
+    total meters have data, each on its server; the campus's meters have none."""
     database = f"district_{unique}"
     monkeypatch.setenv("FACILITY_INFLUX_URL", influx_server.url)
     monkeypatch.setenv("FACILITY_INFLUX_DATABASE", database)
+    monkeypatch.setenv("FACILITY_INFLUX_ROUTES", json.dumps(
+        [{"name": "schools", "sites": ["panyu-school-*"], "url": own_influx.url}]))
     monkeypatch.setenv("FACILITY_SITES_DIR", str(REPO / "config" / "sites"))
     monkeypatch.setenv("FACILITY_STATE_URL", f"sqlite:///{tmp_path / 'state.sqlite'}")
     sites = {p.stem: load_site(p) for p in (REPO / "config" / "sites").glob("*.yaml")
              if not p.name.endswith(".endpoints.yaml")}
-    meters = [("panyu-school-shiqiao", Meter("em-school-shiqiao-total", lambda t: 12.0,
-                                             START - 3600 * 10**9, END + 3600 * 10**9)),
-              ("panyu-hospital-central", Meter("em-hospital-central-total", lambda t: 100.0,
-                                               START - 3600 * 10**9, END + 3600 * 10**9))]
+    span = (START - 3600 * 10**9, END + 3600 * 10**9)
+    meters = [(own_influx.url, "panyu-school-shiqiao",
+               Meter("em-school-shiqiao-total", lambda t: 12.0, *span)),
+              (influx_server.url, "panyu-hospital-central",
+               Meter("em-hospital-central-total", lambda t: 100.0, *span))]
 
     async def write() -> None:
-        async with InfluxClient(InfluxSettings(url=influx_server.url,
-                                               database=database)) as influx:
-            await influx.ensure_database()
-            await write_lines(influx, [line for site_id, meter in meters
-                                       for line in meter_lines(sites[site_id], meter,
-                                                               skip=sampled)])
+        for url, site_id, meter in meters:
+            async with InfluxClient(InfluxSettings(url=url, database=database)) as influx:
+                await influx.ensure_database()
+                await ensure_downsampling(influx)  # as ingest does on every server
+                await write_lines(influx, meter_lines(sites[site_id], meter, skip=sampled))
 
     asyncio.run(write())
-    assert main(["report", "rollup"]) == 0  # the downsampling, as ingest sets it up
     assert main(["report", "district", "--period", "2026-W41", "--out", str(tmp_path),
                  "--format", "html", "--format", "xlsx", "--no-progress"]) == 0
     assert str(tmp_path / "district-2026-W41.xlsx") in capsys.readouterr().out
     html = (tmp_path / "district-2026-W41.html").read_text(encoding="utf-8")
     assert "番禺区市桥第一小学" in html and "中小学校排名" in html and "医院排名" in html
-    assert f"{12.0 * 168 * 0.1229:,.1f}" in html and f"{100.0 * 168:,.1f}" in html
+    # Each site's energy, read from its own server.
+    assert f"{12.0 * 168:,.1f}" in html and f"{100.0 * 168:,.1f}" in html
     # The campus's meters have no data here: listed as missing, not ranked.
     assert "主楼总表（em-main-total）：缺表（无数据）" in html
     assert main(["report", "district", "--period", "2026-13", "--out", str(tmp_path)]) == 2
