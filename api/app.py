@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.resources
+import secrets
 import time
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
@@ -14,6 +15,7 @@ from fastapi import Depends, FastAPI, HTTPException, Request, Response
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
+from pydantic import SecretStr
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -188,11 +190,14 @@ def create_app(settings: Settings, catalog: Catalog,
 
 
 def site_settings(settings: Settings, site_id: str) -> Settings:
-    """The settings for one more site of this API: its own site id and MQTT client id."""
+    """The settings for one more site of this API: its own site id and MQTT client id.
+    Its logins are the first site's (create_app), so a missing secret is said once, by
+    the first site, and a placeholder stands in here."""
     api = settings.api
     client_id = f"{api.client_id}-{site_id}" if api.client_id else ""
+    secret = api.secret or SecretStr(secrets.token_urlsafe(48))
     return settings.model_copy(update={"api": api.model_copy(
-        update={"site": site_id, "client_id": client_id})})
+        update={"site": site_id, "client_id": client_id, "secret": secret})})
 
 
 def _described(app: FastAPI, site: SiteConfig, site_ids: list[str]) -> dict[str, Any]:

@@ -146,6 +146,10 @@ async def test_one_api_serves_the_district_and_its_overview(
         async def get(path: str, **params: Any) -> httpx.Response:
             return await http.get(path, headers=auth, params=params)
 
+        # Ready when every site's broker link is up (a context per site).
+        ready = await eventually(lambda: http.get("/readyz"), lambda r: r.status_code == 200,
+                                 30, "the API ready")
+        assert ready.json()["checks"]["mqtt"] is True
         # The sites it serves; one login is good at each of them.
         listed = (await get("/api/sites")).json()
         assert [(s["id"], s["home"]) for s in listed] == \

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from api.deps import Ctx, CurrentUser, problems
+from api.deps import Ctx, CurrentUser, problems, site_contexts
 from api.models import Health, Labels, Readiness
 from facility import labels
 
@@ -21,9 +21,12 @@ async def healthz() -> Health:
 @router.get("/readyz", response_model=Readiness,
             responses={503: {"model": Readiness, "description": "something is not ready"}},
             summary="Ready to serve: broker connected, state store and InfluxDB answer")
-async def readyz(ctx: Ctx) -> Response:
-    checks = {"mqtt": ctx.link.connected, "state_store": await ctx.store.ping(),
-              "influxdb": await ctx.influx.ping(), "workers": ctx.workers_alive}
+async def readyz(ctx: Ctx, request: Request) -> Response:
+    # An API of several sites is ready when each site's broker link and workers are.
+    sites = site_contexts(request.app).values()
+    checks = {"mqtt": all(c.link.connected for c in sites),
+              "state_store": await ctx.store.ping(), "influxdb": await ctx.influx.ping(),
+              "workers": all(c.workers_alive for c in sites)}
     ready = all(checks.values())
     body = Readiness(ready=ready, checks=checks)
     return JSONResponse(body.model_dump(), status_code=200 if ready else 503)
