@@ -189,6 +189,13 @@ PLAN_STATE: Mapping[str, str] = MappingProxyType({
 INCIDENT_STATE: Mapping[str, str] = MappingProxyType({
     "active": "进行中", "cleared": "已恢复", "closed": "已关闭"})
 
+# A site's link to the centre (its broker's bridge, facility/bridge.py): its state, and
+# what the rules engine's one "site unreachable" alert says (rules/kinds/site_link.py).
+SITE_LINK: Mapping[str, str] = MappingProxyType({
+    "up": "链路正常", "down": "链路中断",
+    "unreachable_text": "与区中心的链路中断，站点数据暂存于站点代理，恢复后按序补传",
+    "restored": "与区中心的链路已恢复"})
+
 # What the page says for an answer of the API that is not a success (the server's
 # detail is for the log; the operator reads these).
 HTTP_STATUS: Mapping[str, str] = MappingProxyType({

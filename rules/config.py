@@ -10,7 +10,8 @@ Rule types: `threshold` (levels with separate raise and clear expressions: hyste
 `for` and `clear_for` durations, rates of change through rate()), `event` (device events
 raise and clear), `absence` (no data, or offline, for a time), `command` (a command whose
 expected outcome does not follow within its time), `correlation` (several devices of one
-place or zone within a window). Any rule may be limited to `schedule`s.
+place or zone within a window), `site_link` (the site's link to the centre down: one
+alert for the site). Any rule may be limited to `schedule`s.
 """
 
 from __future__ import annotations
@@ -248,8 +249,18 @@ class CorrelationRule(RuleBase):
         return self
 
 
-Rule = Annotated[ThresholdRule | EventRule | AbsenceRule | CommandRule | CorrelationRule,
-                 Field(discriminator="type")]
+class SiteLinkRule(RuleBase):
+    """The site's link to the centre down for `after` (rules/kinds/site_link.py); `detect`:
+    how long a link that goes quiet may take to be called down (1.5 x the bridge's
+    keepalive, and a margin), the longest a no-data alarm waits for word from the site."""
+
+    type: Literal["site_link"]
+    after: Duration = 5.0
+    detect: Duration = 50.0
+
+
+Rule = Annotated[ThresholdRule | EventRule | AbsenceRule | CommandRule | CorrelationRule
+                 | SiteLinkRule, Field(discriminator="type")]
 
 
 def _rank(severity: Severity) -> int:
@@ -428,7 +439,8 @@ def _describe(path: Path, data: Any, error: pydantic.ValidationError) -> str:
         if len(loc) >= 2 and loc[0] == "rules" and isinstance(loc[1], int):
             where = _where(path, data, loc[1])
             rest = loc[2:]
-            if rest and rest[0] in {"threshold", "event", "absence", "command", "correlation"}:
+            if rest and rest[0] in {"threshold", "event", "absence", "command", "correlation",
+                                    "site_link"}:
                 rest = rest[1:]  # the discriminator's tag, not a field
             rest = [("raise" if p == "raise_" else "for" if p == "for_" else p) for p in rest]
             fld = ".".join(_part(p) for p in rest)
@@ -556,8 +568,9 @@ class _FieldError(Exception):
 def _compile(rule: Any, path: Path, index: int, topology: Topology, endpoints: EndpointConfig,
              schedules: dict[str, Schedule], templates: dict[str, Template],
              teams: dict[str, Team]) -> CompiledRule:
-    sources = topology.select(rule.match)
-    if not sources:
+    # A site link's sources are the site's bridges, known when their state comes.
+    sources = topology.select(rule.match) if rule.type != "site_link" else []
+    if not sources and rule.type != "site_link":
         raise _FieldError("match", f"matches no device of the site "
                                    f"({rule.match.model_dump(exclude_defaults=True)})")
     value_names: set[str] = set()

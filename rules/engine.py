@@ -199,6 +199,12 @@ class Engine:
         if signals:
             self._pipeline(signals, now)
 
+    def link(self, bridge: str, up: bool, now: int) -> None:
+        """The site's link to the centre (facility/bridge.py) went up or down."""
+        signals = self.evaluator.on_link(bridge, up, now)
+        if signals:
+            self._pipeline(signals, now)
+
     def command(self, command: Command, now: int) -> None:
         signals = self.evaluator.on_command(command, now)
         if signals:

@@ -35,6 +35,7 @@ from rules.kinds.base import Context, Instance, Kind, Signal
 from rules.kinds.command import CommandKind
 from rules.kinds.correlation import Correlation
 from rules.kinds.event import EventKind
+from rules.kinds.site_link import SiteLink
 from rules.kinds.threshold import Threshold
 from rules.scope import COMMAND, CORRELATION, EVENT, NO_DATA, Plan, plans
 
@@ -52,9 +53,11 @@ class Evaluator(Context):
         self.threshold = Threshold(self)
         self.absence = Absence(self)
         self.command = CommandKind(self)
+        self.site_link = SiteLink(self)
+        self.absence.link = self.site_link  # the site's link holds its absence rules
         self.kinds: dict[str, Kind] = {
             k.type: k for k in (self.threshold, EventKind(self), self.absence, self.command,
-                                Correlation(self))}
+                                Correlation(self), self.site_link)}
         # What a reading's watches (rules/scope.py) go to, by the watch's kind.
         self.by_watch: dict[int, Kind] = {
             EVENT: self.kinds["event"], NO_DATA: self.absence, COMMAND: self.command,
@@ -113,6 +116,7 @@ class Evaluator(Context):
             return []  # the gateway says it has no data: the no-data timers run on
         data.input_ts = key
         data.last_reading = now
+        self.site_link.heard(now, self.lag)
         values = data.values
         incoming = reading.values
         changed = {name for name in plan.reads.intersection(incoming)
@@ -175,6 +179,11 @@ class Evaluator(Context):
             if watch.compiled.rule.type == "absence":
                 out += self.absence.on_status(watch.compiled, status, data.status_since, now)
         return out
+
+    def on_link(self, bridge: str, up: bool, now: int) -> list[Signal]:
+        self.lag = 0  # the broker's word, never late
+        self.drill = ""
+        return self.site_link.on_link(bridge, up, now)
 
     def on_command(self, command: Command, now: int) -> list[Signal]:
         self.lag = 0  # not a device's input: never late

@@ -30,8 +30,8 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
+from facility import bridge, topics
 from facility import messages as m
-from facility import topics
 from facility.ops import OPS_FAMILY
 from facility.topics import Kind, ParsedTopic
 from rules.engine import Engine
@@ -155,6 +155,10 @@ class Intake:
                 engine.command_result(m.decode(payload, m.CommandResult), now)
             elif kind is Kind.DISPLAY_ACK:
                 engine.display_ack(m.decode(payload, m.DisplayAck), now)
+            elif kind is Kind.LINK:
+                if not payload:
+                    return None, None  # a retained link state cleared
+                engine.link(where.name, bridge.link_up(payload), now)
             elif kind is Kind.DRILL:
                 drill = m.decode(payload, m.Drill)
                 if drill.site != self.site_id:

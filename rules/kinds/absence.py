@@ -4,6 +4,7 @@
 Its fast path: a scan of every source of a rule runs only when one of them can be due
 (`due`, the earliest deadline the last scan saw; an offline status brings it forward).
 After a restart the rules wait (at most RESTART_HOLD) until the broker's backlog is in.
+A site behind a bridge: its link to the centre holds them (rules/kinds/site_link.py).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from facility.messages import Availability, DeviceStatus
 from rules.clock import NS
 from rules.config import CompiledRule, RuleSet
 from rules.kinds.base import Context, Kind, Signal
+from rules.kinds.site_link import SiteLink
 from rules.scope import Watch
 
 log = logging.getLogger(__name__)
@@ -29,6 +31,7 @@ class Absence(Kind):
         self.rules: list[CompiledRule] = []
         self.due: dict[str, int] = {}  # absence rule -> earliest time one may fire
         self.hold_until = 0  # absence rules hold until then (backlog after a restart)
+        self.link: SiteLink | None = None  # the site's link to the centre, if bridged
 
     def load(self, rules: RuleSet, old: RuleSet | None) -> None:
         self.rules = [c for c in rules.rules.values() if c.rule.type == "absence"]
@@ -69,6 +72,10 @@ class Absence(Kind):
         rule = compiled.rule
         if self.hold_until and now < self.hold_until:
             return []
+        link = self.link
+        if link is not None and link.holds(now):
+            return []  # the site's silence is its link's (rules/kinds/site_link.py)
+        back = link.up_at if link is not None else 0
         if now < self.due.get(compiled.id, 0) and not rule.schedule:
             return []  # nothing can be due yet: no scan of every source
         out: list[Signal] = []
@@ -89,12 +96,17 @@ class Absence(Kind):
                 period = ctx.topology.sources[source].report_period
                 limit = rule.after if rule.after is not None else rule.after_periods * period
                 last = data.last_reading if data and data.last_reading else ctx.started_at
+                last = max(last, back)  # silence counts from the link's return, if later
                 deadline = last + round(limit * NS)
                 since = last
                 text = f"{(now - last) / NS:.0f}秒无数据"
             missing = deadline is not None and now >= deadline
             inst = mine.get(source)
             active = inst is not None and inst.active
+            if missing and not active and not rule.status and link is not None \
+                    and deadline is not None and link.unheard(deadline, now):
+                due = min(due, now + NS)  # judged again as soon as the site is heard
+                continue  # nothing from the whole site since: maybe a link gone quiet
             if missing and not active and not rule.status and self._gateway_down(source):
                 # Its gateway is known to be away (its will came) and its offline alarm
                 # waits for its hold: the device's silence is that outage, not news of its
