@@ -166,6 +166,14 @@ class SequenceLedger:
                 "SELECT gateway, lost, late, restarts FROM ingest_seq_cursor"))
             return {g: (int(a), int(b), int(c)) for g, a, b, c in found.all()}
 
+    async def cursor(self, gateway: str) -> int:
+        """The gateway's cursor: every number below it has been judged (0: none yet)."""
+        assert self.engine is not None
+        async with self.engine.connect() as conn:
+            found = await conn.execute(text(
+                "SELECT next_seq FROM ingest_seq_cursor WHERE gateway = :g"), {"g": gateway})
+            return int(found.scalar() or 0)
+
     async def _hold(self) -> bool:
         """Whether this worker is the checker: the session-level advisory lock on a
         connection of its own, released when the worker stops or its connection dies."""

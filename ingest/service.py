@@ -265,10 +265,12 @@ class Ingest(Service):
     async def _watch_sequences(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            await asyncio.sleep(min(10.0, self.options.loss_grace / 2))
             if self.ledger is not None:
+                # One worker checks (the others only try for the lock): often is cheap.
+                await asyncio.sleep(min(2.0, self.options.loss_grace / 4))
                 await self._check_ledger(self.ledger)
                 continue
+            await asyncio.sleep(min(10.0, self.options.loss_grace / 2))
             before = dict(self.sequences.lost)
             self.sequences.check(loop.time())
             for gateway, lost in self.sequences.lost.items():
