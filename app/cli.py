@@ -128,6 +128,7 @@ def _parser() -> argparse.ArgumentParser:
     reports.cli.register(sub)
     csms.cli.register(sub, run=cmd_ocpp_run)
     sim_drills.register(sub)  # `facility drill ...`: 演练 on the running simulators
+    _register_deploy(sub)  # `facility deploy systemd`: the units of a deployment
     return parser
 
 
@@ -325,4 +326,25 @@ async def cmd_ocpp_run(args: argparse.Namespace, settings: Settings, catalog: Ca
         finally:
             if runner is not None:
                 await runner.cleanup()
+    return 0
+
+
+def _register_deploy(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from app import deploy
+
+    deploy.register(sub, run=cmd_deploy)
+
+
+async def cmd_deploy(args: argparse.Namespace, settings: Settings, catalog: Catalog) -> int:
+    """`facility deploy systemd --out DIR`: units for the sites this process would serve."""
+    from app import deploy
+
+    sites = list(_district(args, catalog))
+    written = deploy.generate(
+        args.out, sites, python=args.python,
+        config=args.settings or f"{args.etc}/facility.yaml", etc=args.etc, user=args.user,
+        ingest_workers=args.ingest_workers, rules_workers=args.rules_workers,
+        mosquitto=args.mosquitto)
+    print(f"{len(written)} files in {args.out} for {len(sites)} site(s): "
+          f"{', '.join(sites)}; check them with scripts/verify-units {args.out}")
     return 0
