@@ -127,3 +127,27 @@ async def test_rules_run_is_an_engine_per_site_with_its_rules(
         raised = alerts.decoded(m.AlertMessage)
         assert [(a.site, a.rule, a.source, a.severity.value) for a in raised] == \
             [(SCHOOL, "waterlogging", "wl-school-shiqiao-gate", "critical")]
+
+
+async def test_gateway_runs_the_gateways_of_the_sites_it_serves(settings: Settings,
+                                                                 tmp_path: Path) -> None:
+    log = tmp_path / "gateway.log"
+    campus = "panyu-admin-centre"
+    watched = [topics.subscription(Kind.STATUS, site, Family.GATEWAY)
+               for site in (SCHOOL, HOSPITAL, campus)]
+    started = time.time_ns()
+    async with Collector(settings.mqtt, *watched) as statuses, \
+            facility(["--sites", SCHOOL, "gateway"], env(settings, tmp_path), log) as p:
+        await logged(log, p, "gateways running: gw-school-shiqiao-iot, "
+                             "gw-school-shiqiao-energy")
+
+        def fresh() -> list[m.DeviceStatus]:  # not a retained status of an earlier test
+            return [s for s in statuses.decoded(m.DeviceStatus) if s.ts >= started]
+
+        async def online() -> set[tuple[str, str]]:
+            return {(s.site, s.device) for s in fresh() if s.state is m.Availability.ONLINE}
+
+        await eventually(online, lambda seen: seen >= {
+            (SCHOOL, "gw-school-shiqiao-iot"), (SCHOOL, "gw-school-shiqiao-energy")}, 30,
+            "the school's gateways online")
+        assert {s.site for s in fresh()} == {SCHOOL}
