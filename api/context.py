@@ -25,6 +25,7 @@ from facility import messages as m
 from facility.backoff import Backoff
 from facility.catalog import Catalog
 from facility.endpoints import EndpointConfig
+from facility.errors import Refused
 from facility.influx import InfluxClient, InfluxError
 from facility.influxroutes import route_for
 from facility.metrics import Metrics
@@ -142,7 +143,7 @@ class Context:
             # Mosquitto writes "1" on connect and leaves "0" as its will; anything else
             # is not a link state (a dead letter, as any bad payload).
             if payload not in (b"1", b"0"):
-                raise ValueError(f"a link state is '1' or '0', not {payload[:20]!r}")
+                raise Refused(f"a link state is '1' or '0', not {payload[:20]!r}")
             self.site_links[where.name] = payload == b"1"
             self._live("link", {"site": where.site, "bridge": where.name,
                                 "up": payload == b"1"}, [])

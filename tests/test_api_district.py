@@ -5,6 +5,7 @@ PostgreSQL as the state store shared by the sites' rules engines and the API."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import time
 import uuid
@@ -217,6 +218,13 @@ async def test_one_api_serves_the_district_and_its_overview(
                                  30, "the hospital unreachable")).json()
         assert {s["id"]: s for s in down["sites"]}[hospital]["links"] == \
             [{"bridge": "centre", "up": False}]
+        # Not a link state: a dead letter, the state stays.
+        letters = d.api.app.state.sites[hospital].link.letters
+        before = letters.total
+        await publish_all(settings.mqtt, [(link, b"maybe")])
+        await eventually(lambda: asyncio.sleep(0, letters.total), lambda n: n == before + 1,
+                         10, "the bad link state a dead letter")
+        assert hospital_is("unreachable")(await get("/api/district"))
         await publish_all(settings.mqtt, [(link, b"1")], retain=True)
         await eventually(lambda: get("/api/district"), hospital_is("partial"), 30,
                          "the hospital's link back")
