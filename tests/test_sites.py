@@ -86,7 +86,7 @@ def test_the_sites_option_and_variable_choose_the_subset(
     assert main(["--config", str(SETTINGS), "--sites", f"{SCHOOL},{HOSPITAL}", "check"]) == 0
     out = capsys.readouterr().out
     assert f"site {SCHOOL} (番禺区市桥第一小学): 3 places, 2 gateways, 6 devices" in out
-    assert f"9 rules ({SITES / SCHOOL}.rules)" in out  # checked against the site's devices
+    assert f"10 rules ({SITES / SCHOOL}.rules)" in out  # checked against the site's devices
     assert f"site {HOSPITAL} (番禺区中心医院门诊楼)" in out
     assert CAMPUS not in out
     assert main(["--config", str(SETTINGS), "--sites", "panyu-nowhere", "check"]) == 2

@@ -121,7 +121,7 @@ async def test_rules_run_is_an_engine_per_site_with_its_rules(
             facility(["--sites", f"{SCHOOL},{HOSPITAL}", "rules", "run"], environment,
                      log) as process:
         for site in (SCHOOL, HOSPITAL):
-            await logged(log, process, f"rules engine for {site}: 9 rules")
+            await logged(log, process, f"rules engine for {site}: 10 rules")
         await publish_all(settings.mqtt, [water(SCHOOL, "wl-school-shiqiao-gate", 45.0)])
         await alerts.wait_for(1, timeout=30)
         raised = alerts.decoded(m.AlertMessage)
