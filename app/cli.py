@@ -9,6 +9,7 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import os
 import sys
 from collections.abc import Callable, Coroutine, Sequence
 from datetime import datetime
@@ -22,7 +23,7 @@ import duty.cli
 import reports.cli
 import rules.cli
 from app import wiring
-from facility import brokeracl, logs
+from facility import bridge, brokeracl, logs
 from facility.catalog import Catalog, site_rules_dir
 from facility.configfile import ConfigError
 from facility.metrics import serve_metrics
@@ -111,11 +112,17 @@ def _parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_up)
 
     p = sub.add_parser(
-        "broker", help="the broker's access control, generated from the site file",
+        "broker", help="the broker's access control and bridge, generated from the site file",
         description="Write Mosquitto's ACL file (acl_file) for this site: one user per "
                     "gateway, service and vendor platform, screens by endpoint id. Set the "
-                    "passwords with mosquitto_passwd (see config/mosquitto/README.md).")
-    p.add_argument("what", choices=["acl", "users"], help="the ACL file, or the user names")
+                    "passwords with mosquitto_passwd (see config/mosquitto/README.md). "
+                    "`bridge --site SITE`: the site broker's bridge to the centre "
+                    "(settings' bridge section; docs/district.md).")
+    p.add_argument("what", choices=["acl", "users", "bridge"],
+                   help="the ACL file, the user names, or a site broker's bridge")
+    p.add_argument("--site", help="bridge: the site (default: the site file's)")
+    p.add_argument("--centre-acl", action="store_true",
+                   help="bridge: the central broker's ACL lines for the site's bridge user")
     p.add_argument("--out", type=Path, help="write to this file (default: standard output)")
     p.set_defaults(func=cmd_broker)
 
@@ -202,10 +209,23 @@ async def cmd_check(args: argparse.Namespace, settings: Settings, catalog: Catal
 
 
 async def cmd_broker(args: argparse.Namespace, settings: Settings, catalog: Catalog) -> int:
-    text = brokeracl.acl(catalog) if args.what == "acl" \
-        else "\n".join(brokeracl.users(catalog)) + "\n"
+    if args.what == "bridge":
+        sites = getattr(args, "district", None) or {catalog.site.site.id: catalog}
+        site = args.site or catalog.site.site.id
+        if site not in sites:
+            raise ConfigError(f"--site {site!r}: no such site (sites: {', '.join(sites)})")
+        make = bridge.centre_acl if args.centre_acl else bridge.config
+        text = make(sites[site], settings, site)
+    else:
+        text = brokeracl.acl(catalog) if args.what == "acl" \
+            else "\n".join(brokeracl.users(catalog)) + "\n"
     if args.out:
-        args.out.write_text(text, encoding="utf-8")
+        # The bridge's file holds its password: readable by its owner only.
+        mode = 0o600 if args.what == "bridge" else 0o644
+        fd = os.open(args.out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+        os.fchmod(fd, mode)
+        with os.fdopen(fd, "w", encoding="utf-8") as out:
+            out.write(text)
     else:
         print(text, end="")
     return 0

@@ -4,7 +4,9 @@ Each gateway may publish only its own devices' telemetry, statuses, events, comm
 results and its own dead letters, and read only the commands for its own devices and
 its vendors' topics. Services read what they consume and write what they produce.
 Screens and PA zones log in with their endpoint id as user name and may read only what
-they must show and confirm only for themselves. Nobody may subscribe to `#`.
+they must show and confirm only for themselves. Nobody may subscribe to `#`. The rules
+engine and the API read the sites' link states (the centre's bridges, facility/bridge.py,
+whose own users `facility broker bridge --centre-acl` writes).
 
 `facility broker acl` writes it for Mosquitto's `acl_file`; passwords are set with
 `mosquitto_passwd` (config/mosquitto/README.md).
@@ -55,12 +57,12 @@ def acl(catalog: Catalog) -> str:
                     write=[(k.DEADLETTER, "ingest")], site=s)
     out += _service("rules", read=[(k.TELEMETRY,), (k.STATUS,), (k.EVENT,),
                                    (k.COMMAND_RESULT,), (k.COMMAND,), (k.DISPLAY_ACK,),
-                                   (k.DRILL,)],
+                                   (k.DRILL,), (k.LINK,)],
                     write=[(k.ALERT,), (k.DISPLAY,), (k.BROADCAST,),
                            (k.COMMAND_RESULT, "alert"), (k.DEADLETTER, "rules")], site=s)
     out += _service("api", read=[(k.TELEMETRY,), (k.STATUS,), (k.EVENT,), (k.ALERT,),
                                  (k.DISPLAY,), (k.DISPLAY_ACK,), (k.BROADCAST,),
-                                 (k.COMMAND_RESULT,)],
+                                 (k.COMMAND_RESULT,), (k.LINK,)],
                     write=[(k.COMMAND,), (k.BROADCAST,), (k.DISPLAY,), (k.DEADLETTER, "api"),
                            (k.DRILL,)],  # drills: a supervisor's POST /api/drills
                     site=s)

@@ -269,9 +269,11 @@ class BridgeSettings(Section):
     cafile: Path | None = None  # the centre's CA (bridge_cafile)
     certfile: Path | None = None  # the site's client certificate, if the centre asks one
     keyfile: Path | None = None
-    # MQTT 3.1.1: Mosquitto 2.0.11 bridges on v5 with no session expiry, so the centre
-    # forgets what it held for the site during a cut (measured; docs/district.md).
-    protocol: Literal["mqttv311", "mqttv50"] = "mqttv311"
+    # MQTT 3.1.1 only: a v5 bridge of Mosquitto 2.0.11 connects with no session expiry
+    # (the centre forgets what it held for the site during a cut) and, with the window
+    # the order needs (max_inflight_messages 0), a Receive Maximum of 0 that the centre
+    # refuses as a protocol error (both measured; docs/district.md).
+    protocol: Literal["mqttv311"] = "mqttv311"
     keepalive: int = Field(default=30, ge=5, le=3600, description="s between pings")
     restart_base: int = Field(default=5, ge=1, description="s, first reconnect delay")
     restart_cap: int = Field(default=60, ge=1, description="s, longest reconnect delay")
