@@ -84,6 +84,9 @@ def _parser() -> argparse.ArgumentParser:
                     "dead letters and write them to InfluxDB in batches; a message is "
                     "acknowledged only after InfluxDB accepted it.")
     p.add_argument("--client-id", help="MQTT client id (default from settings: ingest)")
+    p.add_argument("--retire", action="store_true",
+                   help="take this worker slot out for good: store what the broker still "
+                        "holds for it, then end its session (docs/ingest.md)")
     _metrics_option(p)
     p.set_defaults(func=cmd_ingest)
 
@@ -252,7 +255,11 @@ async def cmd_gateway(args: argparse.Namespace, settings: Settings, catalog: Cat
 
 
 async def cmd_ingest(args: argparse.Namespace, settings: Settings, catalog: Catalog) -> int:
-    from ingest.service import Ingest
+    from ingest.service import Ingest, retire
+
+    if args.retire:
+        print(f"stored {await retire(settings, args.client_id)} messages; slot retired")
+        return 0
 
     # Every site: one subscription to '+' (ingest.site) as before. A chosen subset
     # (--sites, site_ids): a subscription per site, each under its own client id.

@@ -1,5 +1,6 @@
-"""Ingest workers killed mid-run: a worker of three SIGKILLed and restarted, one that does
-not come back until the run is over; every number audited in InfluxDB (bench/ingest_workers.py)."""
+"""Ingest workers killed mid-run: a worker of three SIGKILLed and restarted, or dead until
+the run is over and then replaced or retired; every number audited in InfluxDB
+(bench/ingest_workers.py)."""
 
 from __future__ import annotations
 
@@ -53,6 +54,7 @@ async def run(quick: bool = False, minutes: float | None = None) -> list[Figure]
     # the design must lose nothing there)
     cases = [("restart", True, None, 100_000, 30.0, True),
              ("gone", False, None, 100_000, 30.0, True),
+             ("retired", False, None, 100_000, 30.0, True),
              ("gone, clean session", False, 0, 100_000, 5.0, False),
              ("gone, queue of 200", False, None, 200, 5.0, False)]
     for label, restart, expiry, queue, grace, none_lost in cases:
@@ -61,7 +63,8 @@ async def run(quick: bool = False, minutes: float | None = None) -> list[Figure]
             site = f"b{uuid.uuid4().hex[:6]}"
             s = Servers(broker.url, influx.url, f"bench_{site}", state, site, folder)
             outcome = await run_kill(s, count=count, rate=rate, restart=restart,
-                                     grace=grace, session_expiry=expiry)
+                                     grace=grace, session_expiry=expiry,
+                                     retire=label == "retired")
         figures += describe(f"{label} ({count} at {rate:g}/s)", outcome,
                             none_lost=none_lost)
     return figures

@@ -102,6 +102,15 @@ class Worker:
         except OSError:
             return False
 
+    async def retire(self) -> str:
+        """`python -m app ingest --retire` as this slot; its output."""
+        done = await asyncio.to_thread(
+            subprocess.run, [sys.executable, "-m", "app", "ingest", "--retire"],
+            env=self.env(), cwd=REPO, capture_output=True, text=True, timeout=120)
+        if done.returncode != 0:
+            raise RuntimeError(f"retire failed: {done.stderr[-2000:]}")
+        return done.stdout
+
     def kill9(self) -> None:
         assert self.proc is not None
         self.proc.send_signal(signal.SIGKILL)
@@ -136,15 +145,15 @@ class Publisher:
     start_ns: int = field(default_factory=lambda: time.time_ns() - 3600 * 10**9)
     acked: list[int] = field(default_factory=list)
 
-    async def run(self, at: dict[int, asyncio.Event] | None = None) -> None:
-        """Publish all; set at[n] once number n is confirmed (the moments to kill)."""
+    async def run(self, at: dict[int, asyncio.Event] | None = None, first: int = 1) -> None:
+        """Publish first..count; set at[n] once n is confirmed (the moments to kill)."""
         settings = MqttSettings(url=SecretStr(self.mqtt_url))
         link = await MqttLink.open(settings, f"pub-{self.site}")
         loop = asyncio.get_running_loop()
         async with link:
             began = loop.time()
-            for seq in range(1, self.count + 1):
-                due = began + (seq - 1) / self.rate
+            for seq in range(first, self.count + 1):
+                due = began + (seq - first) / self.rate
                 if due > loop.time():
                     await asyncio.sleep(due - loop.time())
                 topic, payload = reading(self.site, seq, self.start_ns)
@@ -175,6 +184,7 @@ class Outcome:
     held_before_kill: int = 0  # of those, confirmed before the kill
     held_after_kill: int = 0
     drain_seconds: float = 0.0  # `gone`: the slot taken again -> every number stored
+    after_retire: int = 0  # `retire`: numbers published after, all to the survivors
     lost_counted: int = 0  # the shared loss check's count for gw-audit
     late_counted: int = 0
     seconds: float = 0.0
@@ -201,10 +211,12 @@ async def settle(servers: Servers, want: int, timeout: float, *, still: bool = T
 
 async def run_kill(servers: Servers, *, count: int, rate: float, restart: bool,
                    grace: float = 10.0, kill_at: int | None = None,
-                   session_expiry: int | None = None) -> Outcome:
+                   session_expiry: int | None = None, retire: bool = False) -> Outcome:
     """Three worker slots, a numbered run, a SIGKILL of slot 2 at `kill_at` (default a
     third of the way); `restart`: slot 2 is started again at once, else only after the
-    run, once what the broker held for it has been measured."""
+    run, once what the broker held for it has been measured: by a worker that takes the
+    slot, or (`retire`) by `ingest --retire`, after which a tenth more numbers are sent
+    and must reach the two survivors."""
     started = time.monotonic()
     kill_at = kill_at or count // 3
     workers = [Worker(servers, slot, grace=grace, session_expiry=session_expiry)
@@ -232,15 +244,26 @@ async def run_kill(servers: Servers, *, count: int, rate: float, restart: bool,
             outcome.held_before_kill = sum(1 for n in held if n <= kill_at)
             outcome.held_after_kill = outcome.held - outcome.held_before_kill
             taken = time.monotonic()
-            victim.start()
-            await victim.ready()
+            if retire:
+                await victim.retire()
+                more = Publisher(servers.mqtt_url, servers.site, count + count // 10, rate,
+                                 start_ns=publisher.start_ns)
+                more.acked = list(publisher.acked)
+                await more.run(first=count + 1)
+                outcome.after_retire = count // 10
+                outcome.published = len(more.acked)
+                publisher = more
+            else:
+                victim.start()
+                await victim.ready()
         stored = await settle(servers, len(publisher.acked), 60, still=False)
         if not restart:
             outcome.drain_seconds = time.monotonic() - taken
         have = set(stored)
         outcome.missing = [n for n in publisher.acked if n not in have]
         outcome.stored = len(stored)
-        outcome.lost_counted, outcome.late_counted = await _loss_count(servers, count, grace)
+        outcome.lost_counted, outcome.late_counted = await _loss_count(
+            servers, len(publisher.acked), grace)
         outcome.seconds = time.monotonic() - started
         return outcome
     finally:

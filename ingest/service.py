@@ -23,7 +23,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import deque
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
@@ -71,8 +70,11 @@ class Ingest(Service):
     name = "ingest"
 
     def __init__(self, settings: Settings, *, client_id: str | None = None,
-                 clock_ns: Callable[[], int] = time.time_ns) -> None:
+                 clock_ns: Callable[[], int] = time.time_ns, retiring: bool = False) -> None:
         super().__init__()
+        # Retiring a worker slot for good (`retire`): no subscription, only what the
+        # slot's session still holds.
+        self.retiring = retiring
         self.settings = settings
         self.options = settings.ingest
         self.client_id = client_id or f"{settings.mqtt.client_prefix}-{self.options.client_id}"
@@ -106,6 +108,7 @@ class Ingest(Service):
                                             "Gateway messages that never arrived", ("gateway",))
         # Plain counters too, for `facility up` and the tests.
         self.received = 0
+        self.acknowledged = 0
         self.written = 0
         self.spooled = 0
 
@@ -213,7 +216,11 @@ class Ingest(Service):
                          receive_maximum=self.options.receive_maximum)
 
     async def _session(self, link: Connection) -> None:
-        await link.subscribe(self.subscriptions(), qos=self.options.qos)
+        if self.retiring:
+            # The broker queues nothing more for this session; what it holds still comes.
+            await link.unsubscribe(self.subscriptions())
+        else:
+            await link.subscribe(self.subscriptions(), qos=self.options.qos)
         self.ready.set()
         try:
             tasks = {"ingest batches": self._batches(link),
@@ -226,25 +233,43 @@ class Ingest(Service):
 
     async def _batches(self, link: Connection) -> None:
         """Collect, convert and write batches, a few writes in flight at once (InfluxDB
-        answers while the next batch is read), acknowledging them in arrival order."""
+        answers while the next batch is read), acknowledging each batch as soon as its
+        write is done, in arrival order (a quiet broker leaves no batch unacknowledged)."""
         loop = asyncio.get_running_loop()
-        inflight: deque[tuple[asyncio.Task[None], list[Message], float]] = deque()
-        try:
+        slots = asyncio.Semaphore(self.options.pipeline)
+        order: asyncio.Queue[tuple[asyncio.Task[None], list[Message], float]] = \
+            asyncio.Queue()
+        stores: set[asyncio.Task[None]] = set()
+
+        async def acknowledge() -> None:
+            while True:
+                task, done, started = await order.get()
+                try:
+                    await task
+                finally:
+                    slots.release()
+                link.ack(done)
+                self.acknowledged += len(done)
+                self._m_batch.observe(loop.time() - started)
+
+        async def collect() -> None:
             while True:
                 batch = await self._collect(link)
                 self._m_received.inc(len(batch))
-                inflight.append((asyncio.create_task(self._store(link, batch)), batch,
-                                 loop.time()))
-                while inflight and (len(inflight) > self.options.pipeline
-                                    or inflight[0][0].done()):
-                    task, done, started = inflight.popleft()
-                    await task
-                    link.ack(done)
-                    self._m_batch.observe(loop.time() - started)
+                await slots.acquire()
+                task = asyncio.create_task(self._store(link, batch))
+                stores.add(task)
+                task.add_done_callback(stores.discard)
+                order.put_nowait((task, batch, loop.time()))
+
+        try:
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(acknowledge(), name="ingest acknowledgements")
+                tg.create_task(collect(), name="ingest collect")
         finally:
-            for task, _, _ in inflight:
+            for task in stores:
                 task.cancel()
-            await asyncio.gather(*(t for t, _, _ in inflight), return_exceptions=True)
+            await asyncio.gather(*stores, return_exceptions=True)
 
     async def _replay(self, link: Connection, sink: Sink) -> None:
         """Write a server's spooled batches back, oldest first, once it takes them again."""
@@ -394,3 +419,34 @@ class Ingest(Service):
         await link.publish(letter.topic, letter.payload)
 
 
+
+
+async def retire(settings: Settings, client_id: str | None = None, *, idle: float = 5.0,
+                 timeout: float = 3600.0) -> int:
+    """Take a worker slot out for good, losing nothing: connect as the slot, unsubscribe
+    (so the broker gives it no more of the shared subscription's messages), store what
+    its session still holds (in flight at its last process, queued since), and once
+    nothing has come for `idle` seconds and all is acknowledged, end the session. Returns
+    how many messages it stored. Left alone, a dead slot's session would keep taking its
+    share until it expires, and then discard it (docs/ingest.md)."""
+    ingest = Ingest(settings, client_id=client_id, retiring=True)
+    loop = asyncio.get_running_loop()
+    async with ingest:
+        await ingest.wait_ready()
+        deadline = loop.time() + timeout
+        seen, since = -1, loop.time()
+        while loop.time() < deadline:
+            await asyncio.sleep(0.2)
+            if ingest.received != seen:
+                seen, since = ingest.received, loop.time()
+            elif ingest.acknowledged == ingest.received and loop.time() - since >= idle:
+                break
+        else:
+            raise TimeoutError(f"slot {ingest.client_id} still busy after {timeout}s")
+        stored = ingest.received
+    # A clean start discards the (now empty) session at the broker.
+    link = await MqttLink.open(settings.mqtt, ingest.client_id, session_expiry=0)
+    async with link:
+        pass
+    log.info("ingest: slot %s retired after storing %d messages", ingest.client_id, stored)
+    return stored

@@ -221,33 +221,37 @@ async def test_three_workers_on_a_shared_subscription_count_loss_exactly(
         ledger = workers[0].ledger
         assert ledger is not None
 
-        async def lost() -> dict[str, tuple[int, int, int]]:
-            return await ledger.totals()
-        counted = await eventually(lost, lambda t: len(t) == 2 and t["gw-gaps"][0] > 0, 20,
-                                   "the skipped numbers counted")
-        assert counted == {"gw-clean": (0, 0, 0), "gw-gaps": (len(never), 0, 0)}
+        async def judged() -> list[int]:
+            return [await ledger.cursor("gw-clean"), await ledger.cursor("gw-gaps")]
+        await eventually(judged, lambda c: min(c) > 1500, 20, "every number judged")
+        assert await ledger.totals() == {"gw-clean": (0, 0, 0),
+                                         "gw-gaps": (len(never), 0, 0)}
         assert sum(w.sequences.lost["gw-gaps"] for w in workers) == len(never)
         assert sum(w.sequences.lost["gw-clean"] for w in workers) == 0
 
 
 # --- kill -9 a worker process of three, with a sequence audit ---------------------------
 
-@pytest.mark.parametrize("restart", [True, False], ids=["restarted", "gone-then-replaced"])
+@pytest.mark.parametrize("mode", ["restarted", "replaced", "retired"])
 async def test_kill_9_one_worker_of_three_nothing_lost(
         mosquitto_server: MosquittoServer, influx_server: InfluxServer, pg_url: str,
-        tmp_path: Path, unique: str, restart: bool) -> None:
+        tmp_path: Path, unique: str, mode: str) -> None:
     """Slot 2 is SIGKILLed a third of the way through 3,000 numbered readings at
-    1,000/s. Restarted at once, or left dead until the run is over (the broker holds what
+    1,000/s. Restarted at once; or left dead until the run is over (the broker holds what
     it had given the slot, and keeps giving it its share) and then replaced by a new
-    process with the slot's client id: every confirmed number is in InfluxDB."""
+    process with the slot's client id, or retired (`ingest --retire`: what the slot's
+    session holds is stored, then 300 more numbers go to the two survivors). Every number
+    the broker confirmed is in InfluxDB, and the shared loss check counted none lost."""
     servers = Servers(mosquitto_server.url, influx_server.url, f"kill_{unique}", pg_url,
                       f"k{unique}", tmp_path)
-    outcome = await run_kill(servers, count=3000, rate=1000.0, restart=restart, grace=30.0)
-    assert outcome.published == 3000
+    outcome = await run_kill(servers, count=3000, rate=1000.0, restart=mode == "restarted",
+                             grace=30.0, retire=mode == "retired")
+    total = 3300 if mode == "retired" else 3000
+    assert outcome.published == total
     assert outcome.missing == [], f"{len(outcome.missing)} lost: {outcome.missing[:20]}"
-    assert outcome.stored == 3000
+    assert outcome.stored == total
     assert (outcome.lost_counted, outcome.late_counted) == (0, 0)
-    if not restart:
+    if mode != "restarted":
         # Mosquitto 2.0.11 kept giving the dead slot its third of what came after the kill.
         after = 3000 - outcome.killed_at
         assert after * 0.25 < outcome.held_after_kill < after * 0.42, outcome
