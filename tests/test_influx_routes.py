@@ -14,7 +14,7 @@ from pydantic import SecretStr
 from facility import messages as m
 from facility import topics
 from facility.influx import InfluxClient
-from facility.influxroutes import DEFAULT, all_routes, route_for, route_name
+from facility.influxroutes import DEFAULT, InfluxRouter, all_routes, route_for, route_name
 from facility.localservers import InfluxServer
 from facility.settings import InfluxRoute, InfluxSettings, Settings
 from facility.site import load_site, site_for
@@ -46,6 +46,19 @@ def test_the_first_matching_route_wins_and_the_rest_stay_on_the_default() -> Non
     assert list(all_routes(influx)) == [DEFAULT, "schools", "all-s"]
     with pytest.raises(ValueError, match="route names"):
         InfluxSettings(routes=[InfluxRoute(name="default", sites=["x"], url="http://b:1")])
+
+
+async def test_a_router_opens_one_client_per_server_and_closes_them() -> None:
+    influx = InfluxSettings(url="http://a:8086", routes=[
+        InfluxRoute(name="schools", sites=["school-*"], url="http://b:8086", database="s")])
+    async with InfluxRouter(influx) as router:
+        one, two = await router.client("school-1"), await router.client("school-2")
+        main = await router.client("panyu")
+        assert one is two and one is not main
+        assert (one.settings.url, one.database, main.settings.url) == \
+            ("http://b:8086", "s", "http://a:8086")
+    with pytest.raises(RuntimeError, match="inside 'async with'"):
+        _ = one.session  # closed with the router
 
 
 def _readings(site: str, base: float) -> list[tuple[str, bytes]]:
