@@ -79,10 +79,12 @@ def _ranges(numbers: list[int]) -> list[tuple[int, int]]:
 
 
 def judge(next_seq: int, windows: dict[int, int], noticed: dict[int, float], now: float,
-          grace: float) -> Verdict:
+          grace: float, judged: set[int] | None = None) -> Verdict:
     """One gateway's round: `next_seq` its cursor (0: never seen), `windows` the union of
     all workers' bitmaps by base, `noticed` when each missing number was first seen
-    missing (the checker's memory, updated here)."""
+    missing and `judged` the numbers counted lost in the window still open (the checker's
+    memory, both updated here: a judged number that turns up there is late)."""
+    judged = set() if judged is None else judged
     if not windows:
         return Verdict(next_seq, delete_below=next_seq - next_seq % WINDOW)
     if next_seq <= 0:
@@ -99,13 +101,16 @@ def judge(next_seq: int, windows: dict[int, int], noticed: dict[int, float], now
         high = max((n for b, m in old.items() for n in _numbers(m, b)), default=next_seq - 1)
         missing = [n for n in range(next_seq, high + 1) if not _present(windows, n)]
         noticed.clear()
+        judged.clear()
         restarted = judge(reappeared[0], {b: m for b, m in windows.items() if b < open_base},
-                          noticed, now, grace)
+                          noticed, now, grace, judged)
         restarted.lost[:0] = _ranges(missing)
         restarted.restart = True
         restarted.delete_from = open_base
         return restarted
-    verdict.late = len(reappeared)
+    back = [n for n in judged if _present(windows, n)]
+    judged.difference_update(back)
+    verdict.late = len(reappeared) + len(back)
     high = max(n for b, mask in windows.items() if b >= open_base for n in _numbers(mask, b)) \
         if any(b >= open_base and m for b, m in windows.items()) else next_seq - 1
     missing = _missing(windows, next_seq, high)
@@ -130,6 +135,8 @@ def judge(next_seq: int, windows: dict[int, int], noticed: dict[int, float], now
     verdict.next_seq = next_seq
     verdict.lost = _ranges(lost)
     verdict.delete_below = next_seq - next_seq % WINDOW
+    judged.update(lost)
+    judged.difference_update([n for n in judged if n < verdict.delete_below])
     return verdict
 
 

@@ -71,6 +71,7 @@ class SequenceLedger:
         self.engine: AsyncEngine | None = None
         self._lock: AsyncConnection | None = None
         self.noticed: dict[str, dict[int, float]] = defaultdict(dict)
+        self.judged: dict[str, set[int]] = defaultdict(set)
         self.checking = False  # whether this worker holds the checker's lock
 
     async def __aenter__(self) -> SequenceLedger:
@@ -126,7 +127,8 @@ class SequenceLedger:
         windows: dict[str, dict[int, int]] = defaultdict(dict)
         for gateway, base, bits in marks:
             windows[gateway][int(base)] = _mask(bits)
-        verdicts = {g: judge(cursors.get(g, 0), w, self.noticed[g], now, self.grace)
+        verdicts = {g: judge(cursors.get(g, 0), w, self.noticed[g], now, self.grace,
+                             self.judged[g])
                     for g, w in windows.items()}
         async with self.engine.begin() as conn:
             for gateway, v in verdicts.items():
@@ -199,6 +201,7 @@ class SequenceLedger:
         self._lock = conn
         self.checking = True
         self.noticed.clear()  # a new checker times every gap afresh: late, never false
+        self.judged.clear()
         log.info("ingest: %s checks the sequence numbers of all workers", self.worker)
         return True
 

@@ -100,6 +100,19 @@ def test_a_late_number_fills_its_gap_and_is_not_lost() -> None:
     assert verdict.lost == [] and verdict.next_seq == 101
 
 
+def test_a_number_counted_lost_that_turns_up_is_late_once() -> None:
+    windows = union(spread([n for n in range(1, 101) if n != 50]))
+    noticed: dict[int, float] = {}
+    judged: set[int] = set()
+    judge(0, windows, noticed, 0.0, GRACE, judged)
+    counted = judge(50, windows, noticed, GRACE, GRACE, judged)
+    assert counted.lost == [(50, 50)] and counted.next_seq == 101 and judged == {50}
+    windows[0] |= 1 << 50  # held for a dead worker longer than the grace
+    back = judge(101, windows, noticed, GRACE + 1, GRACE, judged)
+    assert (back.late, back.lost, judged) == (1, [], set())
+    assert judge(101, windows, noticed, GRACE + 2, GRACE, judged).late == 0
+
+
 def test_a_number_in_a_closed_window_is_late() -> None:
     windows = {WINDOW: (1 << 10) - 1}  # window 0 was judged and deleted
     verdict = judge(WINDOW + 10, {**windows, 0: 1 << 100}, {}, 0.0, GRACE)
