@@ -112,9 +112,10 @@ class RulesWorkers(Service):
         while True:
             started = time.monotonic()
             try:
-                self.live = await self.leases.beat()
-                held = {site: h.lease.epoch for site, h in self.held.items()}
-                kept = await self.leases.renew(held)
+                async with asyncio.timeout(self.ttl / 3):  # a hung database counts as away
+                    self.live = await self.leases.beat()
+                    held = {site: h.lease.epoch for site, h in self.held.items()}
+                    kept = await self.leases.renew(held)
                 self._renewed = started
             except Exception as exc:  # any failure of the database
                 # The database is away: keep trying, but past the ttl the leases may be
@@ -133,7 +134,10 @@ class RulesWorkers(Service):
     async def _balancing(self) -> None:
         await self.ready.wait()  # registered: the live count includes this worker
         while True:
-            await self._balance()
+            try:
+                await self._balance()
+            except Exception as exc:  # the database away: the renewals deal with it
+                log.warning("%s: sites not balanced: %r", self.name, exc)
             await asyncio.sleep(self.ttl / 3)
 
     async def _balance(self) -> None:
