@@ -124,8 +124,10 @@ async def steady(url: str, site_file: Path, sites: list[str], speed: float, skip
         await asyncio.sleep(0.01)
 
 
-def burst_packets(site_file: Path, sites: list[str], count: int) -> list[bytes]:
-    """`count` readings, the sites' devices round robin, encoded."""
+def burst_packets(site_file: Path, sites: list[str], count: int,
+                  marker: bool = False) -> list[bytes]:
+    """`count` readings, the sites' devices round robin, encoded; with `marker`, a smoke
+    detector's alarm of each site after them."""
     site = load_site(site_file)
     feeds = [readings_of(site, s) for s in sites]
     devices = feeds[0].devices
@@ -144,6 +146,20 @@ def burst_packets(site_file: Path, sites: list[str], count: int) -> list[bytes]:
         out.append(mqtt5.PublishPacket(topic=f.topics[d.id], payload=encode(body),
                                        qos=mqtt5.QoS.AT_LEAST_ONCE,
                                        packet_id=i % 65535 + 1).write())
+    if marker:
+        # Last, a smoke detector's alarm per site: its alert says the site's worker has
+        # taken everything before it (one connection, in order).
+        detector = next(d for d in devices if d.kind == "smoke_detector")
+        for k, f in enumerate(feeds):
+            gateway = gateway_of(f.site_id, detector)
+            numbers[gateway] = numbers.get(gateway, 0) + 1
+            body = {"site": f.site_id, "family": "fire", "device": detector.id,
+                    "tags": detector.tags, "gateway": gateway, "v": 1, "ts": time.time_ns(),
+                    "seq": numbers[gateway],
+                    "values": {"state": "alarm", "smoke": 0.25, "temperature": 27.0}}
+            out.append(mqtt5.PublishPacket(topic=f.topics[detector.id], payload=encode(body),
+                                           qos=mqtt5.QoS.AT_LEAST_ONCE,
+                                           packet_id=(count + k) % 65535 + 1).write())
     return out
 
 
@@ -157,10 +173,12 @@ def main() -> int:
     parser.add_argument("--skip", default="", help="device ids left out (probes)")
     parser.add_argument("--status", type=Path)
     parser.add_argument("--count", type=int, default=100_000)
+    parser.add_argument("--marker", action="store_true",
+                        help="burst: end with a smoke detector's alarm of each site")
     args = parser.parse_args()
     sites = args.sites.split(",")
     if args.mode == "burst":
-        data = burst_packets(args.site_file, sites, args.count)
+        data = burst_packets(args.site_file, sites, args.count, args.marker)
         print(json.dumps(asyncio.run(publish(args.url, data, 1, 20_000, 0.0))), flush=True)
         return 0
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
