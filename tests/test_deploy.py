@@ -59,6 +59,10 @@ def test_one_unit_per_service_templated_per_worker_and_site(tmp_path: Path) -> N
     assert rules["ExecStart"][0].startswith(f"{sys.executable} -m app rules workers")
     assert (tmp_path / "etc" / "ingest@2.env").read_text() == \
         "METRICS=--metrics 127.0.0.1:9302\n"
+    # Every option a unit passes is one its command takes (`rules workers` has no
+    # --metrics: set, it would stop the worker at its start).
+    rules_env = (tmp_path / "etc" / "rules@1.env").read_text()
+    assert all(line.startswith("#") for line in rules_env.splitlines())
     # The site broker: bridge and ACL generated at its start, its configuration per site.
     broker = section((units / "facility-broker@.service").read_text())
     assert any("broker bridge --site %i" in line for line in broker["ExecStartPre"])
@@ -127,3 +131,25 @@ def test_verify_fails_a_bad_value_and_a_missing_program(tmp_path: Path) -> None:
                           timeout=60)
     assert done.returncode == 1
     assert "/nonexistent/mosquitto" in done.stderr
+
+
+def test_every_command_a_unit_starts_is_one_the_cli_takes(tmp_path: Path) -> None:
+    """ExecStart and ExecStartPre of each unit, with an instance and the workers' option
+    files filled in, parse as `facility` commands (argparse exits on an unknown option)."""
+    generate(tmp_path)
+    parser = cli._parser()
+    checked = 0
+    for unit in sorted((tmp_path / "units").glob("*.service")):
+        keys = section(unit.read_text())
+        kind = unit.name.split("@")[0].removeprefix("facility-")
+        env = tmp_path / "etc" / f"{kind}@1.env"
+        options = section(env.read_text()).get("METRICS", [""])[0] if env.exists() else ""
+        for line in keys.get("ExecStartPre", []) + keys["ExecStart"]:
+            if " -m app " not in line:
+                continue
+            argv = line.split(" -m app ", 1)[1].replace("$METRICS", options)
+            argv = argv.replace("%i", "1" if "@" in unit.name and kind in (
+                "ingest", "rules") else "site-01").replace("%H", "host").replace("%t", "/run")
+            parser.parse_args(argv.split())
+            checked += 1
+    assert checked == 8  # 6 services' ExecStart, the site broker's bridge and ACL
