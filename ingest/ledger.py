@@ -94,8 +94,10 @@ class SequenceLedger:
         if not marks.windows:
             return
         assert self.engine is not None, "use inside 'async with'"
+        # Rows in one order (gateway, window) here and in the checker's deletes, so two
+        # transactions never wait for each other in a cycle (a deadlock PostgreSQL aborts).
         rows = [{"g": g, "b": b, "w": self.worker, "bits": _bits(mask)}
-                for (g, b), mask in marks.windows.items()]
+                for (g, b), mask in sorted(marks.windows.items())]
         try:
             async with self.engine.begin() as conn:
                 await conn.execute(text(
@@ -131,7 +133,7 @@ class SequenceLedger:
                              self.judged[g])
                     for g, w in windows.items()}
         async with self.engine.begin() as conn:
-            for gateway, v in verdicts.items():
+            for gateway, v in sorted(verdicts.items()):
                 await self._save(conn, gateway, v)
         for gateway, v in verdicts.items():
             if v.lost:
