@@ -25,6 +25,8 @@ def main() -> int:
     parser.add_argument("names", nargs="*", help=f"some of: {', '.join(available())}")
     parser.add_argument("--quick", action="store_true",
                         help="shorter runs (smoke test of the benchmarks, figures not final)")
+    parser.add_argument("--cut-minutes", type=float, default=None,
+                        help="how long a link is cut, for benchmarks that take it (bridge)")
     parser.add_argument("--minutes", type=float, default=None,
                         help="how long to run, for benchmarks that take it (soak)")
     parser.add_argument("--state", default=None,
@@ -41,7 +43,10 @@ def main() -> int:
         module = importlib.import_module(f"bench.bench_{name}")
         print(f"\n== {name}: {(module.__doc__ or name).strip().splitlines()[0]}", flush=True)
         started = time.monotonic()
-        options = {"quick": args.quick}
+        options: dict[str, object] = {"quick": args.quick}
+        takes = inspect.signature(module.run).parameters
+        if args.cut_minutes is not None and "cut_minutes" in takes:
+            options["cut_minutes"] = args.cut_minutes
         if args.minutes is not None:
             if "minutes" in inspect.signature(module.run).parameters:
                 options["minutes"] = args.minutes

@@ -139,6 +139,7 @@ class Audit:
     out_of_order: int  # a new sequence number below one seen before, per device
     duplicates: int  # redelivered (QoS 1 is at least once)
     devices: int
+    disorder: list[str] = field(default_factory=list)  # the first few, as device:seq<newest
 
     def ok(self) -> bool:
         return self.lost == 0 and self.out_of_order == 0
@@ -150,6 +151,7 @@ def audit(sent: Counter[str], received: list[tuple[str, bytes]]) -> Audit:
     seen: dict[str, set[int]] = {}
     newest: dict[str, int] = {}
     out_of_order = duplicates = count = 0
+    disorder: list[str] = []
     for topic, payload in received:
         if not topics.is_kind(topic, topics.Kind.TELEMETRY):
             continue
@@ -161,11 +163,15 @@ def audit(sent: Counter[str], received: list[tuple[str, bytes]]) -> Audit:
             continue
         if reading.seq < newest.get(reading.device, 0):
             out_of_order += 1
+            if len(disorder) < 10:
+                disorder.append(f"{reading.device}:{reading.seq}<{newest[reading.device]}"
+                                f"@{count}")
         got.add(reading.seq)
         newest[reading.device] = max(newest.get(reading.device, 0), reading.seq)
     lost = sum(len(set(range(1, n + 1)) - seen.get(d, set())) for d, n in sent.items())
     return Audit(sent=sum(sent.values()), received=count, lost=lost,
-                 out_of_order=out_of_order, duplicates=duplicates, devices=len(sent))
+                 out_of_order=out_of_order, duplicates=duplicates, devices=len(sent),
+                 disorder=disorder)
 
 
 def link_states(received: list[tuple[str, bytes]], site: str, name: str) -> list[str]:
@@ -177,3 +183,36 @@ def link_states(received: list[tuple[str, bytes]], site: str, name: str) -> list
 def describe(a: Audit) -> dict[str, Any]:
     return {"sent": a.sent, "received": a.received, "lost": a.lost,
             "out_of_order": a.out_of_order, "duplicates": a.duplicates}
+
+
+class Listener:
+    """Keeps every message on some filters of one broker (QoS 1), in arrival order."""
+
+    def __init__(self, mqtt: MqttSettings, *filters: str) -> None:
+        self.mqtt = mqtt
+        self.filters = filters
+        self.messages: list[tuple[str, bytes]] = []
+        self.arrived: list[float] = []  # monotonic time of each message
+        self._task: asyncio.Task[None] | None = None
+        self._ready = asyncio.Event()
+
+    async def __aenter__(self) -> Listener:
+        self._task = asyncio.create_task(self._run(), name="listener")
+        await asyncio.wait_for(self._ready.wait(), 10)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._task is not None
+        self._task.cancel()
+        await asyncio.gather(self._task, return_exceptions=True)
+
+    async def _run(self) -> None:
+        async with make_client(self.mqtt, f"listener-{uuid.uuid4().hex[:8]}") as client:
+            for flt in self.filters:
+                await client.subscribe(flt, qos=1)
+            self._ready.set()
+            async for message in client.messages:
+                payload = message.payload
+                self.messages.append((message.topic.value, payload if isinstance(
+                    payload, bytes) else str(payload).encode()))
+                self.arrived.append(time.monotonic())
