@@ -11,17 +11,20 @@ PostgreSQL, see `rules_commands`), and the simulated screens and PA zones of two
 (simulators/display_player.py).
 
 Three parts:
-1. The district at SPEED x the profile's rate: 20 sites x 5.2 msg/s x 30 = 3,112 msg/s, the
-   message rate of 300 sites of 2,000 points (docs/scaling.md). Probes: a meter reading
-   of each site in turn every 0.1 s, its arrival in InfluxDB polled every 20 ms (device ->
-   InfluxDB, within the poll); fires at two sites as the alert-latency benchmark makes them
-   (device -> all 13 screens and the PA zone, and their confirmations).
+1. The district at SPEED x the profile's rate, twice: every site on the central broker,
+   then each site on a broker of its own (Mosquitto with the bridge `facility broker
+   bridge` generates) bridged to the central one, where the workers are. 20 sites x 5.2
+   msg/s x 30 = 3,112 msg/s, the message rate of 300 sites of 2,000 points
+   (docs/scaling.md), less what the probes publish themselves. Probes: a meter reading of
+   each site in turn every 0.1 s, its arrival in InfluxDB polled every 20 ms (device ->
+   InfluxDB, within the poll); fires at two sites as the alert-latency benchmark makes
+   them (device -> all 13 screens and the PA zone, and their confirmations).
 2. Ingest, 1 then 2 workers on one shared subscription: 300,000 readings published as
    fast as the broker takes them (more than one worker stores), points stored per second
-   first to last, and every process's CPU.
-3. Rules, 1 then 2 workers, each holding a site's lease: the workers paused (SIGSTOP)
-   while a burst of readings of their sites is published, then resumed together; readings
-   taken in per second from then to the last busy moment, and every process's CPU.
+   first to last, and every process's CPU; the broker's own rate to a C client beside.
+3. Rules, 1 then 2 workers, each serving a site: the workers paused (SIGSTOP) while a
+   burst of readings of their sites is published, then resumed together; readings per
+   second until each site's closing alarm raised its alert, and every process's CPU.
 """
 
 from __future__ import annotations
@@ -45,24 +48,31 @@ from typing import Any
 
 import msgspec
 import yaml
+from pydantic import SecretStr
 
 from bench.aioclient import make_client
-from bench.bench_alert_latency import Probe, Trial, fire_trials, percentiles
+from bench.bench_alert_latency import TRIAL_GAP, Probe, Trial, percentiles
 from bench.bench_ingest import c_subscriber_rate
-from bench.campus_load import catalog_of
+from bench.campus_load import Readings, catalog_of
 from bench.common import Figure, figure, servers
 from bench.district_load import gateway_of, readings_of
 from bench.procs import REPO, Service, cpu_seconds, loadgen, loadgen_result, peak_rss_mb
+from facility import bridge
 from facility import messages as m
+from facility.catalog import load_district
 from facility.influx import InfluxClient
 from facility.localservers import InfluxServer, MosquittoServer
-from facility.settings import load_settings
+from facility.settings import MqttSettings, load_settings
 from facility.site import load_site
 from facility.topology import Topology
+from rules.ops import AlertOpsClient
 from simulators.site_profile import site_ids, write_site, write_sites
 
 # The broker as bench_alert_latency runs it (set_tcp_nodelay: no 40 ms delayed-ACK stalls).
 BROKER = "max_queued_messages 10000000\nmax_inflight_messages 0\nset_tcp_nodelay true\n"
+# A site's broker: the same, plus what the generated bridge file asks of the file that
+# includes it (persistence; facility/bridge.py). Its queue limits come from the bridge file.
+SITE_BROKER = "max_inflight_messages 0\nset_tcp_nodelay true\npersistence false\n"
 SITES = 20
 INGEST_WORKERS = 3
 RULES_WORKERS = 2
@@ -303,17 +313,26 @@ class InfluxProbe:
     """Publishes a reading of PROBE_DEVICE of each site in turn every 0.1 s and polls
     InfluxDB every 20 ms for its arrival: device -> InfluxDB, within the poll."""
 
-    def __init__(self, config: Path, sites: list[str]) -> None:
+    def __init__(self, config: Path, sites: list[str],
+                 brokers: dict[str, MqttSettings] | None = None) -> None:
         self.settings = load_settings(config)
         site = load_site(self.settings.site_path)
         self.feeds = [readings_of(site, s) for s in sites]
+        self.brokers = brokers or {}  # a site's own broker, where it has one
         self.sent: dict[int, int] = {}  # ts -> perf_counter_ns at publish
         self.latency_ms: list[float] = []
 
     async def run(self, seconds: float) -> None:
         stop = asyncio.Event()
-        async with make_client(self.settings.mqtt, f"district-probe-{uuid.uuid4().hex[:6]}") \
-                as client, InfluxClient(self.settings.influx) as influx:
+        async with contextlib.AsyncExitStack() as stack:
+            influx = await stack.enter_async_context(InfluxClient(self.settings.influx))
+            clients = {}
+            for feed in self.feeds:
+                mqtt = self.brokers.get(feed.site_id, self.settings.mqtt)
+                key = mqtt.url.get_secret_value()
+                if key not in clients:
+                    clients[key] = await stack.enter_async_context(
+                        make_client(mqtt, f"district-probe-{uuid.uuid4().hex[:6]}"))
             poller = asyncio.create_task(self._poll(influx, stop), name="influx-poll")
             end = time.monotonic() + seconds
             n = 0
@@ -326,7 +345,8 @@ class InfluxProbe:
                                                   gateway=gateway_of(feed.site_id, device))
                 topic, payload = feed.topics[device.id], m.encode(reading)
                 self.sent[ts] = time.perf_counter_ns()
-                await client.publish(topic, payload, qos=1)
+                mqtt = self.brokers.get(feed.site_id, self.settings.mqtt)
+                await clients[mqtt.url.get_secret_value()].publish(topic, payload, qos=1)
                 n += 1
                 await asyncio.sleep(0.1)
             await asyncio.sleep(3)  # the last ones' way in
@@ -349,6 +369,67 @@ class InfluxProbe:
             await asyncio.sleep(0.02)
 
 
+async def fire_trials_at(probe: Probe, centre: MqttSettings, site: MqttSettings,
+                         readings: Readings, detectors: list[str], count: int) -> list[Trial]:
+    """bench_alert_latency's fire trials with the alarm published where the site's devices
+    publish (its own broker when it has one) and the operator's acknowledgement at the
+    centre, where the rules workers are."""
+    done: list[Trial] = []
+    async with make_client(site, f"district-fire-{uuid.uuid4().hex[:6]}") as client, \
+            AlertOpsClient(centre, readings.site_id) as ops:
+        for n in range(count):
+            device = readings.by_id[detectors[n % len(detectors)]]
+            trial = Trial(device.id)
+            probe.trial = trial
+            alarm = readings.message(device, time.time_ns(),
+                                     {"state": "alarm", "smoke": 0.25, "temperature": 27.0})
+            trial.published = time.perf_counter_ns()
+            await client.publish(*alarm, qos=1)
+            await probe.until(f"fire {n}: the evacuation on every screen, the PA and their "
+                              "confirmations", lambda t=trial: t.confirmed)
+            await probe.until(f"fire {n}: the alert message",
+                              lambda d=device.id: d in probe.raised)
+            trial.alert = probe.raised.pop(device.id)
+            trial.normal.clear()
+            await client.publish(*readings.message(device, time.time_ns(), {
+                "state": "normal", "smoke": 0.01, "temperature": 27.0}), qos=1)
+            for _ in range(20):
+                result = await ops.request(m.AlertAction.ACKNOWLEDGE, trial.alert, "值班员",
+                                           comment="演练")
+                if result.ok:
+                    break
+                await asyncio.sleep(0.05)  # the clear may not be taken in yet
+            await probe.until(f"fire {n}: the screens back to normal", lambda: all(
+                probe.shown.get(s) == "normal" for s in probe.screens))
+            done.append(trial)
+            await asyncio.sleep(TRIAL_GAP)
+    return done
+
+
+def start_site_brokers(folder: Path, config: Path, centre: MosquittoServer,
+                       sites: list[str]) -> dict[str, MosquittoServer]:
+    """A Mosquitto per site, bridged to the centre with the configuration `facility broker
+    bridge` generates (facility/bridge.py; no TLS on loopback)."""
+    settings = load_settings(config)
+    options = settings.bridge.model_copy(update={"remote": f"{centre.host}:{centre.port}",
+                                                 "tls": False})
+    settings = settings.model_copy(update={"bridge": options})
+    district = load_district(settings)
+    started: dict[str, MosquittoServer] = {}
+    try:
+        for site in sites:
+            server = MosquittoServer(folder / f"broker-{site}",
+                                     extra_config=SITE_BROKER + bridge.config(
+                                         district[site], settings, site))
+            server.start()
+            started[site] = server
+    except BaseException:
+        for server in started.values():
+            server.stop()
+        raise
+    return started
+
+
 async def wait_screens(probe: Probe, timeout: float = 180) -> None:
     await probe.until("the rules worker's normal content on every screen",
                       lambda: all(probe.shown.get(s) == "normal" for s in probe.screens),
@@ -356,7 +437,9 @@ async def wait_screens(probe: Probe, timeout: float = 180) -> None:
 
 
 async def district(folder: Path, config: Path, broker: MosquittoServer,
-                   influx: InfluxServer, quick: bool) -> list[Figure]:
+                   influx: InfluxServer, quick: bool, bridged: bool = False) -> list[Figure]:
+    """Part 1. `bridged`: each site's devices, screens and PA zones on a broker of the
+    site's own, bridged to the central broker where the workers are."""
     settings = load_settings(config)
     site = load_site(settings.site_path)
     sites = site_ids(SITES)
@@ -374,29 +457,39 @@ async def district(folder: Path, config: Path, broker: MosquittoServer,
     ingest: list[Service] = []
     rules: list[Service] = []
     logs: list[Any] = []
+    site_brokers: dict[str, MosquittoServer] = {}
+    tag = "bridged" if bridged else "district"
     try:
+        if bridged:
+            site_brokers = await asyncio.to_thread(start_site_brokers, folder, config,
+                                                   broker, sites)
+        where = {s: MqttSettings(url=SecretStr(b.url)) for s, b in site_brokers.items()}
         for s in FIRE_SITES:
             await asyncio.wait_for(ready[s].wait(), 20)
         for s in FIRE_SITES:
-            log = (folder / f"player-{s}.log").open("wb")  # closed below
+            log = (folder / f"player-{tag}-{s}.log").open("wb")  # closed below
             logs.append(log)
+            env = {**os.environ, **({"FACILITY_MQTT_URL": site_brokers[s].url}
+                                    if bridged else {})}
             procs.append(subprocess.Popen(
                 [sys.executable, "-m", "simulators.display_player", "--config", str(config),
-                 "--site", s, "--no-speech"], cwd=REPO, stdout=log, stderr=subprocess.STDOUT))
+                 "--site", s, "--no-speech"], cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
+                env=env))
         started = time.monotonic()
-        ingest = await asyncio.to_thread(start_ingest, config, INGEST_WORKERS, "district",
+        ingest = await asyncio.to_thread(start_ingest, config, INGEST_WORKERS, tag,
                                          folder, "district")
         rules = await asyncio.to_thread(start_rules, config, sites, RULES_WORKERS, folder,
-                                        "district")
+                                        tag)
         for s in FIRE_SITES:
             await wait_screens(probes[s])
         start_seconds = time.monotonic() - started
-        status = folder / "district-load.status"
-        load_log = (folder / "district-load.log").open("wb")  # closed below
+        status = folder / f"{tag}-load.status"
+        load_log = (folder / f"{tag}-load.log").open("wb")  # closed below
         logs.append(load_log)
+        urls = ",".join(site_brokers[s].url for s in sites) if bridged else broker.url
         load = subprocess.Popen(
             [sys.executable, "-m", "bench.district_load", "steady", str(settings.site_path),
-             "--url", broker.url, "--sites", ",".join(sites), "--speed", str(SPEED),
+             "--url", urls, "--sites", ",".join(sites), "--speed", str(SPEED),
              "--skip", ",".join([PROBE_DEVICE, *detectors]), "--status", str(status)],
             cwd=REPO, stdout=load_log, stderr=subprocess.STDOUT)
         procs.append(load)
@@ -404,25 +497,27 @@ async def district(folder: Path, config: Path, broker: MosquittoServer,
         while not status.exists() or float(status.read_text().split()[2]) < 5:
             if load.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError("the district load did not start: "
-                                   + (folder / "district-load.log").read_text()[-2000:])
+                                   + (folder / f"{tag}-load.log").read_text()[-2000:])
             await asyncio.sleep(0.2)
         seconds = 20.0 if quick else 120.0
         pids = {"ingest": [s.proc.pid for s in ingest], "rules": [s.proc.pid for s in rules],
                 "mosquitto": [broker.pid], "influxd": [influx.pid], "load": [load.pid],
-                "screens": [p.pid for p in procs[:len(FIRE_SITES)]]}
+                "screens": [p.pid for p in procs[:len(FIRE_SITES)]],
+                "site brokers": [b.pid for b in site_brokers.values()]}
         cpu0 = {k: sum(cpu_seconds(p) for p in v) for k, v in pids.items()}
         written0 = total(ingest, "facility_ingest_points_written_total")
         pg0 = pg_writes(settings.state_url)
         sent0 = status.read_text().split()
         t0 = time.monotonic()
-        probe = InfluxProbe(config, sites)
+        probe = InfluxProbe(config, sites, where)
         trials = 10 if quick else 60
         probing = asyncio.create_task(probe.run(seconds), name="influx-probe")
         # A site's trials that fail (a step not done within its bound) are counted, not
         # fatal: the other site's go on, and the figures say how many were complete.
         results = await asyncio.gather(
-            *(fire_trials(probes[s], settings.mqtt, feeds[s], detectors, trials)
-              for s in FIRE_SITES), return_exceptions=True)
+            *(fire_trials_at(probes[s], settings.mqtt, where.get(s, settings.mqtt),
+                             feeds[s], detectors, trials) for s in FIRE_SITES),
+            return_exceptions=True)
         await probing
         wall = time.monotonic() - t0
         fires: list[Trial] = [t for r in results if isinstance(r, list) for t in r]
@@ -449,6 +544,8 @@ async def district(folder: Path, config: Path, broker: MosquittoServer,
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        for server in site_brokers.values():
+            await asyncio.to_thread(server.stop)
     cores = ", ".join(f"{k} {v:.2f}" for k, v in cpu.items())
     p50, p99, worst = percentiles(probe.latency_ms) if probe.latency_ms else (0, 0, 0)
     ms = 1e-6
@@ -456,7 +553,7 @@ async def district(folder: Path, config: Path, broker: MosquittoServer,
     confirmed = [(max(t.acks.values()) - t.published) * ms for t in fires if t.confirmed]
     s50, s99, smax = percentiles(screens) if screens else (0, 0, 0)
     c50, c99, cmax = percentiles(confirmed) if confirmed else (0, 0, 0)
-    label = f"district, {SITES} sites x {SPEED:g} speed"
+    label = f"district{' bridged' if bridged else ''}, {SITES} sites x {SPEED:g} speed"
     return [
         figure(f"{label}: workers started, leases dealt out (3 ingest, {len(rules)} rules)",
                start_seconds, "s"),
@@ -646,6 +743,8 @@ async def run(quick: bool = False) -> list[Figure]:
             try:
                 figures += await district(folder, config, broker, influx, quick)
                 print("  (district part done)", file=sys.stderr, flush=True)
+                figures += await district(folder, config, broker, influx, quick, bridged=True)
+                print("  (bridged district part done)", file=sys.stderr, flush=True)
                 repeats = 1 if quick else 3
                 ingest_runs: dict[int, list[dict[str, float]]] = {1: [], 2: []}
                 rules_runs: dict[int, list[dict[str, float]]] = {1: [], 2: []}

@@ -70,8 +70,9 @@ def rate_of(site: SiteConfig, sites: int, speed: float,
     return len(schedule(devices)) / CYCLE * sites * speed
 
 
-async def steady(url: str, site_file: Path, sites: list[str], speed: float, skip: set[str],
-                 status: Path) -> None:
+async def steady(urls: list[str], site_file: Path, sites: list[str], speed: float,
+                 skip: set[str], status: Path) -> None:
+    """`urls`: the broker of each site (its own, bridged to the centre), or one for all."""
     site = load_site(site_file)
     feeds = [readings_of(site, s) for s in sites]
     devices = [d for d in feeds[0].devices if d.id not in skip]
@@ -88,10 +89,14 @@ async def steady(url: str, site_file: Path, sites: list[str], speed: float, skip
     numbers: dict[str, int] = {}
     topic = [[topics.telemetry(f.site_id, d.family, d.id) for d in devices] for f in feeds]
     encode = msgspec.json.Encoder().encode
-    link = await CountingLink.open(MqttSettings(url=SecretStr(url)),
-                                   f"district-load-{uuid.uuid4().hex[:6]}")
-    assert isinstance(link, CountingLink)
-    assert link.transport is not None
+    opened: dict[str, CountingLink] = {}
+    for url in dict.fromkeys(urls):
+        link = await CountingLink.open(MqttSettings(url=SecretStr(url)),
+                                       f"district-load-{uuid.uuid4().hex[:6]}")
+        assert isinstance(link, CountingLink)
+        assert link.transport is not None
+        opened[url] = link
+    links = [opened[urls[k] if len(urls) > 1 else urls[0]] for k in range(len(sites))]
     per_cycle = len(plan) * len(sites)
     rate = per_cycle / CYCLE * speed
     seq = [[0] * len(devices) for _ in sites]
@@ -100,7 +105,7 @@ async def steady(url: str, site_file: Path, sites: list[str], speed: float, skip
     while True:
         due = int((time.monotonic() - started) * rate)
         now = time.time_ns()
-        chunks = []
+        chunks: dict[int, list[bytes]] = {}
         while sent < due:
             step = sent % per_cycle
             s, n = step % len(sites), plan[step // len(sites)][1]
@@ -110,17 +115,20 @@ async def steady(url: str, site_file: Path, sites: list[str], speed: float, skip
             body = dict(envelopes[s][n], ts=now, seq=number,
                         values=pools[s][n][seq[s][n] % 4])
             packet_id = packet_id % 65535 + 1
-            chunks.append(mqtt5.PublishPacket(topic=topic[s][n], payload=encode(body),
-                                              qos=mqtt5.QoS.AT_LEAST_ONCE,
-                                              packet_id=packet_id).write())
+            chunks.setdefault(id(links[s]), []).append(mqtt5.PublishPacket(
+                topic=topic[s][n], payload=encode(body), qos=mqtt5.QoS.AT_LEAST_ONCE,
+                packet_id=packet_id).write())
             sent += 1
-        if chunks:
-            link.transport.write(b"".join(chunks))
-        if link.closed.done():
-            raise RuntimeError("the broker closed the district load's connection")
+        for link in opened.values():
+            if id(link) in chunks:
+                assert link.transport is not None
+                link.transport.write(b"".join(chunks[id(link)]))
+            if link.closed.done():
+                raise RuntimeError("the broker closed the district load's connection")
         if time.monotonic() - last_report >= 1:
             last_report = time.monotonic()
-            report(status, f"{sent} {link.acked} {last_report - started:.3f}")
+            acked = sum(link.acked for link in opened.values())
+            report(status, f"{sent} {acked} {last_report - started:.3f}")
         await asyncio.sleep(0.01)
 
 
@@ -167,7 +175,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.district_load")
     parser.add_argument("mode", choices=["steady", "burst"])
     parser.add_argument("site_file", type=Path)
-    parser.add_argument("--url", required=True)
+    parser.add_argument("--url", required=True,
+                        help="the broker; steady: one per site, comma-separated, or one")
     parser.add_argument("--sites", required=True, help="comma-separated site ids")
     parser.add_argument("--speed", type=float, default=1.0)
     parser.add_argument("--skip", default="", help="device ids left out (probes)")
@@ -183,7 +192,7 @@ def main() -> int:
         return 0
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     with contextlib.suppress(KeyboardInterrupt, asyncio.CancelledError):
-        asyncio.run(steady(args.url, args.site_file, sites, args.speed,
+        asyncio.run(steady(args.url.split(","), args.site_file, sites, args.speed,
                            set(filter(None, args.skip.split(","))), args.status))
     return 0
 
