@@ -1,6 +1,6 @@
 """Ingest workers killed mid-run: a worker of three SIGKILLed and restarted, or dead until
-the run is over and then replaced or retired; every number audited in InfluxDB
-(bench/ingest_workers.py)."""
+the run is over and then replaced or retired, or retired by the survivors when its lease
+runs out; every number audited in InfluxDB (bench/ingest_workers.py)."""
 
 from __future__ import annotations
 
@@ -32,6 +32,9 @@ def describe(label: str, o: Outcome, *, none_lost: bool) -> list[Figure]:
     out = [figure(f"{label}: numbers confirmed by the broker", o.published, "msgs"), missing,
            figure(f"{label}: lost by the shared loss check", o.lost_counted, "msgs"),
            figure(f"{label}: late by the shared loss check", o.late_counted, "msgs")]
+    if o.after_retire and not o.held:  # adopted: the survivors retired the slot
+        out.append(figure(f"{label}: kill -> all stored (lease 5 s, then what was held)",
+                          o.drain_seconds, "s"))
     if o.held:
         out += [figure(f"{label}: held by the broker for the dead slot", o.held, "msgs"),
                 figure(f"{label}:   of them confirmed before the kill", o.held_before_kill,
@@ -55,6 +58,7 @@ async def run(quick: bool = False, minutes: float | None = None) -> list[Figure]
     cases = [("restart", True, None, 100_000, 30.0, True),
              ("gone", False, None, 100_000, 30.0, True),
              ("retired", False, None, 100_000, 30.0, True),
+             ("adopted", False, None, 100_000, 30.0, True),
              ("gone, clean session", False, 0, 100_000, 5.0, False),
              ("gone, queue of 200", False, None, 200, 5.0, False)]
     for label, restart, expiry, queue, grace, none_lost in cases:
@@ -64,7 +68,8 @@ async def run(quick: bool = False, minutes: float | None = None) -> list[Figure]
             s = Servers(broker.url, influx.url, f"bench_{site}", state, site, folder)
             outcome = await run_kill(s, count=count, rate=rate, restart=restart,
                                      grace=grace, session_expiry=expiry,
-                                     retire=label == "retired")
+                                     retire=label == "retired", adopt=label == "adopted",
+                                     slot_ttl=5.0 if label == "adopted" else 0.0)
         figures += describe(f"{label} ({count} at {rate:g}/s)", outcome,
                             none_lost=none_lost)
     return figures

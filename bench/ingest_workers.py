@@ -48,10 +48,11 @@ class Worker:
     """One worker slot: `python -m app ingest` with the slot's fixed client id."""
 
     def __init__(self, servers: Servers, slot: int, *, grace: float,
-                 session_expiry: int | None = None) -> None:
+                 session_expiry: int | None = None, slot_ttl: float | None = None) -> None:
         self.servers = servers
         self.slot = slot
         self.grace = grace
+        self.slot_ttl = slot_ttl  # None: the settings' default
         self.session_expiry = session_expiry  # None: the settings' default (7 days)
         self.proc: subprocess.Popen[bytes] | None = None
         self.starts = 0
@@ -68,7 +69,9 @@ class Worker:
                 "FACILITY_INGEST_BATCH_INTERVAL": "0.05",
                 "FACILITY_SPOOL_DIR": str(s.folder / "spool"),
                 **({} if self.session_expiry is None else
-                   {"FACILITY_INGEST_SESSION_EXPIRY": str(self.session_expiry)})}
+                   {"FACILITY_INGEST_SESSION_EXPIRY": str(self.session_expiry)}),
+                **({} if self.slot_ttl is None else
+                   {"FACILITY_INGEST_SLOT_TTL": str(self.slot_ttl)})}
 
     def start(self) -> None:
         self.starts += 1
@@ -183,7 +186,7 @@ class Outcome:
     held: int = 0  # `gone`: numbers not stored while the slot had no process
     held_before_kill: int = 0  # of those, confirmed before the kill
     held_after_kill: int = 0
-    drain_seconds: float = 0.0  # `gone`: the slot taken again -> every number stored
+    drain_seconds: float = 0.0  # the slot taken again (`adopt`: the kill) -> all stored
     after_retire: int = 0  # `retire`: numbers published after, all to the survivors
     lost_counted: int = 0  # the shared loss check's count for gw-audit
     late_counted: int = 0
@@ -211,16 +214,20 @@ async def settle(servers: Servers, want: int, timeout: float, *, still: bool = T
 
 async def run_kill(servers: Servers, *, count: int, rate: float, restart: bool,
                    grace: float = 10.0, kill_at: int | None = None,
-                   session_expiry: int | None = None, retire: bool = False) -> Outcome:
+                   session_expiry: int | None = None, retire: bool = False,
+                   slot_ttl: float | None = 0.0, adopt: bool = False) -> Outcome:
     """Three worker slots, a numbered run, a SIGKILL of slot 2 at `kill_at` (default a
     third of the way); `restart`: slot 2 is started again at once, else only after the
     run, once what the broker held for it has been measured: by a worker that takes the
     slot, or (`retire`) by `ingest --retire`, after which a tenth more numbers are sent
-    and must reach the two survivors."""
+    and must reach the two survivors. `adopt`: nobody acts; the live workers retire the
+    dead slot once its lease (`slot_ttl`) runs out, then a tenth more are sent. A
+    `slot_ttl` of 0 (the default here) keeps the survivors from retiring it, so what the
+    broker holds for a dead slot can be measured."""
     started = time.monotonic()
     kill_at = kill_at or count // 3
-    workers = [Worker(servers, slot, grace=grace, session_expiry=session_expiry)
-               for slot in (1, 2, 3)]
+    workers = [Worker(servers, slot, grace=grace, session_expiry=session_expiry,
+                      slot_ttl=slot_ttl) for slot in (1, 2, 3)]
     try:
         for w in workers:
             w.start()
@@ -231,12 +238,17 @@ async def run_kill(servers: Servers, *, count: int, rate: float, restart: bool,
         await moment.wait()
         victim = workers[1]
         victim.kill9()
+        killed = time.monotonic()
         if restart:
             victim.start()
         await run
         outcome = Outcome(published=len(publisher.acked), killed_at=kill_at, missing=[],
                           stored=0)
-        if not restart:
+        if adopt:
+            await settle(servers, len(publisher.acked), 60, still=False)
+            outcome.drain_seconds = time.monotonic() - killed
+            publisher = await _more(publisher, outcome, servers, count, rate)
+        elif not restart:
             stored = await settle(servers, len(publisher.acked), 30)
             have = set(stored)
             held = [n for n in publisher.acked if n not in have]
@@ -246,18 +258,12 @@ async def run_kill(servers: Servers, *, count: int, rate: float, restart: bool,
             taken = time.monotonic()
             if retire:
                 await victim.retire()
-                more = Publisher(servers.mqtt_url, servers.site, count + count // 10, rate,
-                                 start_ns=publisher.start_ns)
-                more.acked = list(publisher.acked)
-                await more.run(first=count + 1)
-                outcome.after_retire = count // 10
-                outcome.published = len(more.acked)
-                publisher = more
+                publisher = await _more(publisher, outcome, servers, count, rate)
             else:
                 victim.start()
                 await victim.ready()
         stored = await settle(servers, len(publisher.acked), 60, still=False)
-        if not restart:
+        if not restart and not adopt:
             outcome.drain_seconds = time.monotonic() - taken
         have = set(stored)
         outcome.missing = [n for n in publisher.acked if n not in have]
@@ -269,6 +275,18 @@ async def run_kill(servers: Servers, *, count: int, rate: float, restart: bool,
     finally:
         for w in workers:
             w.stop()
+
+
+async def _more(publisher: Publisher, outcome: Outcome, servers: Servers, count: int,
+                rate: float) -> Publisher:
+    """A tenth more numbers after the dead slot is retired: the survivors take them all."""
+    more = Publisher(servers.mqtt_url, servers.site, count + count // 10, rate,
+                     start_ns=publisher.start_ns)
+    more.acked = list(publisher.acked)
+    await more.run(first=count + 1)
+    outcome.after_retire = count // 10
+    outcome.published = len(more.acked)
+    return more
 
 
 async def _loss_count(servers: Servers, count: int, grace: float) -> tuple[int, int]:

@@ -137,6 +137,10 @@ class IngestSettings(Section):
     spool_after: float = Field(default=5.0, gt=0)
     loss_grace: float = Field(default=60.0, gt=0, description="s before a gap is a loss")
     session_expiry: int = Field(default=7 * 24 * 3600, ge=0)
+    # Workers on a shared subscription with PostgreSQL: a worker slot (client id) silent
+    # this long is retired by a live worker, so nothing waits at the broker for a dead
+    # machine's slot (ingest/service.py); 0: never, a slot waits for its own process.
+    slot_ttl: float = Field(default=30.0, ge=0, description="s")
 
 
 class StateSettings(Section):

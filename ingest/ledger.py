@@ -46,6 +46,8 @@ SCHEMA = (
     "restarts bigint NOT NULL DEFAULT 0, updated timestamptz NOT NULL DEFAULT now())",
     "CREATE TABLE IF NOT EXISTS ingest_seq_lost (gateway text NOT NULL, first_seq bigint "
     "NOT NULL, last_seq bigint NOT NULL, at timestamptz NOT NULL DEFAULT now())",
+    "CREATE TABLE IF NOT EXISTS ingest_slots (slot text PRIMARY KEY, holder text NOT NULL, "
+    "expires timestamptz NOT NULL)",
 )
 
 
@@ -169,6 +171,46 @@ class SequenceLedger:
             found = await conn.execute(text(
                 "SELECT gateway, lost, late, restarts FROM ingest_seq_cursor"))
             return {g: (int(a), int(b), int(c)) for g, a, b, c in found.all()}
+
+    # --- worker slots: a lease per client id, so a dead slot can be retired -------------
+
+    async def hold_slot(self, slot: str, ttl: float, holder: str | None = None) -> bool:
+        """Take or renew the lease of a slot (a worker's client id) for `ttl` seconds;
+        False while another holds it. The slot's own process holds it as the slot itself
+        (so a restarted process renews at once), a worker retiring it as that worker."""
+        assert self.engine is not None
+        try:
+            async with self.engine.begin() as conn:
+                got = await conn.execute(text(
+                    "INSERT INTO ingest_slots (slot, holder, expires) VALUES (:s, :h, "
+                    "now() + make_interval(secs => :t)) ON CONFLICT (slot) DO UPDATE SET "
+                    "holder = excluded.holder, expires = excluded.expires WHERE "
+                    "ingest_slots.holder = excluded.holder OR ingest_slots.expires < now() "
+                    "RETURNING slot"), {"s": slot, "h": holder or self.worker, "t": ttl})
+                return got.first() is not None
+        except (SQLAlchemyError, OSError) as exc:
+            raise LedgerUnavailable(str(exc)) from exc
+
+    async def orphans(self) -> list[str]:
+        """Slots whose lease ran out: their process is gone."""
+        assert self.engine is not None
+        try:
+            async with self.engine.connect() as conn:
+                found = await conn.execute(text(
+                    "SELECT slot FROM ingest_slots WHERE expires < now() ORDER BY slot"))
+                return [str(slot) for slot in found.scalars()]
+        except (SQLAlchemyError, OSError) as exc:
+            raise LedgerUnavailable(str(exc)) from exc
+
+    async def drop_slot(self, slot: str) -> None:
+        """A retired slot is no slot (its process registers again when it comes back)."""
+        assert self.engine is not None
+        try:
+            async with self.engine.begin() as conn:
+                await conn.execute(text("DELETE FROM ingest_slots WHERE slot = :s AND "
+                                        "holder = :h"), {"s": slot, "h": self.worker})
+        except (SQLAlchemyError, OSError) as exc:
+            raise LedgerUnavailable(str(exc)) from exc
 
     async def cursor(self, gateway: str) -> int:
         """The gateway's cursor: every number below it has been judged (0: none yet)."""

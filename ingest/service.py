@@ -21,6 +21,7 @@ that its loss count is wrong. docs/ingest.md has the design and what was measure
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -35,7 +36,7 @@ from facility.deadletters import DeadLetters, Letter
 from facility.influx import InfluxClient, InfluxError
 from facility.influxroutes import DEFAULT, all_routes, route_name
 from facility.metrics import Metrics
-from facility.mqtt import Connection, Message, run_connected, until_lost
+from facility.mqtt import Connection, Message, MqttError, run_connected, until_lost
 from facility.mqttlink import MqttLink, connector
 from facility.service import Service
 from facility.settings import Settings
@@ -148,6 +149,7 @@ class Ingest(Service):
                                          grace=self.options.loss_grace)
             try:
                 await self.ledger.__aenter__()
+                await self._take_slot(self.ledger)
             except BaseException:
                 await self.close()
                 raise
@@ -289,18 +291,92 @@ class Ingest(Service):
 
     async def _watch_sequences(self) -> None:
         loop = asyncio.get_running_loop()
+        if self.ledger is not None:
+            await self._watch_ledger(self.ledger)
+            return
         while True:
-            if self.ledger is not None:
-                # One worker checks (the others only try for the lock): often is cheap.
-                await asyncio.sleep(min(2.0, self.options.loss_grace / 4))
-                await self._check_ledger(self.ledger)
-                continue
             await asyncio.sleep(min(10.0, self.options.loss_grace / 2))
             before = dict(self.sequences.lost)
             self.sequences.check(loop.time())
             for gateway, lost in self.sequences.lost.items():
                 if lost > before.get(gateway, 0):
                     self._m_lost.labels(gateway).inc(lost - before.get(gateway, 0))
+
+    async def _watch_ledger(self, ledger: SequenceLedger) -> None:
+        """The shared loss check (one worker checks, the others only try for the lock:
+        often is cheap) and the worker slots' leases."""
+        if self.retiring:
+            return
+        every = min(2.0, self.options.loss_grace / 4)
+        if self.options.slot_ttl > 0:
+            every = min(every, self.options.slot_ttl / 3)
+        adoption: asyncio.Task[None] | None = None
+        try:
+            while True:
+                await asyncio.sleep(every)
+                await self._check_ledger(ledger)
+                try:
+                    adoption = await self._slots(ledger, adoption)
+                except LedgerUnavailable as exc:
+                    log.warning("ingest: the slot leases cannot be read: %s", exc)
+        finally:
+            if adoption is not None:
+                adoption.cancel()
+                await asyncio.gather(adoption, return_exceptions=True)
+
+    async def _take_slot(self, ledger: SequenceLedger) -> None:
+        """Hold this worker's slot lease; while a live worker is retiring the slot (this
+        process was away longer than slot_ttl), wait until it is done."""
+        ttl = self.options.slot_ttl
+        if self.retiring or ttl <= 0:
+            return
+        waited = False
+        while not await ledger.hold_slot(self.client_id, ttl, holder=self.client_id):
+            if not waited:
+                log.warning("ingest: slot %s is being retired by another worker; waiting",
+                            self.client_id)
+                waited = True
+            await asyncio.sleep(1.0)
+
+    async def _slots(self, ledger: SequenceLedger,
+                     adoption: asyncio.Task[None] | None) -> asyncio.Task[None] | None:
+        """Renew this worker's slot; retire one slot whose lease ran out (its process is
+        gone), one at a time. Returns the retiring task, if any."""
+        ttl = self.options.slot_ttl
+        if ttl <= 0:
+            return adoption
+        if not await ledger.hold_slot(self.client_id, ttl, holder=self.client_id):
+            log.warning("ingest: slot %s is held by a worker retiring it", self.client_id)
+        if adoption is not None and not adoption.done():
+            return adoption
+        for slot in await ledger.orphans():
+            if slot != self.client_id and await ledger.hold_slot(slot, ttl):
+                return asyncio.create_task(self._adopt(ledger, slot),
+                                           name=f"ingest retire {slot}")
+        return None
+
+    async def _adopt(self, ledger: SequenceLedger, slot: str) -> None:
+        """Retire a dead slot: store what the broker holds for it and end its session, so
+        the broker stops giving it a share (docs/ingest.md)."""
+        ttl = self.options.slot_ttl
+        log.warning("ingest: slot %s silent for over %gs: retiring it", slot, ttl)
+
+        async def renew() -> None:
+            while True:
+                await asyncio.sleep(ttl / 3)
+                with contextlib.suppress(LedgerUnavailable):
+                    await ledger.hold_slot(slot, ttl)
+
+        renewing = asyncio.create_task(renew(), name=f"ingest renew {slot}")
+        try:
+            await retire(self.settings, slot, idle=max(1.0, min(5.0, ttl / 3)))
+            await ledger.drop_slot(slot)
+        except (MqttError, LedgerUnavailable, TimeoutError) as exc:
+            log.warning("ingest: retiring slot %s failed (%s); it will be tried again",
+                        slot, exc)
+        finally:
+            renewing.cancel()
+            await asyncio.gather(renewing, return_exceptions=True)
 
     async def _check_ledger(self, ledger: SequenceLedger) -> None:
         """A round of the shared loss check, if this worker is the checker; a store that

@@ -245,7 +245,7 @@ async def test_three_workers_on_a_shared_subscription_count_loss_exactly(
 
 # --- kill -9 a worker process of three, with a sequence audit ---------------------------
 
-@pytest.mark.parametrize("mode", ["restarted", "replaced", "retired"])
+@pytest.mark.parametrize("mode", ["restarted", "replaced", "retired", "adopted"])
 async def test_kill_9_one_worker_of_three_nothing_lost(
         mosquitto_server: MosquittoServer, influx_server: InfluxServer, pg_url: str,
         tmp_path: Path, unique: str, mode: str) -> None:
@@ -253,18 +253,23 @@ async def test_kill_9_one_worker_of_three_nothing_lost(
     1,000/s. Restarted at once; or left dead until the run is over (the broker holds what
     it had given the slot, and keeps giving it its share) and then replaced by a new
     process with the slot's client id, or retired (`ingest --retire`: what the slot's
-    session holds is stored, then 300 more numbers go to the two survivors). Every number
-    the broker confirmed is in InfluxDB, and the shared loss check counted none lost."""
+    session holds is stored, then 300 more numbers go to the two survivors); or adopted:
+    nobody acts, a live worker retires the slot once its lease (3 s) runs out, then 300
+    more. Every number the broker confirmed is in InfluxDB, and the shared loss check
+    counted none lost."""
     servers = Servers(mosquitto_server.url, influx_server.url, f"kill_{unique}", pg_url,
                       f"k{unique}", tmp_path)
     outcome = await run_kill(servers, count=3000, rate=1000.0, restart=mode == "restarted",
-                             grace=30.0, retire=mode == "retired")
-    total = 3300 if mode == "retired" else 3000
+                             grace=30.0, retire=mode == "retired", adopt=mode == "adopted",
+                             slot_ttl=3.0 if mode == "adopted" else 0.0)
+    total = 3300 if mode in ("retired", "adopted") else 3000
     assert outcome.published == total
     assert outcome.missing == [], f"{len(outcome.missing)} lost: {outcome.missing[:20]}"
     assert outcome.stored == total
     assert (outcome.lost_counted, outcome.late_counted) == (0, 0)
-    if mode != "restarted":
+    if mode == "adopted":
+        assert outcome.drain_seconds < 20, outcome  # the lease, then what was held
+    elif mode != "restarted":
         # Mosquitto 2.0.11 kept giving the dead slot its third of what came after the kill.
         after = 3000 - outcome.killed_at
         assert after * 0.25 < outcome.held_after_kill < after * 0.42, outcome
