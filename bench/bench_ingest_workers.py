@@ -33,8 +33,7 @@ def describe(label: str, o: Outcome, *, none_lost: bool) -> list[Figure]:
            figure(f"{label}: lost by the shared loss check", o.lost_counted, "msgs"),
            figure(f"{label}: late by the shared loss check", o.late_counted, "msgs")]
     if o.after_retire and not o.held:  # adopted: the survivors retired the slot
-        out.append(figure(f"{label}: kill -> all stored (lease 5 s, then what was held)",
-                          o.drain_seconds, "s"))
+        out.append(figure(f"{label}: run over -> all stored", o.drain_seconds, "s"))
     if o.held:
         out += [figure(f"{label}: held by the broker for the dead slot", o.held, "msgs"),
                 figure(f"{label}:   of them confirmed before the kill", o.held_before_kill,

@@ -186,7 +186,7 @@ class Outcome:
     held: int = 0  # `gone`: numbers not stored while the slot had no process
     held_before_kill: int = 0  # of those, confirmed before the kill
     held_after_kill: int = 0
-    drain_seconds: float = 0.0  # the slot taken again (`adopt`: the kill) -> all stored
+    drain_seconds: float = 0.0  # the slot taken again (`adopt`: the run over) -> all stored
     after_retire: int = 0  # `retire`: numbers published after, all to the survivors
     lost_counted: int = 0  # the shared loss check's count for gw-audit
     late_counted: int = 0
@@ -238,15 +238,15 @@ async def run_kill(servers: Servers, *, count: int, rate: float, restart: bool,
         await moment.wait()
         victim = workers[1]
         victim.kill9()
-        killed = time.monotonic()
         if restart:
             victim.start()
         await run
         outcome = Outcome(published=len(publisher.acked), killed_at=kill_at, missing=[],
                           stored=0)
         if adopt:
+            over = time.monotonic()
             await settle(servers, len(publisher.acked), 60, still=False)
-            outcome.drain_seconds = time.monotonic() - killed
+            outcome.drain_seconds = time.monotonic() - over
             publisher = await _more(publisher, outcome, servers, count, rate)
         elif not restart:
             stored = await settle(servers, len(publisher.acked), 30)
