@@ -47,6 +47,8 @@ def register(sub: Any, run: Callable[..., Awaitable[int]]) -> None:
     r.add_argument("--ttl", type=float, default=6.0,
                    help="s a lease lasts unless renewed (renewed every ttl/3; default 6)")
     r.add_argument("--owner", default="", help="this worker's id (default: host-pid-random)")
+    r.add_argument("--metrics", metavar="HOST:PORT", default="",
+                   help="serve the held sites' Prometheus metrics (/metrics, /healthz) here")
     r.set_defaults(func=cmd_workers)
     r = rs.add_parser("check", help="validate rule files and endpoints; list the rules")
     r.set_defaults(func=cmd_check)
@@ -111,11 +113,22 @@ async def cmd_workers(args: argparse.Namespace, settings: Settings, catalog: Cat
                            ttl=args.ttl, catalog_for=district.__getitem__,
                            on_event=lambda text: print(text, flush=True))
     async with workers:
+        runner = None
+        if args.metrics:
+            from facility.metrics import serve_metrics
+
+            host, _, port = args.metrics.rpartition(":")
+            runner = await serve_metrics(workers.metrics, host or "127.0.0.1", int(port),
+                                         healthy=lambda: workers.failed is None)
         print(f"rules worker {workers.owner}: {len(workers.sites)} sites, lease ttl "
               f"{workers.ttl:g}s", flush=True)
         done = asyncio.ensure_future(stop.wait())
-        await asyncio.wait([done, workers.task], return_when=asyncio.FIRST_COMPLETED)
-        done.cancel()
+        try:
+            await asyncio.wait([done, workers.task], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            done.cancel()
+            if runner is not None:
+                await runner.cleanup()
         if workers.failed is not None:
             raise workers.failed
     print(f"rules worker {workers.owner}: stopped", flush=True)

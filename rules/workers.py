@@ -27,7 +27,8 @@ import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from facility.catalog import Catalog
+from facility.catalog import Catalog, site_rules_dir
+from facility.metrics import Metrics
 from facility.service import Service
 from facility.settings import Settings
 from rules.lease import Leases, SiteLease, lost
@@ -37,6 +38,7 @@ log = logging.getLogger(__name__)
 
 TTL = 6.0  # s a lease lasts unless renewed (renewed every ttl/3)
 START_TIMEOUT = 60.0  # s a site's service may take to connect before it is given up
+RETRY_AFTER = 30.0  # s a site that could not start is left alone (no epoch churn)
 
 
 def worker_id() -> str:
@@ -75,6 +77,10 @@ class RulesWorkers(Service):
         self.held: dict[str, Held] = {}
         self.live = 1
         self.lost: dict[str, str] = {}  # site -> why, the last time it was lost
+        self.broken: dict[str, float] = {}  # site -> when to try it again (did not start)
+        self.rounds = 0  # balancing rounds done
+        # The held sites' metrics, kept current: serve_metrics reads the list per request.
+        self.metrics: list[Metrics] = []
         self._changing = asyncio.Lock()  # starts, stops and releases, one at a time
         self._renewed = time.monotonic()
         # Each worker tries the sites from its own place in the list: fewer collisions.
@@ -138,6 +144,7 @@ class RulesWorkers(Service):
                 await self._balance()
             except Exception as exc:  # the database away: the renewals deal with it
                 log.warning("%s: sites not balanced: %r", self.name, exc)
+            self.rounds += 1
             await asyncio.sleep(self.ttl / 3)
 
     async def _balance(self) -> None:
@@ -162,7 +169,8 @@ class RulesWorkers(Service):
                 break
             holder = holders.get(site)
             if site in self.held or (holder is not None and holder.owner
-                                     and not holder.expired):
+                                     and not holder.expired) \
+                    or self.broken.get(site, 0.0) > time.monotonic():
                 continue
             epoch = await self.leases.acquire(site)
             if epoch is not None:
@@ -175,16 +183,23 @@ class RulesWorkers(Service):
         lease = SiteLease(self.leases, site, epoch)
         self._event(f"acquired {site} epoch {epoch}")
         async with self._changing:
-            service = RulesService(self.settings, self.catalog_for(site), site=site,
-                                   state_url=self.state_url, lease=lease)
             try:
+                catalog = self.catalog_for(site)
+                service = RulesService(self.settings, catalog, site=site,
+                                       state_url=self.state_url, lease=lease,
+                                       rules_dir=site_rules_dir(self.settings, catalog))
                 await service.__aenter__()
-            except Exception as exc:  # the state or the lease: give it back
-                log.error("%s: site %s not started: %r", self.name, site, exc)
+            except Exception as exc:  # its files, the state or the lease: give it back
+                log.error("%s: site %s not started (tried again in %gs): %s", self.name,
+                          site, RETRY_AFTER, exc)
+                self.broken[site] = time.monotonic() + RETRY_AFTER
                 with contextlib.suppress(Exception):
                     await self.leases.release(site, epoch)
-                self._event(f"released {site} epoch {epoch}: not started ({exc!r})")
+                self._event(f"released {site} epoch {epoch}: not started "
+                            f"({type(exc).__name__})")
                 return
+            self.broken.pop(site, None)
+            self.metrics.append(service.metrics)
             held = self.held[site] = Held(lease, service)
             held.ready = asyncio.create_task(self._when_ready(site, held),
                                              name=f"{self.name} {site} ready")
@@ -214,6 +229,8 @@ class RulesWorkers(Service):
             held = self.held.pop(site, None)
             if held is None:
                 return
+            with contextlib.suppress(ValueError):
+                self.metrics.remove(held.service.metrics)
             if held.ready is not None:
                 held.ready.cancel()
                 await asyncio.gather(held.ready, return_exceptions=True)

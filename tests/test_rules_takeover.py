@@ -2,10 +2,10 @@
 (`facility rules workers`) killed or paused in the middle of an incident.
 
 The lease tests, and two workers sharing three sites, run in-process against the machine's
-PostgreSQL and Mosquitto. The takeover tests start
-two workers as real processes on a real Mosquitto and PostgreSQL, with a lease ttl of 2 s,
-the screens and PA zones (simulators/display_player.py) in this process; one worker is
-killed (SIGKILL) or paused (SIGSTOP) while it owns the site during a fire."""
+PostgreSQL and Mosquitto. The takeover tests start two workers as real processes on a real
+Mosquitto and PostgreSQL, with a lease ttl of 2 s, the screens and PA zones
+(simulators/display_player.py) in this process; one worker is killed (SIGKILL) or paused
+(SIGSTOP) while it owns the site during a fire."""
 
 from __future__ import annotations
 
@@ -228,6 +228,43 @@ async def test_workers_share_the_sites_and_hand_them_over_on_a_clean_stop(
             print(f"\nhand-over of 2 sites after a clean stop: {handover:.2f} s (ttl 1 s)")
             assert not first.held and handover < BOUND
             assert not any(h.service.failed for h in second.held.values())
+
+
+@POSTGRES
+async def test_a_site_that_cannot_start_is_released_and_left_alone_for_a_while(
+        tmp_path: Path, mosquitto_server: MosquittoServer, state_url: str) -> None:
+    """A site whose files do not load (a rule that matches nothing there): its lease is
+    released at once and not taken again every round (no epoch after epoch); the other
+    site is served."""
+    from facility.configfile import ConfigError
+    from facility.site import load_site, site_for
+
+    settings = make_settings(tmp_path, mosquitto_server.url, "http://127.0.0.1:9", "unused")
+    good, bad = f"t-{uuid.uuid4().hex[:10]}", f"t-{uuid.uuid4().hex[:10]}"
+
+    def catalog_for(site: str) -> Catalog:
+        if site == bad:
+            raise ConfigError(f"{site}.yaml: a broken site file")
+        return catalog(site_for(load_site(SITE_FILE), site))
+
+    worker = RulesWorkers(settings, catalog_for(good), [good, bad], owner="w1", ttl=1.0,
+                          state_url=state_url, catalog_for=catalog_for)
+    async with worker:
+        async def settled() -> bool:
+            return bad in worker.broken and good in worker.held \
+                and worker.held[good].service.ready.is_set()
+        await eventually(settled, bool, 30, "the good site served, the bad one given back")
+        rounds = worker.rounds
+        await eventually(lambda: _rounds(worker, rounds + 2), bool, 10, "two more rounds")
+        assert worker.leases is not None
+        holders = await worker.leases.holders([good, bad])
+        assert (holders[bad].owner, holders[bad].epoch) == ("", 1)  # released, not retaken
+        assert (holders[good].owner, holders[good].epoch) == ("w1", 1)
+        assert len(worker.metrics) == 1  # the served site's metrics only
+
+
+async def _rounds(worker: RulesWorkers, at_least: int) -> bool:
+    return worker.rounds >= at_least
 
 
 # --- workers as processes: kill -9 and SIGSTOP during a fire ---------------------------------
