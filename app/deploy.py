@@ -11,9 +11,8 @@ takes its secrets from an environment file (ETC/facility.env, ETC/site-SITE.env)
 from the unit. The generator writes, under DIR:
 
 - units/: the unit files and facility.target;
-- etc/: what goes to ETC: the workers' own options (ingest@N.env: its metrics port;
-  rules@N.env, empty until `rules workers` serves metrics; the rules workers share the
-  sites by lease, `facility rules workers`),
+- etc/: what goes to ETC: the workers' own options (ingest@N.env, rules@N.env: their
+  metrics ports; the rules workers share the sites by lease, `facility rules workers`),
   each site broker's configuration (broker/SITE.conf) and facility.env.example, the list
   of secret variables to fill in.
 
@@ -90,11 +89,8 @@ def generate(out: Path, sites: list[str], *, python: str, config: str, etc: str,
         written.append(_write(conf / f"ingest@{n}.env",
                               f"METRICS=--metrics 127.0.0.1:{METRICS_BASE['ingest'] + n}\n"))
     for n in range(1, rules_workers + 1):
-        # `rules workers` serves no metrics endpoint yet: an option it does not take
-        # would stop the worker at its start.
         written.append(_write(conf / f"rules@{n}.env",
-                              "# METRICS=--metrics 127.0.0.1:"
-                              f"{METRICS_BASE['rules'] + n}  (once `rules workers` has it)\n"))
+                              f"METRICS=--metrics 127.0.0.1:{METRICS_BASE['rules'] + n}\n"))
     broker = (TEMPLATES / "site-broker.conf").read_text(encoding="utf-8")
     for site in sites:
         text = render(broker, {"site": site, "etc": etc, "run": f"/run/facility-broker-{site}",
