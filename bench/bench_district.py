@@ -170,7 +170,8 @@ def rules_commands(config: Path, sites: list[str], workers: int
 
 class LeaseWorker(Service):
     """`python -m app ... rules workers`: like Service, without a metrics endpoint (the
-    command has none); ready when the leases are dealt out (wait_leases)."""
+    command had none when this was written); ready when the leases are dealt out
+    (wait_leases), which the database says."""
 
     def __init__(self, command: list[str], log: Path) -> None:
         self.metrics_port = 0
@@ -179,7 +180,7 @@ class LeaseWorker(Service):
                                      stdout=self.log, stderr=subprocess.STDOUT)
 
     def metric(self, name: str) -> float:
-        raise NotImplementedError("rules workers serve no metrics")
+        raise NotImplementedError("started without --metrics")
 
 
 def start_rules(config: Path, sites: list[str], workers: int, folder: Path,
@@ -656,8 +657,8 @@ def rules_scaling(folder: Path, config: Path, broker: MosquittoServer, workers: 
             cwd=REPO, stdout=subprocess.PIPE, text=True)
 
     metric = "facility_rules_inputs_total"
-    # An engine per worker, each with its site: `rules run`, since `rules workers` has no
-    # metrics endpoint to count what it took (and a lease would lapse in the pause below).
+    # An engine per worker, each with its site: `rules run`, the engine the lease workers
+    # run, without a lease to lapse in the pause below.
     services = start_engines(config, [[site] for site in sites], folder, tag)
     watchers: list[subprocess.Popen[str]] = []
     try:
