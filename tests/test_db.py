@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import sqlalchemy as sa
 
 from facility.db import open_store
@@ -22,3 +24,20 @@ async def test_store_roundtrip(state_url: str) -> None:
         assert got == "西门车棚火警 ✓"
     finally:
         await engine.dispose()
+
+
+async def test_workers_starting_together_create_the_schema_once(state_url: str) -> None:
+    """Eight processes' first open at the same moment on an empty database: each one
+    finds or makes the tables (PostgreSQL's CREATE TABLE races without the lock: a unique
+    violation on its catalogue stopped one of two rules workers started together)."""
+    many = sa.MetaData()
+    for n in range(6):
+        sa.Table(f"t{n}", many, sa.Column("id", sa.Integer, primary_key=True),
+                 sa.Column("v", sa.Text))
+    engines = await asyncio.gather(*(open_store(state_url, many) for _ in range(8)))
+    try:
+        async with engines[0].connect() as conn:
+            names = await conn.run_sync(lambda c: sa.inspect(c).get_table_names())
+        assert {f"t{n}" for n in range(6)} <= set(names)
+    finally:
+        await asyncio.gather(*(e.dispose() for e in engines))
