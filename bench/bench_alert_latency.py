@@ -314,9 +314,13 @@ class Probe:
 
 
 async def fire_trials(probe: Probe, mqtt: MqttSettings, readings: Readings,
-                      detectors: list[str], count: int) -> list[Trial]:
+                      detectors: list[str], count: int,
+                      site: MqttSettings | None = None) -> list[Trial]:
+    """Fires one after another, each alarm published where the site's devices publish
+    (`site`: its own broker, bridged; default `mqtt`) and acknowledged where the rules
+    engine is (`mqtt`)."""
     done: list[Trial] = []
-    async with make_client(mqtt, f"bench-fire-{uuid.uuid4().hex[:6]}") as client, \
+    async with make_client(site or mqtt, f"bench-fire-{uuid.uuid4().hex[:6]}") as client, \
             AlertOpsClient(mqtt, readings.site_id) as ops:
         for n in range(count):
             device = readings.by_id[detectors[n % len(detectors)]]

@@ -51,9 +51,9 @@ import yaml
 from pydantic import SecretStr
 
 from bench.aioclient import make_client
-from bench.bench_alert_latency import TRIAL_GAP, Probe, Trial, percentiles
+from bench.bench_alert_latency import Probe, Trial, fire_trials, percentiles
 from bench.bench_ingest import c_subscriber_rate
-from bench.campus_load import Readings, catalog_of
+from bench.campus_load import catalog_of
 from bench.common import Figure, figure, servers
 from bench.district_load import gateway_of, readings_of
 from bench.procs import REPO, Service, cpu_seconds, loadgen, loadgen_result, peak_rss_mb
@@ -65,7 +65,6 @@ from facility.localservers import InfluxServer, MosquittoServer
 from facility.settings import MqttSettings, load_settings
 from facility.site import load_site
 from facility.topology import Topology
-from rules.ops import AlertOpsClient
 from simulators.site_profile import site_ids, write_site, write_sites
 
 # The broker as bench_alert_latency runs it (set_tcp_nodelay: no 40 ms delayed-ACK stalls).
@@ -370,43 +369,6 @@ class InfluxProbe:
             await asyncio.sleep(0.02)
 
 
-async def fire_trials_at(probe: Probe, centre: MqttSettings, site: MqttSettings,
-                         readings: Readings, detectors: list[str], count: int) -> list[Trial]:
-    """bench_alert_latency's fire trials with the alarm published where the site's devices
-    publish (its own broker when it has one) and the operator's acknowledgement at the
-    centre, where the rules workers are."""
-    done: list[Trial] = []
-    async with make_client(site, f"district-fire-{uuid.uuid4().hex[:6]}") as client, \
-            AlertOpsClient(centre, readings.site_id) as ops:
-        for n in range(count):
-            device = readings.by_id[detectors[n % len(detectors)]]
-            trial = Trial(device.id)
-            probe.trial = trial
-            alarm = readings.message(device, time.time_ns(),
-                                     {"state": "alarm", "smoke": 0.25, "temperature": 27.0})
-            trial.published = time.perf_counter_ns()
-            await client.publish(*alarm, qos=1)
-            await probe.until(f"fire {n}: the evacuation on every screen, the PA and their "
-                              "confirmations", lambda t=trial: t.confirmed)
-            await probe.until(f"fire {n}: the alert message",
-                              lambda d=device.id: d in probe.raised)
-            trial.alert = probe.raised.pop(device.id)
-            trial.normal.clear()
-            await client.publish(*readings.message(device, time.time_ns(), {
-                "state": "normal", "smoke": 0.01, "temperature": 27.0}), qos=1)
-            for _ in range(20):
-                result = await ops.request(m.AlertAction.ACKNOWLEDGE, trial.alert, "值班员",
-                                           comment="演练")
-                if result.ok:
-                    break
-                await asyncio.sleep(0.05)  # the clear may not be taken in yet
-            await probe.until(f"fire {n}: the screens back to normal", lambda: all(
-                probe.shown.get(s) == "normal" for s in probe.screens))
-            done.append(trial)
-            await asyncio.sleep(TRIAL_GAP)
-    return done
-
-
 def start_site_brokers(folder: Path, config: Path, centre: MosquittoServer,
                        sites: list[str]) -> dict[str, MosquittoServer]:
     """A Mosquitto per site, bridged to the centre with the configuration `facility broker
@@ -516,8 +478,8 @@ async def district(folder: Path, config: Path, broker: MosquittoServer,
         # A site's trials that fail (a step not done within its bound) are counted, not
         # fatal: the other site's go on, and the figures say how many were complete.
         results = await asyncio.gather(
-            *(fire_trials_at(probes[s], settings.mqtt, where.get(s, settings.mqtt),
-                             feeds[s], detectors, trials) for s in FIRE_SITES),
+            *(fire_trials(probes[s], settings.mqtt, feeds[s], detectors, trials,
+                          site=where.get(s)) for s in FIRE_SITES),
             return_exceptions=True)
         await probing
         wall = time.monotonic() - t0
