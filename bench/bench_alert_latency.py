@@ -25,12 +25,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import getpass
 import os
 import shutil
 import signal
 import statistics
-import subprocess
 import sys
 import time
 import uuid
@@ -58,7 +56,7 @@ from bench.common import Figure, figure, servers
 from facility import messages as m
 from facility import topics
 from facility.endpoints import load_endpoints
-from facility.localservers import free_port
+from facility.localservers import free_port, postgres_database
 from facility.mqttlink import MqttLink
 from facility.settings import MqttSettings, load_settings
 from facility.site import load_site
@@ -93,13 +91,8 @@ def state_store(folder: Path, state: str) -> Iterator[str]:
     if state == "sqlite":
         yield f"sqlite:///{folder / 'state.sqlite'}"
         return
-    name = f"facility_bench_{uuid.uuid4().hex[:10]}"
-    pg = ["-h", "127.0.0.1", "-p", "5432"]
-    subprocess.run(["createdb", *pg, name], check=True, capture_output=True)
-    try:
-        yield f"postgresql://{getpass.getuser()}@127.0.0.1:5432/{name}"
-    finally:
-        subprocess.run(["dropdb", *pg, "--if-exists", "--force", name], capture_output=True)
+    with postgres_database("facility_bench") as url:
+        yield url
 
 
 def write_config(folder: Path, mqtt_url: str, state_url: str = "") -> Path:

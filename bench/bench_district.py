@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import getpass
 import os
 import shutil
 import signal
@@ -61,7 +60,7 @@ from facility import bridge
 from facility import messages as m
 from facility.catalog import load_district
 from facility.influx import InfluxClient
-from facility.localservers import InfluxServer, MosquittoServer
+from facility.localservers import InfluxServer, MosquittoServer, postgres_database
 from facility.settings import MqttSettings, load_settings
 from facility.site import load_site
 from facility.topology import Topology
@@ -139,20 +138,6 @@ def pg_writes(state_url: str) -> tuple[float, float]:
                           f"pg_stat_database WHERE datname = '{name}'"],
                          capture_output=True, text=True, check=True).stdout.split()
     return float(out[0]), float(out[1])
-
-
-def create_database() -> str:
-    name = f"facility_district_{uuid.uuid4().hex[:8]}"
-    made = subprocess.run(["createdb", "-h", "127.0.0.1", "-p", "5432", name],
-                          capture_output=True, text=True)
-    if made.returncode:
-        raise RuntimeError(f"cannot create a PostgreSQL database: {made.stderr}")
-    return f"postgresql://{getpass.getuser()}@127.0.0.1:5432/{name}"
-
-
-def drop_database(url: str) -> None:
-    subprocess.run(["dropdb", "-h", "127.0.0.1", "-p", "5432", "--if-exists", "--force",
-                    url.rsplit("/", 1)[1]], capture_output=True)
 
 
 # --- the workers -----------------------------------------------------------------------------
@@ -699,59 +684,55 @@ def scaling_figures(name: str, runs: dict[int, list[dict[str, float]]]) -> list[
 
 async def run(quick: bool = False) -> list[Figure]:
     figures: list[Figure] = []
-    state_url = create_database()
-    # The bridged part's own: on the first part's ledger, the load numbering every gateway
-    # from 1 again reads as 40 gateways restarting, and the shared check counted 46 lost
-    # against their old numbers (0 on a fresh one; BENCHMARKS.md).
-    bridged_url = create_database()
-    try:
-        with servers(BROKER) as (broker, influx, folder):
-            config = write_config(folder, broker, influx, state_url)
-            bridged_config = folder / "facility-bridged.yaml"
-            data = yaml.safe_load(config.read_text(encoding="utf-8"))
-            data["state"] = {"url": bridged_url}
-            bridged_config.write_text(yaml.safe_dump(data, allow_unicode=True),
-                                      encoding="utf-8")
-            try:
-                figures += await district(folder, config, broker, influx, quick)
-                print("  (district part done)", file=sys.stderr, flush=True)
-                figures += await district(folder, bridged_config, broker, influx, quick,
-                                          bridged=True)
-                print("  (bridged district part done)", file=sys.stderr, flush=True)
-                repeats = 1 if quick else 3
-                ingest_runs: dict[int, list[dict[str, float]]] = {1: [], 2: []}
-                rules_runs: dict[int, list[dict[str, float]]] = {1: [], 2: []}
-                for r in range(repeats):  # 1 and 2 workers alternately
-                    for k in (1, 2):
-                        ingest_runs[k].append(await asyncio.to_thread(
-                            ingest_scaling, folder, config, broker, influx, k,
-                            60_000 if quick else 300_000, r))
-                    for k in (1, 2):
-                        rules_runs[k].append(await asyncio.to_thread(
-                            rules_scaling, folder, config, broker, k,
-                            30_000 if quick else 200_000, r))
-                # The ceiling both kinds of worker share: one Mosquitto's QoS 1 delivery.
-                ceiling = [await asyncio.to_thread(c_subscriber_rate, broker,
-                                                   60_000 if quick else 300_000)
-                           for _ in range(repeats)]
-                figures.append(figure(
-                    "broker QoS 1 to a C client (mosquitto_sub), the workers' ceiling",
-                    statistics.median(ceiling), "msg/s",
-                    note=f"median of {len(ceiling)} "
-                         f"({', '.join(f'{c:,.0f}' for c in ceiling)})"))
-                figures += scaling_figures("ingest, QoS 1, shared subscription", ingest_runs)
-                figures += scaling_figures("rules, a site per worker", rules_runs)
-            except BaseException:
-                kept = Path(tempfile.mkdtemp(prefix="facility-district-logs-"))
-                for log in folder.glob("*.log"):
-                    shutil.copy(log, kept / log.name)
-                print(f"  (the processes' logs are kept in {kept})", file=sys.stderr)
-                for log in sorted(folder.glob("*.log")):
-                    text = log.read_text(errors="replace")
-                    if "Traceback" in text or "error" in text.lower():
-                        print(f"--- {log.name} ---\n{text[-2000:]}", file=sys.stderr)
-                raise
-    finally:
-        drop_database(state_url)
-        drop_database(bridged_url)
+    # The bridged part's own database: on the first part's ledger, the load numbering
+    # every gateway from 1 again reads as 40 gateways restarting, and the shared check
+    # counted 46 lost against their old numbers (0 on a fresh one; BENCHMARKS.md).
+    with postgres_database("facility_district") as state_url, \
+            postgres_database("facility_district") as bridged_url, \
+            servers(BROKER) as (broker, influx, folder):
+        config = write_config(folder, broker, influx, state_url)
+        bridged_config = folder / "facility-bridged.yaml"
+        data = yaml.safe_load(config.read_text(encoding="utf-8"))
+        data["state"] = {"url": bridged_url}
+        bridged_config.write_text(yaml.safe_dump(data, allow_unicode=True),
+                                  encoding="utf-8")
+        try:
+            figures += await district(folder, config, broker, influx, quick)
+            print("  (district part done)", file=sys.stderr, flush=True)
+            figures += await district(folder, bridged_config, broker, influx, quick,
+                                      bridged=True)
+            print("  (bridged district part done)", file=sys.stderr, flush=True)
+            repeats = 1 if quick else 3
+            ingest_runs: dict[int, list[dict[str, float]]] = {1: [], 2: []}
+            rules_runs: dict[int, list[dict[str, float]]] = {1: [], 2: []}
+            for r in range(repeats):  # 1 and 2 workers alternately
+                for k in (1, 2):
+                    ingest_runs[k].append(await asyncio.to_thread(
+                        ingest_scaling, folder, config, broker, influx, k,
+                        60_000 if quick else 300_000, r))
+                for k in (1, 2):
+                    rules_runs[k].append(await asyncio.to_thread(
+                        rules_scaling, folder, config, broker, k,
+                        30_000 if quick else 200_000, r))
+            # The ceiling both kinds of worker share: one Mosquitto's QoS 1 delivery.
+            ceiling = [await asyncio.to_thread(c_subscriber_rate, broker,
+                                               60_000 if quick else 300_000)
+                       for _ in range(repeats)]
+            figures.append(figure(
+                "broker QoS 1 to a C client (mosquitto_sub), the workers' ceiling",
+                statistics.median(ceiling), "msg/s",
+                note=f"median of {len(ceiling)} "
+                     f"({', '.join(f'{c:,.0f}' for c in ceiling)})"))
+            figures += scaling_figures("ingest, QoS 1, shared subscription", ingest_runs)
+            figures += scaling_figures("rules, a site per worker", rules_runs)
+        except BaseException:
+            kept = Path(tempfile.mkdtemp(prefix="facility-district-logs-"))
+            for log in folder.glob("*.log"):
+                shutil.copy(log, kept / log.name)
+            print(f"  (the processes' logs are kept in {kept})", file=sys.stderr)
+            for log in sorted(folder.glob("*.log")):
+                text = log.read_text(errors="replace")
+                if "Traceback" in text or "error" in text.lower():
+                    print(f"--- {log.name} ---\n{text[-2000:]}", file=sys.stderr)
+            raise
     return figures

@@ -4,26 +4,11 @@ runs out; every number audited in InfluxDB (bench/ingest_workers.py)."""
 
 from __future__ import annotations
 
-import getpass
-import subprocess
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 from bench.common import Figure, figure, servers
 from bench.ingest_workers import Outcome, Servers, run_kill
-
-
-@contextmanager
-def postgres_database() -> Iterator[str]:
-    """A new database on the machine's PostgreSQL (127.0.0.1:5432), dropped afterwards."""
-    name = f"facility_bench_{uuid.uuid4().hex[:8]}"
-    pg = ["-h", "127.0.0.1", "-p", "5432"]
-    subprocess.run(["createdb", *pg, name], check=True, capture_output=True)
-    try:
-        yield f"postgresql://{getpass.getuser()}@127.0.0.1:5432/{name}"
-    finally:
-        subprocess.run(["dropdb", *pg, "--if-exists", "--force", name], capture_output=True)
+from facility.localservers import postgres_database
 
 
 def describe(label: str, o: Outcome, *, none_lost: bool) -> list[Figure]:
@@ -61,7 +46,7 @@ async def run(quick: bool = False, minutes: float | None = None) -> list[Figure]
              ("gone, clean session", False, 0, 100_000, 5.0, False),
              ("gone, queue of 200", False, None, 200, 5.0, False)]
     for label, restart, expiry, queue, grace, none_lost in cases:
-        with postgres_database() as state, \
+        with postgres_database("facility_bench") as state, \
                 servers(f"max_queued_messages {queue}\n") as (broker, influx, folder):
             site = f"b{uuid.uuid4().hex[:6]}"
             s = Servers(broker.url, influx.url, f"bench_{site}", state, site, folder)

@@ -15,7 +15,9 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
 
@@ -233,3 +235,20 @@ log_type notice
 
     def _ready(self) -> bool:
         return port_open(self.host, self.port)
+
+
+@contextmanager
+def postgres_database(prefix: str = "facility_test", host: str = "127.0.0.1",
+                      port: int = 5432) -> Iterator[str]:
+    """A new database on the machine's PostgreSQL (trust auth as the current user), its
+    URL yielded and the database dropped afterwards: tests' and benchmarks' own state."""
+    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
+    pg = ["-h", host, "-p", str(port)]
+    made = subprocess.run(["createdb", *pg, name], capture_output=True, text=True)
+    if made.returncode != 0:
+        raise ServerError(f"cannot create a PostgreSQL database on {host}:{port}: "
+                          f"{made.stderr.strip()}")
+    try:
+        yield f"postgresql://{getpass.getuser()}@{host}:{port}/{name}"
+    finally:
+        subprocess.run(["dropdb", *pg, "--if-exists", "--force", name], capture_output=True)

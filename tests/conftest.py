@@ -21,7 +21,7 @@ from pydantic import SecretStr
 from facility.catalog import Catalog, load_catalog
 from facility.endpoints import EndpointConfig
 from facility.influx import InfluxClient
-from facility.localservers import InfluxServer, MosquittoServer
+from facility.localservers import InfluxServer, MosquittoServer, postgres_database
 from facility.settings import InfluxSettings, MqttSettings, Settings, load_settings
 from facility.site import SiteConfig
 
@@ -52,7 +52,7 @@ def catalog(site: SiteConfig | None = None) -> Catalog:
 # the `servers` marker here; a test that starts a server itself (a pymodbus server, a
 # Mosquitto or InfluxDB process, Chromium, a subprocess) carries the marker in its module.
 SERVER_FIXTURES = frozenset({"mosquitto_server", "influx_server", "own_mosquitto",
-                             "own_influx", "settings", "influx"})
+                             "own_influx", "settings", "influx", "pg_url"})
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -175,20 +175,12 @@ def state_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path / 'state.sqlite'}"
         return
-    import subprocess
-
-    name = f"facility_test_{uuid.uuid4().hex[:10]}"
-    pg = ["-h", "127.0.0.1", "-p", "5432"]
-    made = subprocess.run(["createdb", *pg, name], capture_output=True, text=True)
-    if made.returncode != 0:
-        pytest.fail(f"cannot create a PostgreSQL database on 127.0.0.1:5432: {made.stderr}")
-    try:
-        yield f"postgresql://{_pg_user()}@127.0.0.1:5432/{name}"
-    finally:
-        subprocess.run(["dropdb", *pg, "--if-exists", "--force", name], capture_output=True)
+    with postgres_database() as url:
+        yield url
 
 
-def _pg_user() -> str:
-    import getpass
-
-    return getpass.getuser()
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    """A new database on the machine's PostgreSQL, dropped afterwards."""
+    with postgres_database() as url:
+        yield url

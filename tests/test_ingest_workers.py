@@ -11,10 +11,7 @@ InfluxDB: zero false losses, the skipped numbers counted exactly.
 from __future__ import annotations
 
 import random
-import subprocess
 import time
-import uuid
-from collections.abc import Iterator
 from contextlib import AsyncExitStack
 from pathlib import Path
 
@@ -31,7 +28,6 @@ from facility.settings import Settings, StateSettings
 from ingest.gaps import MAX_NOTICED, WINDOW, Marks, judge
 from ingest.ledger import SequenceLedger
 from ingest.service import Ingest
-from tests.conftest import _pg_user
 from tests.helpers import count_points, eventually, publish_all
 
 GRACE = 60.0
@@ -139,19 +135,6 @@ def test_a_gap_too_big_to_time_is_counted_at_once() -> None:
 
 
 # --- the ledger in PostgreSQL ----------------------------------------------------------
-
-@pytest.fixture
-def pg_url() -> Iterator[str]:
-    name = f"facility_test_{uuid.uuid4().hex[:10]}"
-    pg = ["-h", "127.0.0.1", "-p", "5432"]
-    made = subprocess.run(["createdb", *pg, name], capture_output=True, text=True)
-    if made.returncode != 0:
-        pytest.fail(f"cannot create a PostgreSQL database on 127.0.0.1:5432: {made.stderr}")
-    try:
-        yield f"postgresql://{_pg_user()}@127.0.0.1:5432/{name}"
-    finally:
-        subprocess.run(["dropdb", *pg, "--if-exists", "--force", name], capture_output=True)
-
 
 @pytest.mark.servers
 async def test_three_workers_in_postgresql_one_checker_exact_counts(pg_url: str) -> None:
