@@ -97,7 +97,7 @@ async def overlapping_chips(page: Page) -> list[str]:
 async def layout_problems(page: Page) -> dict[str, Any]:
     found: dict[str, Any] = await page.evaluate("""() => {
       const board = document.getElementById('board').getBoundingClientRect();
-      const panels = [...document.querySelectorAll('#board .panel')]
+      const panels = [...document.querySelectorAll('#board .panel:not([hidden])')]
         .map((p) => [p.id, p.getBoundingClientRect()]);
       const narrow = panels.filter(([, r]) => r.width < 320).map(([id, r]) => id + ':' + r.width);
       const bottom = Math.max(...panels.map(([, r]) => r.bottom));
