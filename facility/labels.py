@@ -328,6 +328,11 @@ CHANNEL: Mapping[str, str] = MappingProxyType({
     "wecom": "企业微信", "dingtalk": "钉钉", "feishu": "飞书", "email": "电子邮件",
     "sms": "短信", "webhook": "Webhook", "apprise": "通知"})
 
+# Screens and PA zones: what a screen with nothing to show says, and the alert raised
+# when an endpoint does not confirm what it was sent ({name}: the endpoint's name).
+ENDPOINT_TEXT: Mapping[str, str] = MappingProxyType({
+    "empty": "（无内容）", "silent": "{name}未确认显示/播报内容"})
+
 # Drills (演练): every screen and PA text of a drill starts with DRILL_PREFIX, and the
 # scenarios have names (the command line, the API, the page).
 DRILL_PREFIX = "【演练】"

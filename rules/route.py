@@ -349,7 +349,7 @@ class Router:
 
     def silence_alert_text(self, endpoint_id: str) -> str:
         endpoint = self.endpoints[endpoint_id]
-        return f"{endpoint.name}未确认显示/播报内容"
+        return labels.ENDPOINT_TEXT["silent"].format(name=endpoint.name)
 
 
 def drilled(text: str, drill: str, spoken: bool = False) -> str:

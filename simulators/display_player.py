@@ -42,8 +42,8 @@ from typing import TextIO
 
 from aiohttp import web
 
+from facility import labels, topics
 from facility import messages as m
-from facility import topics
 from facility.deadletters import DeadLetters, Letter
 from facility.endpoints import EndpointConfig
 from facility.mqtt import Connection, MqttError, run_connected
@@ -281,7 +281,8 @@ class DisplayPlayer(Service):
     async def _index(self, _: web.Request) -> web.Response:
         rows = "".join(
             f'<li><a href="/screen/{html.escape(s.id)}">{html.escape(s.name)}</a> — '
-            f"{html.escape(s.current.text if s.current else '（无内容）')}</li>"
+            f"{html.escape(s.current.text if s.current else labels.ENDPOINT_TEXT['empty'])}"
+            "</li>"
             for s in self.screens.values() if s.kind != "pa_zone")
         pa = "".join(
             f"<li>{html.escape(s.name)}："
@@ -301,7 +302,7 @@ class DisplayPlayer(Service):
         colour = {"red": "#d00000", "orange": "#e07000", "yellow": "#c8b400",
                   "green": "#008a3e", "blue": "#0050c0"}.get(msg.colour if msg else "", "#111")
         title = html.escape(msg.title) if msg and msg.title else ""
-        text = html.escape(msg.text) if msg else "（无内容）"
+        text = html.escape(msg.text) if msg else labels.ENDPOINT_TEXT["empty"]
         body = (f'<div class="screen" style="background:{colour}">'
                 f"<div class=name>{html.escape(screen.name)}</div>"
                 f"<div class=title>{title}</div><div class=text>{text}</div></div>")
