@@ -36,7 +36,7 @@ from typing import Any
 from bench.bench_peers import tree_cpu_seconds
 from bench.campus_load import CONFIG_DIR, RULES_DIR, SITE_FILE, write_yaml
 from bench.common import Figure, figure
-from bench.procs import REPO
+from bench.procs import REPO, stop_process
 from facility import topics
 from facility.configfile import read_yaml
 from facility.localservers import InfluxServer, MosquittoServer, free_port
@@ -130,13 +130,7 @@ class Proc:
         return tree_cpu_seconds(self.proc.pid)
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        stop_process(self.proc)
 
 
 class Counter:

@@ -24,14 +24,13 @@ from pathlib import Path
 
 from pydantic import SecretStr
 
+from bench.procs import REPO, stop_process
 from facility import messages as m
 from facility import topics
 from facility.influx import InfluxClient
 from facility.localservers import free_port
 from facility.mqttlink import MqttLink
 from facility.settings import InfluxSettings, MqttSettings
-
-REPO = Path(__file__).resolve().parent.parent
 
 
 @dataclass
@@ -120,13 +119,7 @@ class Worker:
         self.proc.wait(10)
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        stop_process(self.proc)
 
 
 def reading(site: str, seq: int, start_ns: int) -> tuple[str, bytes]:

@@ -10,11 +10,24 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 from facility.localservers import free_port
 
 REPO = Path(__file__).resolve().parent.parent
 TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def stop_process(proc: subprocess.Popen[Any] | None) -> None:
+    """SIGTERM and wait (20 s), then SIGKILL: a benchmark's process, stopped the one way."""
+    if proc is None or proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(5)
 
 
 def cpu_seconds(pid: int) -> float:
@@ -78,13 +91,7 @@ class Service:
         raise TimeoutError("service not ready")
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        stop_process(self.proc)
         self.log.close()
 
 
